@@ -1,0 +1,345 @@
+"""
+The YAML configuration: loaded with marks, checked completely, turned into frozen values.
+
+Every problem in a file is collected before anything is reported, each with its file, line,
+column and service, so an operator fixes a config in one pass.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any, Callable, Iterable, Mapping
+
+import attrs
+
+from portserver import marks
+from portserver.marks import Mark, MarkedList, MarkedMap, markOf
+from portserver.options import OptionsError
+from portserver.ports import lookupServicePort
+
+TRANSPORTS = ("tcp", "udp")
+DEFAULT_INTERFACE = "0.0.0.0"
+SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+SERVICE_KEYS = ("name", "protocol", "port", "interface", "transports", "options")
+TOP_KEYS = ("services",)
+
+
+@attrs.frozen
+class ConfigProblem:
+    """
+    One thing wrong with a configuration, where it is, and which service it concerns.
+    """
+
+    path: str
+    mark: Mark
+    message: str
+    service: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.mark.line}:{self.mark.column}"
+        who = f" service {self.service!r}:" if self.service else ""
+        return f"{where}:{who} {self.message}"
+
+
+class ConfigError(Exception):
+    """
+    A configuration was refused; C{problems} holds every L{ConfigProblem} found.
+    """
+
+    def __init__(self, problems: Iterable[ConfigProblem]):
+        self.problems = tuple(problems)
+        super().__init__(self.report())
+
+    def report(self) -> str:
+        count = len(self.problems)
+        head = f"{count} configuration error{'s' if count != 1 else ''}:"
+        return "\n".join([head] + [f"  {p}" for p in self.problems])
+
+
+@attrs.frozen
+class ServiceSpec:
+    """
+    One configured service, validated.
+
+    @ivar port: the configured port (before any C{--port-offset}).
+    @ivar interface: the address to listen on, normalised (C{"0.0.0.0"}, C{"::1"}, ...).
+    @ivar options: the options as the protocol's C{validateOptions} returned them.
+    @ivar provider: the L{portserver.interfaces.IPortProtocol} provider.
+    @ivar path: the config file; C{marks} maps a key to where its value stands.
+    """
+
+    name: str
+    protocol: str
+    port: int
+    interface: str
+    transports: tuple[str, ...]
+    options: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
+    provider: Any = attrs.field(default=None, eq=False, repr=False)
+    path: str = attrs.field(default="<config>", eq=False, repr=False)
+    marks: Mapping[str, Mark] = attrs.field(factory=dict, eq=False, repr=False)
+
+    def mark(self, key: str) -> Mark:
+        """
+        Where C{key}'s value stood in the file (the service's own mark if absent).
+        """
+        return self.marks.get(key) or self.marks.get("", Mark(1, 1))
+
+
+@attrs.frozen
+class ServerConfig:
+    """
+    A whole validated configuration file.
+    """
+
+    path: str
+    services: tuple[ServiceSpec, ...]
+
+
+class _Collector:
+    """
+    Gathers the problems of one file.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.problems: list[ConfigProblem] = []
+
+    def add(self, mark: Mark, message: str, service: str | None = None) -> None:
+        self.problems.append(ConfigProblem(self.path, mark, message, service))
+
+
+def _describe(value) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", MarkedMap: "a mapping", list: "a list",
+            MarkedList: "a list", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def normaliseInterface(value: str) -> str | None:
+    """
+    The canonical text of an IP address (IPv4-mapped IPv6 as IPv4), or L{None}.
+    """
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return str(address)
+
+
+class _ServiceParser:
+    """
+    Checks one C{services:} item; every problem goes to the collector.
+    """
+
+    def __init__(self, collector: _Collector, providers: Mapping[str, Any],
+                 servicePort: Callable[[str, str], int | None]):
+        self.collector = collector
+        self.providers = providers
+        self.servicePort = servicePort
+
+    def parse(self, item, itemMark: Mark) -> ServiceSpec | None:
+        add = self.collector.add
+        if not isinstance(item, MarkedMap):
+            add(itemMark, f"a service must be a mapping, not {_describe(item)}")
+            return None
+        name = item.get("name")
+        label = name if isinstance(name, str) and name else None
+        before = len(self.collector.problems)
+
+        def problem(key: str | None, message: str, atKey: bool = False) -> None:
+            if key is None:
+                mark = item.mark
+            else:
+                mark = item.keyMark(key) if atKey else item.valueMark(key)
+            add(mark, message, label)
+
+        for key in item:
+            if key not in SERVICE_KEYS:
+                problem(key, f"unknown key {key!r} (known: {', '.join(SERVICE_KEYS)})",
+                        atKey=True)
+
+        if "name" not in item:
+            problem(None, "missing required key 'name'")
+        elif not isinstance(name, str):
+            problem("name", f"'name' must be a string, not {_describe(name)}")
+        elif not SERVICE_NAME.match(name):
+            problem("name", f"'name' {name!r} must start with a letter or digit and hold "
+                            "only letters, digits, '.', '_' and '-'")
+
+        protocolName = item.get("protocol")
+        provider = None
+        if "protocol" not in item:
+            problem(None, "missing required key 'protocol'")
+        elif not isinstance(protocolName, str):
+            problem("protocol", f"'protocol' must be a string, not {_describe(protocolName)}")
+        else:
+            provider = self.providers.get(protocolName)
+            if provider is None:
+                known = ", ".join(sorted(self.providers)) or "none"
+                problem("protocol", f"unknown protocol {protocolName!r} (known: {known})")
+
+        transports = self._transports(item, provider, problem)
+        port = self._port(item, provider, transports, problem)
+
+        interface = DEFAULT_INTERFACE
+        if "interface" in item:
+            value = item["interface"]
+            if not isinstance(value, str):
+                problem("interface", f"'interface' must be an IP address string, "
+                                     f"not {_describe(value)}")
+            else:
+                interface = normaliseInterface(value)
+                if interface is None:
+                    problem("interface", f"'interface' {value!r} is not an IPv4 or IPv6 "
+                                         "address (use 0.0.0.0 or :: for all)")
+
+        options: Mapping[str, Any] = {}
+        rawOptions = item.get("options", MarkedMap())
+        if rawOptions is None:
+            rawOptions = MarkedMap()
+        if not isinstance(rawOptions, dict):
+            problem("options", f"'options' must be a mapping, not {_describe(rawOptions)}")
+        elif provider is not None:
+            try:
+                options = provider.validateOptions(rawOptions)
+            except OptionsError as e:
+                for p in e.problems:
+                    if p.option is not None and p.option in rawOptions:
+                        mark = rawOptions.keyMark(p.option) if isinstance(
+                            rawOptions, MarkedMap) else item.valueMark("options")
+                        add(mark, f"option {p.option!r}: {p.message}", label)
+                    else:
+                        add(item.valueMark("options") if "options" in item else item.mark,
+                            f"options: {p.message}", label)
+            except Exception as e:  # a plugin bug must not become a traceback
+                problem("options" if "options" in item else None,
+                        f"protocol {protocolName!r} failed to check its options: "
+                        f"{type(e).__name__}: {e}")
+
+        if len(self.collector.problems) > before:
+            return None
+        specMarks = {key: item.valueMark(key) for key in item}
+        specMarks[""] = item.mark
+        return ServiceSpec(name=name, protocol=protocolName, port=port, interface=interface,
+                           transports=transports, options=options, provider=provider,
+                           path=self.collector.path, marks=specMarks)
+
+    def _transports(self, item, provider, problem) -> tuple[str, ...]:
+        if "transports" not in item:
+            return ("tcp",)
+        value = item["transports"]
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            problem("transports", "'transports' must be a non-empty list of "
+                                  f"{' and '.join(TRANSPORTS)}")
+            return ()
+        result = []
+        for transport in value:
+            if transport not in TRANSPORTS:
+                problem("transports", f"unknown transport {transport!r} "
+                                      f"(known: {', '.join(TRANSPORTS)})")
+            elif transport in result:
+                problem("transports", f"transport {transport!r} is listed twice")
+            elif provider is not None and transport not in provider.transports:
+                problem("transports", f"protocol {provider.name!r} has no {transport} "
+                                      f"transport (it has: "
+                                      f"{', '.join(sorted(provider.transports))})")
+            else:
+                result.append(transport)
+        return tuple(result)
+
+    def _port(self, item, provider, transports, problem) -> int:
+        if "port" not in item:
+            return provider.wellKnownPort if provider is not None else 0
+        value = item["port"]
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            problem("port", f"'port' must be a number or a service name, not {_describe(value)}")
+            return 0
+        if isinstance(value, str):
+            if value.isdigit():
+                value = int(value)
+            else:
+                ports = {self.servicePort(value, t) for t in transports or ("tcp",)}
+                if None in ports or len(ports) != 1:
+                    problem("port", f"'port' {value!r} is not a service name known to "
+                                    "/etc/services for "
+                                    f"{'/'.join(transports or ('tcp',))}")
+                    return 0
+                value = ports.pop()
+        if not 1 <= value <= 65535:
+            problem("port", f"'port' {value} is outside 1-65535")
+            return 0
+        return value
+
+
+def parseServices(text: str, path: str, providers: Mapping[str, Any],
+                  servicePort: Callable[[str, str], int | None] = lookupServicePort,
+                  ) -> tuple[list[ServiceSpec], list[ConfigProblem]]:
+    """
+    Check the configuration C{text} (read from C{path}).
+
+    @return: the services that are valid and every problem found (services with a
+        problem are left out).
+    """
+    collector = _Collector(path)
+    data, yamlProblems = marks.load(text)
+    for p in yamlProblems:
+        collector.add(p.mark, p.message)
+    if data is None and yamlProblems:
+        return [], collector.problems
+    if data is None:
+        collector.add(Mark(1, 1), "the file is empty: expected a mapping with 'services:'")
+        return [], collector.problems
+    if not isinstance(data, MarkedMap):
+        collector.add(markOf(data, Mark(1, 1)),
+                      f"the file must hold a mapping with 'services:', not {_describe(data)}")
+        return [], collector.problems
+    for key in data:
+        if key not in TOP_KEYS:
+            collector.add(data.keyMark(key),
+                          f"unknown top-level key {key!r} (known: {', '.join(TOP_KEYS)})")
+    services = data.get("services")
+    if "services" not in data:
+        collector.add(data.mark, "missing required key 'services'")
+        return [], collector.problems
+    if services is None:
+        services = MarkedList()
+    if not isinstance(services, MarkedList):
+        collector.add(data.valueMark("services"),
+                      f"'services' must be a list, not {_describe(services)}")
+        return [], collector.problems
+
+    parser = _ServiceParser(collector, providers, servicePort)
+    specs: list[ServiceSpec] = []
+    seen: dict[str, Mark] = {}
+    for index, item in enumerate(services):
+        spec = parser.parse(item, services.itemMark(index))
+        name = item.get("name") if isinstance(item, MarkedMap) else None
+        if isinstance(name, str) and name:
+            mark = item.valueMark("name")
+            if name in seen:
+                collector.add(mark, f"duplicate service name (first defined at line "
+                                    f"{seen[name].line})", name)
+                continue
+            seen[name] = mark
+        if spec is not None:
+            specs.append(spec)
+    return specs, collector.problems
+
+
+def readConfig(path: str) -> tuple[str | None, list[ConfigProblem]]:
+    """
+    Read a config file's text, or say why it could not be read.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read(), []
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        return None, [ConfigProblem(path, Mark(1, 1), f"cannot read the config file: {reason}")]

@@ -1,0 +1,204 @@
+"""
+The port plan: what a configuration will bind, one L{Listener} per service and transport.
+
+This is what C{--check} prints and what the service tree is built from. Conflicts between
+services (one port of one transport given twice on overlapping interfaces) are found here,
+on the ports that will really be bound, after C{--port-offset}.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Callable, Iterable, Mapping
+
+import attrs
+
+from portserver.config import (
+    ConfigError,
+    ConfigProblem,
+    ServerConfig,
+    ServiceSpec,
+    parseServices,
+    readConfig,
+)
+from portserver.ports import PrivilegeRule, lookupServicePort, portClass
+
+BINDV6ONLY_FILE = "/proc/sys/net/ipv6/bindv6only"
+
+
+def hostIsDualStack(readFile: Callable[[str], str] | None = None) -> bool:
+    """
+    Whether a socket bound to C{::} also takes IPv4 (Linux C{net.ipv6.bindv6only} = 0,
+    which is also what most other systems do by default for Twisted's sockets).
+    """
+    if readFile is None:
+        def readFile(path):
+            with open(path) as f:
+                return f.read()
+    try:
+        return readFile(BINDV6ONLY_FILE).strip() == "0"
+    except OSError:
+        return True
+
+
+@attrs.frozen
+class Listener:
+    """
+    One passive open: a service's protocol on one transport, interface and port.
+
+    @ivar port: the port that is bound (after C{--port-offset}).
+    @ivar configuredPort: the port the config gives (or the protocol's default).
+    @ivar wellKnownPort: the protocol's well-known port.
+    """
+
+    service: str
+    protocol: str
+    transport: str
+    interface: str
+    port: int
+    configuredPort: int
+    wellKnownPort: int
+    privileged: bool
+    spec: ServiceSpec = attrs.field(eq=False, repr=False)
+
+    @property
+    def portClass(self) -> str:
+        return portClass(self.port)
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        """
+        What identifies this listener's socket: service, transport, interface, port.
+        """
+        return (self.service, self.transport, self.interface, self.port)
+
+    def describe(self) -> str:
+        """
+        C{echo/tcp 127.0.0.1:7}: service, transport and address, for messages.
+        """
+        host = f"[{self.interface}]" if ":" in self.interface else self.interface
+        return f"{self.service}/{self.transport} {host}:{self.port}"
+
+    def asDict(self) -> dict[str, Any]:
+        return {"service": self.service, "protocol": self.protocol,
+                "transport": self.transport, "host": self.interface, "port": self.port,
+                "configured_port": self.configuredPort,
+                "well_known_port": self.wellKnownPort, "class": self.portClass,
+                "privileged": self.privileged}
+
+
+@attrs.frozen
+class Plan:
+    """
+    Every listener of a configuration, in config order.
+    """
+
+    config: ServerConfig
+    listeners: tuple[Listener, ...]
+    portOffset: int = 0
+    rule: PrivilegeRule = PrivilegeRule()
+
+
+def _overlap(a: str, b: str, dualStack: bool) -> bool:
+    """
+    Whether sockets bound to interfaces C{a} and C{b} (same port, same transport) collide.
+    """
+    if a == b:
+        return True
+    x, y = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    for one, other in ((x, y), (y, x)):
+        if one.is_unspecified:
+            if one.version == other.version:
+                return True
+            if one.version == 6 and dualStack:
+                return True
+    return False
+
+
+def planListeners(services: Iterable[ServiceSpec], portOffset: int = 0,
+                  rule: PrivilegeRule = PrivilegeRule(), dualStack: bool = True,
+                  ) -> tuple[list[Listener], list[ConfigProblem]]:
+    """
+    Turn services into listeners, applying C{portOffset} to ports below 1024, and find
+    the conflicts among them.
+    """
+    listeners: list[Listener] = []
+    problems: list[ConfigProblem] = []
+    for spec in services:
+        port = spec.port + portOffset if 0 < spec.port < 1024 else spec.port
+        if port > 65535:
+            problems.append(ConfigProblem(
+                spec.path, spec.mark("port"),
+                f"port {spec.port} with --port-offset {portOffset} is {port}, "
+                "beyond 65535", spec.name))
+            continue
+        for transport in spec.transports:
+            listeners.append(Listener(
+                service=spec.name, protocol=spec.protocol, transport=transport,
+                interface=spec.interface, port=port, configuredPort=spec.port,
+                wellKnownPort=spec.provider.wellKnownPort if spec.provider else spec.port,
+                privileged=rule.isPrivileged(port), spec=spec))
+
+    byPort: dict[tuple[str, int], list[Listener]] = {}
+    for listener in listeners:
+        byPort.setdefault((listener.transport, listener.port), []).append(listener)
+    for (transport, port), group in byPort.items():
+        for i, later in enumerate(group):
+            for earlier in group[:i]:
+                if earlier.service == later.service:
+                    continue
+                if _overlap(earlier.interface, later.interface, dualStack):
+                    problems.append(ConfigProblem(
+                        later.spec.path, later.spec.mark("port"),
+                        f"{transport} port {port} on {later.interface} overlaps service "
+                        f"{earlier.service!r} ({earlier.interface}, line "
+                        f"{earlier.spec.mark('').line}): a host cannot give one {transport} "
+                        "port to two services", later.service))
+                    break
+    return listeners, problems
+
+
+def loadPlan(path: str, providers: Mapping[str, Any], portOffset: int = 0,
+             rule: PrivilegeRule | None = None, dualStack: bool | None = None,
+             servicePort: Callable[[str, str], int | None] = lookupServicePort,
+             text: str | None = None) -> Plan:
+    """
+    Read, check and plan the configuration at C{path}.
+
+    @param text: the file's content, when already read (C{path} then only names it).
+    @raise ConfigError: with every problem in the file, before anything is bound.
+    """
+    rule = PrivilegeRule.fromHost() if rule is None else rule
+    dualStack = hostIsDualStack() if dualStack is None else dualStack
+    if text is None:
+        text, problems = readConfig(path)
+        if text is None:
+            raise ConfigError(problems)
+    services, problems = parseServices(text, path, providers, servicePort)
+    listeners, conflicts = planListeners(services, portOffset, rule, dualStack)
+    problems = sorted(problems + conflicts, key=lambda p: (p.mark.line, p.mark.column))
+    if problems:
+        raise ConfigError(problems)
+    return Plan(ServerConfig(path, tuple(services)), tuple(listeners), portOffset, rule)
+
+
+def formatPlan(plan: Plan) -> str:
+    """
+    The plan as a table for people (what C{--check} prints).
+    """
+    header = ("SERVICE", "PROTOCOL", "TRANSPORT", "INTERFACE", "PORT", "WELL-KNOWN",
+              "PRIVILEGED")
+    rows = [header]
+    for l in plan.listeners:
+        port = str(l.port) if l.port == l.configuredPort else f"{l.port} (from {l.configuredPort})"
+        rows.append((l.service, l.protocol, l.transport, l.interface, port,
+                     str(l.wellKnownPort), "yes" if l.privileged else "no"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    privileged = sum(1 for l in plan.listeners if l.privileged)
+    lines.append("")
+    lines.append(f"{len(plan.listeners)} listener(s) for {len(plan.config.services)} "
+                 f"service(s) in {plan.config.path}; {privileged} on privileged ports "
+                 f"(below {plan.rule.unprivilegedStart}, {plan.rule.source})"
+                 + (f"; port offset {plan.portOffset}" if plan.portOffset else ""))
+    return "\n".join(lines)

@@ -1,0 +1,3 @@
+"""
+The built-in protocol implementations, one module per family.
+"""

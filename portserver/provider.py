@@ -1,0 +1,69 @@
+"""
+L{PortProtocol}: the ready-made L{IPortProtocol} provider, for the built-ins and for plugin
+authors who would rather declare a protocol than implement the interface by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import attrs
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from portserver.interfaces import IPortProtocol
+from portserver.options import Option, checkOptions
+
+
+@implementer(IPlugin, IPortProtocol)
+@attrs.frozen
+class PortProtocol:
+    """
+    An L{IPortProtocol} made of a name, a port, an options schema and builder callables.
+
+    @ivar factory: C{factory(service, reactor)} returns the TCP protocol factory, or
+        L{None} when the protocol has no TCP side.
+    @ivar datagram: C{datagram(service, reactor)} returns the UDP datagram protocol, or
+        L{None} when the protocol has no UDP side.
+    @ivar options: the schema of the C{options:} mapping, checked by
+        L{portserver.options.checkOptions}.
+    """
+
+    name: str
+    description: str
+    wellKnownPort: int
+    factory: Callable[[Any, Any], Any] | None = None
+    datagram: Callable[[Any, Any], Any] | None = None
+    options: Mapping[str, Option] = attrs.field(factory=dict)
+
+    @property
+    def transports(self) -> frozenset[str]:
+        """
+        The transports this protocol has a builder for.
+        """
+        return frozenset(
+            name for name, builder in (("tcp", self.factory), ("udp", self.datagram))
+            if builder is not None
+        )
+
+    def validateOptions(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """
+        Check C{options} against the declared schema.
+        """
+        return checkOptions(options, self.options)
+
+    def buildFactory(self, service, reactor):
+        """
+        Build the TCP factory for C{service}.
+        """
+        if self.factory is None:
+            raise ValueError(f"protocol {self.name!r} has no tcp transport")
+        return self.factory(service, reactor)
+
+    def buildDatagramProtocol(self, service, reactor):
+        """
+        Build the UDP protocol for C{service}.
+        """
+        if self.datagram is None:
+            raise ValueError(f"protocol {self.name!r} has no udp transport")
+        return self.datagram(service, reactor)

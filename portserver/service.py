@@ -1,0 +1,191 @@
+"""
+The service tree: L{PortServer}, a L{MultiService} with one L{ListenerService} per listener.
+
+Ports are bound in C{privilegedStartService}, which C{twistd} calls before it drops to
+C{--uid}/C{--gid}, so ports below 1024 can be bound as root and served unprivileged. Unlike
+Twisted's C{StreamServerEndpointService}, which only logs a failed listen and runs on
+without the port, a failed bind here stops start-up with L{StartupError}.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+
+from portserver import udp
+from portserver.plan import Listener, Plan
+
+log = Logger()
+
+
+class StartupError(Exception):
+    """
+    portserver cannot start; the message says why, for an operator, in full.
+    """
+
+
+def _reason(error: BaseException) -> tuple[int | None, str]:
+    socketError = getattr(error, "socketError", None) or error
+    code = getattr(socketError, "errno", None)
+    text = getattr(socketError, "strerror", None) or str(socketError)
+    return code, (f"[Errno {code}] {text}" if code else text)
+
+
+def bindFailureMessage(listener: Listener, error: BaseException) -> str:
+    """
+    One message naming the service, transport, address, port and OS error, with the
+    remedies an operator has for the usual causes.
+    """
+    code, reason = _reason(error)
+    message = f"cannot listen for service {listener.service!r}: {listener.describe()}: {reason}"
+    if code in (errno.EACCES, errno.EPERM) and listener.privileged:
+        message += (
+            f"\n  port {listener.port} is privileged on this host; either start as root and "
+            "drop privileges with `twistd --uid=USER --gid=GROUP portserver ...`, or grant "
+            "the Python binary CAP_NET_BIND_SERVICE (setcap 'cap_net_bind_service=+ep'), or "
+            "run unprivileged with `--port-offset N` (e.g. 10000)")
+    elif code == errno.EADDRINUSE:
+        message += (f"\n  another program holds {listener.transport} port {listener.port}: "
+                    f"find it with `ss -lnp{'t' if listener.transport == 'tcp' else 'u'} "
+                    f"'sport = :{listener.port}'`")
+    elif code == errno.EADDRNOTAVAIL:
+        message += f"\n  {listener.interface} is not an address of this host"
+    return message
+
+
+class ListenerService(Service):
+    """
+    One passive open: builds the plugin's factory (or datagram protocol) and binds it.
+
+    @ivar port: the L{IListeningPort} while bound, else L{None}.
+    """
+
+    def __init__(self, listener: Listener, reactor):
+        self.listener = listener
+        self.reactor = reactor
+        self.port = None
+        self.setName(f"{listener.service}/{listener.transport}")
+
+    def build(self):
+        """
+        Build what the plugin serves this listener with.
+        """
+        spec = self.listener.spec
+        if self.listener.transport == "tcp":
+            return spec.provider.buildFactory(spec, self.reactor)
+        return spec.provider.buildDatagramProtocol(spec, self.reactor)
+
+    def bind(self) -> None:
+        """
+        Bind the port, unless it is bound already.
+
+        @raise CannotListenError: when the OS refuses.
+        @raise StartupError: when the plugin cannot build its factory.
+        """
+        if self.port is not None:
+            return
+        listener = self.listener
+        try:
+            served = self.build()
+        except Exception as e:
+            raise StartupError(
+                f"service {listener.service!r}: protocol {listener.protocol!r} failed to "
+                f"build its {listener.transport} side: {type(e).__name__}: {e}") from e
+        if listener.transport == "tcp":
+            self.port = self.reactor.listenTCP(listener.port, served,
+                                               interface=listener.interface)
+        else:
+            self.port = udp.listenUDP(self.reactor, listener.port, served, listener.interface)
+
+    def unbind(self):
+        """
+        Stop listening; a L{Deferred} that fires when the port is closed.
+        """
+        port, self.port = self.port, None
+        if port is None:
+            return maybeDeferred(lambda: None)
+        return maybeDeferred(port.stopListening)
+
+    @property
+    def address(self):
+        """
+        The bound address (an L{IPv4Address} or L{IPv6Address}), or L{None}.
+        """
+        return self.port.getHost() if self.port is not None else None
+
+    def privilegedStartService(self):
+        self.bind()
+        super().privilegedStartService()
+
+    def startService(self):
+        self.bind()
+        super().startService()
+        l = self.listener
+        address = self.address
+        log.info(
+            "Listening: service {service} ({protocol}) on {transport} {host}:{port}"
+            "{offset}, {privilege} port ({portClass})",
+            service=l.service, protocol=l.protocol, transport=l.transport,
+            host=l.interface, port=address.port if address else l.port,
+            offset=(f" (well-known port {l.configuredPort})"
+                    if l.configuredPort != l.port else ""),
+            privilege="privileged" if l.privileged else "unprivileged",
+            portClass=l.portClass, privileged=l.privileged,
+            wellKnownPort=l.wellKnownPort, configuredPort=l.configuredPort)
+
+    def stopService(self):
+        super().stopService()
+        return self.unbind()
+
+
+class PortServer(MultiService):
+    """
+    Every listener of a L{Plan}, bound all at once or not at all.
+    """
+
+    def __init__(self, plan: Plan, reactor):
+        super().__init__()
+        self.plan = plan
+        self.reactor = reactor
+        self.listeners = [ListenerService(l, reactor) for l in plan.listeners]
+        for child in self.listeners:
+            child.setServiceParent(self)
+
+    def bindAll(self) -> None:
+        """
+        Bind every listener; if any fails, release those bound and raise one
+        L{StartupError} naming every failure.
+        """
+        failures = []
+        for child in self.listeners:
+            try:
+                child.bind()
+            except CannotListenError as e:
+                failures.append(bindFailureMessage(child.listener, e))
+            except StartupError as e:
+                failures.append(str(e))
+        if failures:
+            for child in self.listeners:
+                child.unbind()
+            raise StartupError("\n".join(failures))
+
+    def privilegedStartService(self):
+        self.bindAll()
+        super().privilegedStartService()
+
+    def startService(self):
+        self.bindAll()
+        super().startService()
+
+    def addressOf(self, service: str, transport: str = "tcp"):
+        """
+        The bound address of a service's listener on C{transport}, or L{None}.
+        """
+        for child in self.listeners:
+            if child.listener.service == service and child.listener.transport == transport:
+                return child.address
+        return None
