@@ -143,6 +143,8 @@ def planListeners(services: Iterable[ServiceSpec], portOffset: int = 0,
     for listener in listeners:
         byPort.setdefault((listener.transport, listener.port), []).append(listener)
     for (transport, port), group in byPort.items():
+        if port == 0:  # "any free port" (embedding and tests only): the OS picks apart
+            continue
         for i, later in enumerate(group):
             for earlier in group[:i]:
                 if earlier.service == later.service:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import sys
 from collections import OrderedDict
 
 from twisted.internet import udp
@@ -20,7 +21,8 @@ from twisted.logger import Logger
 
 log = Logger()
 
-IP_PKTINFO = getattr(socket, "IP_PKTINFO", None)
+# CPython's socket module lacks IP_PKTINFO on some builds; Linux's value is 8 (in.h).
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8 if sys.platform.startswith("linux") else None)
 IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", None)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", None)
 _IN_PKTINFO_SIZE = 12  # struct in_pktinfo: ifindex (4), spec_dst (4), addr (4)

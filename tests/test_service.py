@@ -1,0 +1,167 @@
+"""
+Tests for L{portserver.service}: binding, start-up failures, stopping.
+"""
+
+import errno
+
+from twisted.internet.protocol import DatagramProtocol, Factory
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from portserver.provider import PortProtocol
+from portserver.service import PortServer, StartupError
+from tests.support import PortReactor, makePlan, spec
+
+
+class PortServerTests(SynchronousTestCase):
+    """
+    L{PortServer} binds every listener of a plan, all or none.
+    """
+
+    def server(self, reactor, *specs, **kwargs):
+        return PortServer(makePlan(*specs, **kwargs), reactor)
+
+    def test_bindsInPrivilegedStart(self):
+        """
+        C{privilegedStartService} binds each listener (TCP and UDP) on its interface and
+        actual port, before C{startService}, which then binds nothing twice.
+        """
+        reactor = PortReactor()
+        server = self.server(reactor, spec("echo", transports=("tcp", "udp")),
+                             spec("daytime", interface="::1"), portOffset=10000)
+        server.privilegedStartService()
+        self.assertEqual([(p, i) for p, _, _, i in reactor.tcpServers],
+                         [(10007, "127.0.0.1"), (10013, "::1")])
+        self.assertEqual([(p, i) for p, _, i, _ in reactor.udpServers],
+                         [(10007, "127.0.0.1")])
+        server.startService()
+        self.assertEqual(len(reactor.tcpServers), 2)
+        self.assertEqual(len(reactor.udpServers), 1)
+
+    def test_startServiceBindsWithoutPrivilegedStart(self):
+        """
+        C{startService} alone (as an embedding application calls it) binds too.
+        """
+        reactor = PortReactor()
+        server = self.server(reactor, spec("echo"))
+        server.startService()
+        self.assertEqual([p for p, _, _, _ in reactor.tcpServers], [7])
+        self.assertEqual(server.addressOf("echo").port, 7)
+        self.assertIsNone(server.addressOf("echo", "udp"))
+
+    def test_servesThePluginsFactory(self):
+        """
+        The factory bound is the one the plugin built for the service.
+        """
+        built = Factory()
+
+        provider = PortProtocol("custom", "A test protocol", 4000,
+                                factory=lambda service, reactor: built)
+        reactor = PortReactor()
+        server = self.server(reactor, spec("custom", providers={"custom": provider}))
+        server.startService()
+        self.assertIs(reactor.tcpServers[0][1], built)
+
+    def test_bindFailureIsFatalAndNamesEverything(self):
+        """
+        When one listener cannot bind, start-up fails with one L{StartupError} naming the
+        service, transport, address, port and OS error, and the ports already bound are
+        released: nothing is half-started.
+        """
+        reactor = PortReactor(refuse={("udp", 10007): errno.EADDRINUSE})
+        server = self.server(reactor, spec("daytime"),
+                             spec("echo", transports=("tcp", "udp")), portOffset=10000)
+        error = self.assertRaises(StartupError, server.privilegedStartService)
+        message = str(error)
+        self.assertIn("service 'echo'", message)
+        self.assertIn("echo/udp 127.0.0.1:10007", message)
+        self.assertIn("[Errno 98]", message)
+        self.assertIn("ss -lnpu 'sport = :10007'", message)
+        self.assertEqual(len(reactor.ports), 2)
+        self.assertTrue(all(p.stopped for p in reactor.ports))
+        self.assertFalse(server.running)
+
+    def test_permissionDeniedOnPrivilegedPortGivesRemedies(self):
+        """
+        A permission error on a privileged port names the three remedies: root with
+        --uid/--gid, CAP_NET_BIND_SERVICE, and --port-offset.
+        """
+        reactor = PortReactor(refuse={("tcp", 7): errno.EACCES})
+        server = self.server(reactor, spec("echo"))
+        message = str(self.assertRaises(StartupError, server.privilegedStartService))
+        self.assertIn("[Errno 13]", message)
+        self.assertIn("port 7 is privileged", message)
+        for remedy in ("--uid", "CAP_NET_BIND_SERVICE", "--port-offset"):
+            self.assertIn(remedy, message)
+
+    def test_everyFailureReported(self):
+        """
+        Two listeners failing for different reasons are both in the one message.
+        """
+        reactor = PortReactor(refuse={("tcp", 7): errno.EACCES,
+                                      ("tcp", 13): errno.EADDRNOTAVAIL})
+        server = self.server(reactor, spec("echo"), spec("daytime", interface="10.9.9.9"))
+        message = str(self.assertRaises(StartupError, server.startService))
+        self.assertIn("echo/tcp 127.0.0.1:7", message)
+        self.assertIn("daytime/tcp 10.9.9.9:13", message)
+        self.assertIn("10.9.9.9 is not an address of this host", message)
+
+    def test_factoryBuildFailureNamesService(self):
+        """
+        A plugin that raises while building its factory fails start-up with a message
+        naming the service and protocol, not a traceback.
+        """
+        def broken(service, reactor):
+            raise KeyError("missing")
+
+        provider = PortProtocol("broken", "Fails", 4000, factory=broken)
+        reactor = PortReactor()
+        server = self.server(reactor, spec("svc", "broken", providers={"broken": provider}))
+        message = str(self.assertRaises(StartupError, server.privilegedStartService))
+        self.assertIn("service 'svc': protocol 'broken' failed to build its tcp side", message)
+        self.assertIn("KeyError", message)
+        self.assertEqual(reactor.tcpServers, [])
+
+    def test_udpServesThePluginsDatagramProtocol(self):
+        """
+        A UDP listener serves the plugin's datagram protocol.
+        """
+        protocol = DatagramProtocol()
+        provider = PortProtocol("dgram", "UDP only", 4000,
+                                datagram=lambda service, reactor: protocol)
+        reactor = PortReactor()
+        server = self.server(reactor, spec("d", "dgram", transports=("udp",),
+                                           providers={"dgram": provider}))
+        server.startService()
+        self.assertIs(reactor.udpServers[0][1], protocol)
+
+    def test_stopServiceStopsListening(self):
+        """
+        Stopping the server stops every listening port.
+        """
+        reactor = PortReactor()
+        server = self.server(reactor, spec("echo", transports=("tcp", "udp")))
+        server.startService()
+        self.successResultOf(server.stopService())
+        self.assertEqual(len(reactor.ports), 2)
+        self.assertTrue(all(p.stopped for p in reactor.ports))
+        self.assertIsNone(server.addressOf("echo"))
+
+    def test_oneLogEventPerListener(self):
+        """
+        Start-up logs one event per listener with service, protocol, transport, address,
+        actual and well-known port, and whether the port is privileged.
+        """
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        reactor = PortReactor()
+        server = self.server(reactor, spec("echo", transports=("tcp", "udp")),
+                             portOffset=10000)
+        server.startService()
+        listening = [e for e in events if e.get("log_format", "").startswith("Listening")]
+        self.assertEqual(
+            [(e["service"], e["protocol"], e["transport"], e["host"], e["port"],
+              e["configuredPort"], e["privileged"]) for e in listening],
+            [("echo", "echo", "tcp", "127.0.0.1", 10007, 7, False),
+             ("echo", "echo", "udp", "127.0.0.1", 10007, 7, False)])

@@ -1,0 +1,161 @@
+"""
+Tests for L{portserver.tap}: the options of C{twistd portserver} and the service they make.
+"""
+
+import io
+import os
+import sys
+
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from portserver import tap
+from portserver.plugins import Discovery, DuplicateProtocolError
+from portserver.service import PortServer
+from tests.support import PROVIDERS, PortReactor
+
+BAD = """\
+services:
+  - name: echo
+    protocol: echo
+    port: 0
+  - name: echo2
+    protocol: echo
+    interface: 127.0.0.1
+    colour: blue
+"""
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    L{tap.Options} checks everything in C{postOptions} and reports without tracebacks.
+    """
+
+    def options(self, *argv, discover=None):
+        self.stdout, self.stderr = io.StringIO(), io.StringIO()
+        options = tap.Options(
+            stdout=self.stdout, stderr=self.stderr,
+            discover=discover or (lambda: Discovery(dict(PROVIDERS), {})))
+        options.parseOptions(list(argv))
+        return options
+
+    def configFile(self, text):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def exitCode(self, *argv, **kwargs):
+        return self.assertRaises(SystemExit, self.options, *argv, **kwargs).code
+
+    def test_checkValidPrintsPlanAndExitsZero(self):
+        """
+        C{--check} on a valid config prints the port plan (well-known and actual port,
+        privileged or not) and exits 0 without building a service.
+        """
+        self.assertEqual(self.exitCode("--check", "--port-offset", "10000"), 0)
+        out = self.stdout.getvalue()
+        self.assertIn("SERVICE", out)
+        self.assertIn("10007 (from 7)", out)
+        self.assertIn("configuration is valid", out)
+        self.assertEqual(out.count("\nchargen "), 2)
+
+    def test_checkInvalidReportsAllAndExitsOne(self):
+        """
+        C{--check} on an invalid config prints every error with file:line:column and the
+        service, on stderr, and exits 1.
+        """
+        path = self.configFile(BAD)
+        self.assertEqual(self.exitCode("--check", "--config", path), 1)
+        err = self.stderr.getvalue()
+        self.assertIn("2 configuration errors", err)
+        self.assertIn(f"{path}:4:11: service 'echo': 'port' 0 is outside 1-65535", err)
+        self.assertIn(f"{path}:8:5: service 'echo2': unknown key 'colour'", err)
+        self.assertNotIn("Traceback", err)
+        self.assertEqual(self.stdout.getvalue(), "")
+
+    def test_invalidConfigStopsNormalStartToo(self):
+        """
+        Without C{--check}, an invalid config still exits 1 before any service exists.
+        """
+        self.assertEqual(self.exitCode("--config", self.configFile(BAD)), 1)
+        self.assertIn("configuration error", self.stderr.getvalue())
+
+    def test_missingConfigFile(self):
+        """
+        A config path that does not exist is reported by name.
+        """
+        missing = os.path.abspath(self.mktemp())
+        self.assertEqual(self.exitCode("--config", missing), 1)
+        self.assertIn(f"{missing}:1:1: cannot read the config file: No such file",
+                      self.stderr.getvalue())
+
+    def test_listProtocols(self):
+        """
+        C{--list-protocols} prints each protocol's name, port, transports and description,
+        and exits 0.
+        """
+        self.assertEqual(self.exitCode("--list-protocols"), 0)
+        lines = self.stdout.getvalue().splitlines()
+        self.assertEqual(lines[0].split()[:3], ["NAME", "PORT", "TRANSPORTS"])
+        self.assertEqual([l.split()[0] for l in lines[1:]],
+                         ["echo", "discard", "daytime", "qotd", "chargen", "time"])
+        self.assertIn("RFC 862", lines[1])
+
+    def test_duplicateProtocolsStopStartup(self):
+        """
+        Two plugins with one name stop start-up with the discovery's message.
+        """
+        def discover():
+            raise DuplicateProtocolError("protocol 'echo' is provided twice: by a.x and by b.y")
+        self.assertEqual(self.exitCode("--check", discover=discover), 1)
+        self.assertIn("by a.x and by b.y", self.stderr.getvalue())
+
+    def test_portOffsetRange(self):
+        """
+        A negative or too large C{--port-offset} is a usage error.
+        """
+        self.assertRaises(usage.UsageError, self.options, "--port-offset", "-1")
+        self.assertRaises(usage.UsageError, self.options, "--port-offset", "64512")
+
+    def test_defaultConfigIsBundled(self):
+        """
+        Without C{--config}, the bundled C{etc/portserver.yaml} is planned.
+        """
+        options = self.options()
+        self.assertEqual(os.path.basename(options["config"]), "portserver.yaml")
+        self.assertEqual(options["config"], tap.bundledConfigPath())
+        self.assertEqual(len(options["plan"].listeners), 12)
+
+    def test_makeServiceUsesInjectedReactor(self):
+        """
+        C{makeService} builds a L{PortServer} of the plan on the reactor given.
+        """
+        self.addCleanup(setattr, sys, "excepthook", sys.excepthook)
+        reactor = PortReactor()
+        service = tap.makeService(self.options("--port-offset", "20000"), reactor=reactor)
+        self.assertIsInstance(service, PortServer)
+        service.privilegedStartService()
+        self.assertIn((20007, "127.0.0.1"), [(p, i) for p, _, _, i in reactor.tcpServers])
+
+
+class ExceptHookTests(SynchronousTestCase):
+    """
+    The hook C{makeService} installs shows a start-up failure as its message alone.
+    """
+
+    def test_startupErrorIsAMessage(self):
+        """
+        A L{StartupError} reaching the top prints "portserver: <message>" on stderr and
+        not a traceback; other exceptions go to the previous hook.
+        """
+        from portserver.service import StartupError
+
+        seen = []
+        hook = tap._startupExceptHook(lambda *args: seen.append(args[0]))
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        hook(StartupError, StartupError("cannot listen for service 'echo'"), None)
+        self.assertEqual(stderr.getvalue(), "portserver: cannot listen for service 'echo'\n")
+        hook(KeyError, KeyError("x"), None)
+        self.assertEqual(seen, [KeyError])

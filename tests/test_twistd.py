@@ -1,0 +1,181 @@
+"""
+End-to-end tests of C{twistd portserver} as a real process: start-up, serving, bind
+failures, and binding privileged ports before dropping to C{--uid}/C{--gid}.
+
+The process runs this checkout's code (C{PYTHONPATH} is the checkout), whatever copy of
+portserver is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests.support import freePort
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEADLINE = 30  # seconds for start-up or exit on a slow machine; normally about one
+
+
+def twistd(*args, cwd=None):
+    """
+    Start C{twistd -n portserver ARGS} (this checkout's code) with output to a pipe.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = ROOT
+    command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+               "-n", "--pidfile=", "--logfile=-", *args]
+    return subprocess.Popen(command, cwd=cwd or ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def waitForLine(process, text, deadline=DEADLINE):
+    """
+    Read the process's output until a line contains C{text}; return all lines read.
+    """
+    lines = []
+    end = time.monotonic() + deadline
+    os.set_blocking(process.stdout.fileno(), False)
+    buffer = b""
+    while time.monotonic() < end:
+        chunk = process.stdout.read()
+        if chunk:
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            lines.extend(l.decode(errors="replace") for l in complete)
+            if any(text in l for l in lines):
+                return lines
+        elif process.poll() is not None:
+            break
+        else:
+            time.sleep(0.05)
+    raise AssertionError(f"no line with {text!r} within {deadline}s; output:\n"
+                         + "\n".join(lines) + buffer.decode(errors="replace"))
+
+
+def writeConfig(testCase, text):
+    path = os.path.abspath(testCase.mktemp())
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def echoConfig(port, interface="127.0.0.1"):
+    return (f"services:\n  - name: echo\n    protocol: echo\n    port: {port}\n"
+            f"    interface: {interface}\n    transports: [tcp, udp]\n")
+
+
+class TwistdTests(SynchronousTestCase):
+    """
+    C{twistd portserver} as operators run it.
+    """
+
+    def stop(self, process):
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(DEADLINE)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+
+    def start(self, *args, ready="Listening: service echo (echo) on udp"):
+        process = twistd(*args)
+        self.addCleanup(self.stop, process)
+        return process, waitForLine(process, ready)
+
+    def test_servesAndStopsCleanly(self):
+        """
+        With a config on a free port, twistd logs one line per listener, echoes over TCP
+        and UDP, and exits 0 on SIGTERM.
+        """
+        port = freePort()
+        process, lines = self.start("portserver", "--config", writeConfig(self, echoConfig(port)))
+        listening = [l for l in lines if "Listening:" in l]
+        self.assertEqual(len(listening), 2)
+        self.assertIn(f"on tcp 127.0.0.1:{port}, unprivileged port", listening[0])
+        self.assertIn(f"on udp 127.0.0.1:{port}, unprivileged port", listening[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as s:
+            s.sendall(b"over tcp")
+            self.assertEqual(s.recv(100), b"over tcp")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(DEADLINE)
+            s.sendto(b"over udp", ("127.0.0.1", port))
+            self.assertEqual(s.recvfrom(100), (b"over udp", ("127.0.0.1", port)))
+        process.send_signal(signal.SIGTERM)
+        self.assertEqual(process.wait(DEADLINE), 0)
+
+    def test_bindFailureIsFatal(self):
+        """
+        When a port is taken, twistd exits non-zero with one message naming the service,
+        transport, address, port and OS error, and no traceback; the service's other
+        listener is not left serving.
+        """
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        process = twistd("portserver", "--config", writeConfig(self, echoConfig(port)))
+        self.addCleanup(self.stop, process)
+        process.wait(DEADLINE)
+        output = process.stdout.read().decode()
+        self.assertNotEqual(process.returncode, 0)
+        self.assertIn(f"portserver: cannot listen for service 'echo': echo/tcp "
+                      f"127.0.0.1:{port}: [Errno 98] Address already in use", output)
+        self.assertNotIn("Traceback", output)
+
+    def test_configErrorsBeforeBinding(self):
+        """
+        An invalid config exits 1 listing every error, without binding the valid
+        service's port.
+        """
+        port = freePort()
+        config = echoConfig(port) + "  - name: broken\n    protocol: nope\n"
+        process = twistd("portserver", "--config", writeConfig(self, config))
+        self.addCleanup(self.stop, process)
+        self.assertEqual(process.wait(DEADLINE), 1)
+        output = process.stdout.read().decode()
+        self.assertIn(":8:15: service 'broken': unknown protocol 'nope'", output)
+        self.assertNotIn("Listening", output)
+
+    def test_dropsPrivilegesAfterBinding(self):
+        """
+        Started as root with --uid/--gid, twistd binds a privileged port in
+        privilegedStartService, then serves it as the unprivileged user.
+        """
+        if os.getuid() != 0:
+            raise SkipTest("binding a privileged port then dropping privileges needs root")
+        port = next((p for p in range(900, 1000) if _free(p)), None)
+        if port is None:
+            raise SkipTest("no free privileged port in 900-999 on 127.0.0.1")
+        process, lines = self.start("--uid", "65534", "--gid", "65534", "portserver",
+                                    "--config", writeConfig(self, echoConfig(port)))
+        self.assertTrue(any(f"127.0.0.1:{port}, privileged port" in l for l in lines), lines)
+        with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as s:
+            s.sendall(b"root no more")
+            self.assertEqual(s.recv(100), b"root no more")
+        with open(f"/proc/{process.pid}/status") as f:
+            uids = next(l for l in f if l.startswith("Uid:")).split()[1:]
+        self.assertEqual(set(uids), {"65534"})
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
