@@ -115,7 +115,7 @@ def _describe(value) -> str:
         return "nothing"
     return {dict: "a mapping", MarkedMap: "a mapping", list: "a list",
             MarkedList: "a list", str: "a string", bool: "a boolean",
-            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+            int: "a whole number", float: "a fractional number"}.get(type(value), type(value).__name__)
 
 
 def normaliseInterface(value: str) -> str | None:
@@ -259,10 +259,10 @@ class _ServiceParser:
             return provider.wellKnownPort if provider is not None else 0
         value = item["port"]
         if isinstance(value, bool) or not isinstance(value, (int, str)):
-            problem("port", f"'port' must be a number or a service name, not {_describe(value)}")
+            problem("port", f"'port' must be a whole number or a service name, not {_describe(value)}")
             return 0
         if isinstance(value, str):
-            if value.isdigit():
+            if value.isascii() and value.isdigit():
                 value = int(value)
             else:
                 ports = {self.servicePort(value, t) for t in transports or ("tcp",)}

@@ -113,7 +113,7 @@ def discover(package=None) -> Discovery:
             origins[name] = origin
 
     for failure in failures:
-        log.error("{failure}", failure=failure, module=failure.module)
+        log.error("{dropin}", dropin=failure, module=failure.module)
     if duplicates:
         raise DuplicateProtocolError("; ".join(duplicates))
     return Discovery(providers, origins, tuple(failures))

@@ -80,5 +80,5 @@ def lookupServicePort(name: str, transport: str,
     """
     try:
         return lookup(name, transport)
-    except OSError:
+    except (OSError, ValueError, UnicodeError):  # unknown, or a NUL / surrogate in the name
         return None

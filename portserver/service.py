@@ -180,6 +180,12 @@ class PortServer(MultiService):
     def startService(self):
         self.bindAll()
         super().startService()
+        self.reactor.callWhenRunning(self._ready)
+
+    def _ready(self):
+        log.info("portserver ready: {count} listener(s) for {services} service(s) from "
+                 "{config}", count=len(self.listeners),
+                 services=len(self.plan.config.services), config=self.plan.config.path)
 
     def addressOf(self, service: str, transport: str = "tcp"):
         """

@@ -199,7 +199,7 @@ class YAMLLevelTests(SynchronousTestCase):
         C{services} holding a number or a mapping is reported at its value.
         """
         self.assertEqual(problems("services: 3\n"),
-                         ["test.yaml:1:11: 'services' must be a list, not a number"])
+                         ["test.yaml:1:11: 'services' must be a list, not a whole number"])
         self.assertEqual(problems("services:\n  name: svc\n"),
                          ["test.yaml:2:3: 'services' must be a list, not a mapping"])
 
@@ -273,7 +273,7 @@ class ServiceShapeTests(SynchronousTestCase):
         """
         A name that is a number, a boolean or a list is reported at its value with its type.
         """
-        for value, kind in (("5", "a number"), ("true", "a boolean"), ("[a]", "a list")):
+        for value, kind in (("5", "a whole number"), ("true", "a boolean"), ("[a]", "a list")):
             self.assertEqual(
                 problems(oneService(name=value)),
                 [f"test.yaml:2:11: 'name' must be a string, not {kind}"])
@@ -302,7 +302,7 @@ class ServiceShapeTests(SynchronousTestCase):
         for value, kind in (("true", "a boolean"), ("[7]", "a list"), ("{a: 1}", "a mapping")):
             self.assertEqual(
                 problems(oneService(f"port: {value}")),
-                [f"test.yaml:4:11: service 'svc': 'port' must be a number or a service "
+                [f"test.yaml:4:11: service 'svc': 'port' must be a whole number or a service "
                  f"name, not {kind}"])
 
     def test_portFloat(self):
@@ -322,9 +322,6 @@ class ServiceShapeTests(SynchronousTestCase):
         [found] = problems(oneService("port: 7.5"))
         self.assertNotIn("not a number", found)
 
-    test_portFloatMessageIsNotSelfContradictory.todo = (  # type: ignore[attr-defined]
-        "_describe calls a float 'a number', so port 7.5 gives \"'port' must be a number or "
-        "a service name, not a number\"")
 
     def test_interfaceNotAString(self):
         """
@@ -333,7 +330,7 @@ class ServiceShapeTests(SynchronousTestCase):
         self.assertEqual(
             problems(oneService("interface: 5")),
             ["test.yaml:4:16: service 'svc': 'interface' must be an IP address string, "
-             "not a number"])
+             "not a whole number"])
 
     def test_transportsWrongType(self):
         """
@@ -423,9 +420,6 @@ class PortTests(SynchronousTestCase):
         self.assertTrue(found[0].startswith("test.yaml:4:11: service 'svc': 'port'"),
                         found[0])
 
-    test_nonASCIIDigitString.todo = (  # type: ignore[attr-defined]
-        "_port checks str.isdigit() then calls int(); '\u00b2'.isdigit() is True but "
-        "int('\u00b2') raises ValueError, which escapes parseServices as a traceback")
 
     def test_serviceName(self):
         """

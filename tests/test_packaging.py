@@ -210,10 +210,9 @@ class InstalledTests(SynchronousTestCase):
     def setUp(self):
         self.venv = installedVenv()
         self.python = os.path.join(self.venv, "bin", "python")
-        self.cwd = os.path.realpath(self.mktemp())
-        os.makedirs(self.cwd)
-        self.assertFalse(self.cwd.startswith(ROOT + os.sep) and
-                         not self.cwd.startswith(os.path.join(ROOT, "_trial_temp")))
+        # A directory outside the checkout (trial's own temporary directories are in it).
+        self.cwd = tempfile.mkdtemp(dir=_scratch(), prefix="cwd-")
+        self.assertFalse(self.cwd.startswith(ROOT + os.sep))
         result = run([self.python, "-c",
                       "import sysconfig; print(sysconfig.get_path('purelib'))"], self.cwd)
         self.assertEqual(result.returncode, 0, describe(result))

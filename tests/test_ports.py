@@ -167,10 +167,6 @@ class LookupServicePortTests(SynchronousTestCase):
 
         self.assertIsNone(lookupServicePort("nosuchservice", "tcp", lookup=lookup))
 
-    _refusedNameBug = (
-        "lookupServicePort catches only OSError; socket.getservbyname raises ValueError "
-        "(or its subclass UnicodeEncodeError) for this name, so a config typo in 'port:' "
-        "becomes a traceback instead of a config problem")
 
     def test_nameWithNul(self):
         """
@@ -180,7 +176,6 @@ class LookupServicePortTests(SynchronousTestCase):
         """
         self.assertIsNone(lookupServicePort("ec\x00ho", "tcp"))
 
-    test_nameWithNul.todo = _refusedNameBug  # type: ignore[attr-defined]
 
     def test_nameWithLoneSurrogate(self):
         """
@@ -190,4 +185,3 @@ class LookupServicePortTests(SynchronousTestCase):
         """
         self.assertIsNone(lookupServicePort("\ud800", "tcp"))
 
-    test_nameWithLoneSurrogate.todo = _refusedNameBug  # type: ignore[attr-defined]

@@ -86,7 +86,7 @@ class TwistdTests(SynchronousTestCase):
             process.wait()
         process.stdout.close()
 
-    def start(self, *args, ready="Listening: service echo (echo) on udp"):
+    def start(self, *args, ready="portserver ready"):
         process = twistd(*args)
         self.addCleanup(self.stop, process)
         return process, waitForLine(process, ready)
@@ -94,7 +94,8 @@ class TwistdTests(SynchronousTestCase):
     def test_servesAndStopsCleanly(self):
         """
         With a config on a free port, twistd logs one line per listener, echoes over TCP
-        and UDP, and exits 0 on SIGTERM.
+        and UDP, and on SIGTERM closes its ports and shuts down cleanly (twistd then ends
+        by re-raising the signal, so the exit status says "terminated by SIGTERM").
         """
         port = freePort()
         process, lines = self.start("portserver", "--config", writeConfig(self, echoConfig(port)))
@@ -110,7 +111,9 @@ class TwistdTests(SynchronousTestCase):
             s.sendto(b"over udp", ("127.0.0.1", port))
             self.assertEqual(s.recvfrom(100), (b"over udp", ("127.0.0.1", port)))
         process.send_signal(signal.SIGTERM)
-        self.assertEqual(process.wait(DEADLINE), 0)
+        lines = waitForLine(process, "Server Shut Down.")
+        self.assertIn(f"(TCP Port {port} Closed)", "\n".join(lines))
+        self.assertIn(process.wait(DEADLINE), (0, -signal.SIGTERM))
 
     def test_bindFailureIsFatal(self):
         """
