@@ -65,6 +65,33 @@ class ReplyDatagram(DatagramProtocol):
             self.transport.write(answer, addr)
 
 
+class Announce(Protocol):
+    """
+    A stream service that sends one C{answer()} on connection, then closes
+    (daytime and time over TCP).
+    """
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def connectionMade(self):
+        self.transport.write(self.answer())
+        self.transport.loseConnection()
+
+
+class AnnounceDatagram(ReplyDatagram):
+    """
+    A datagram service that answers any datagram with C{answer()} (daytime, time and
+    qotd over UDP).
+    """
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def reply(self, data):
+        return self.answer()
+
+
 # -- echo ------------------------------------------------------------------------------
 
 
@@ -108,29 +135,8 @@ def daytime(seconds: float) -> bytes:
             f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}-UTC\r\n").encode("ascii")
 
 
-class Daytime(Protocol):
-    """
-    RFC 867 over TCP: send the daytime and close.
-    """
-
-    def __init__(self, clock):
-        self.clock = clock
-
-    def connectionMade(self):
-        self.transport.write(daytime(self.clock.seconds()))
-        self.transport.loseConnection()
 
 
-class DaytimeDatagram(ReplyDatagram):
-    """
-    RFC 867 over UDP: answer any datagram with the daytime.
-    """
-
-    def __init__(self, clock):
-        self.clock = clock
-
-    def reply(self, data):
-        return daytime(self.clock.seconds())
 
 
 # -- time ------------------------------------------------------------------------------
@@ -144,29 +150,8 @@ def binaryTime(seconds: float) -> bytes:
     return struct.pack("!I", (int(seconds) + RFC868_OFFSET) % 2**32)
 
 
-class Time(Protocol):
-    """
-    RFC 868 over TCP: send the time and close.
-    """
-
-    def __init__(self, clock):
-        self.clock = clock
-
-    def connectionMade(self):
-        self.transport.write(binaryTime(self.clock.seconds()))
-        self.transport.loseConnection()
 
 
-class TimeDatagram(ReplyDatagram):
-    """
-    RFC 868 over UDP: answer any datagram (the RFC sends an empty one) with the time.
-    """
-
-    def __init__(self, clock):
-        self.clock = clock
-
-    def reply(self, data):
-        return binaryTime(self.clock.seconds())
 
 
 # -- qotd ------------------------------------------------------------------------------
@@ -200,17 +185,10 @@ class QOTD(wire.QOTD):
         return quoteOfTheDay(self.quotes, self.clock.seconds())
 
 
-class QOTDDatagram(ReplyDatagram):
-    """
-    RFC 865 over UDP: answer any datagram with the quote of the day.
-    """
 
-    def __init__(self, quotes, clock):
-        self.quotes = quotes
-        self.clock = clock
 
-    def reply(self, data):
-        return quoteOfTheDay(self.quotes, self.clock.seconds())
+def _quoteNow(quotes, clock) -> bytes:
+    return quoteOfTheDay(quotes, clock.seconds())
 
 
 def _checkQuotes(quotes) -> str | None:
@@ -294,8 +272,9 @@ daytimeProtocol = PortProtocol(
     name="daytime",
     description="Daytime: the current date and time in words, UTC (RFC 867)",
     wellKnownPort=13,
-    factory=lambda service, reactor: _factory(Daytime, clock=reactor),
-    datagram=lambda service, reactor: DaytimeDatagram(reactor),
+    factory=lambda service, reactor: _factory(
+        Announce, answer=lambda: daytime(reactor.seconds())),
+    datagram=lambda service, reactor: AnnounceDatagram(lambda: daytime(reactor.seconds())),
 )
 
 qotd = PortProtocol(
@@ -304,7 +283,8 @@ qotd = PortProtocol(
     wellKnownPort=17,
     factory=lambda service, reactor: _factory(
         QOTD, quotes=tuple(service.options["quotes"]), clock=reactor),
-    datagram=lambda service, reactor: QOTDDatagram(tuple(service.options["quotes"]), reactor),
+    datagram=lambda service, reactor: AnnounceDatagram(
+        partial(_quoteNow, tuple(service.options["quotes"]), reactor)),
     options={
         "quotes": Option(list, default=list(DEFAULT_QUOTES), check=_checkQuotes,
                          describe="a list of strings"),
@@ -323,8 +303,9 @@ timeProtocol = PortProtocol(
     name="time",
     description="Time: seconds since 1900 as a 32-bit binary number (RFC 868)",
     wellKnownPort=37,
-    factory=lambda service, reactor: _factory(Time, clock=reactor),
-    datagram=lambda service, reactor: TimeDatagram(reactor),
+    factory=lambda service, reactor: _factory(
+        Announce, answer=lambda: binaryTime(reactor.seconds())),
+    datagram=lambda service, reactor: AnnounceDatagram(lambda: binaryTime(reactor.seconds())),
 )
 
 #: Every classic provider, in port order.
