@@ -15,7 +15,7 @@ import attrs
 
 from portserver import marks
 from portserver.marks import Mark, MarkedList, MarkedMap, markOf
-from portserver.options import OptionsError
+from portserver.options import Option, OptionsError, checkOptions
 from portserver.ports import lookupServicePort
 
 TRANSPORTS = ("tcp", "udp")
@@ -23,7 +23,8 @@ DEFAULT_INTERFACE = "0.0.0.0"
 SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 SERVICE_KEYS = ("name", "protocol", "port", "interface", "transports", "options")
-TOP_KEYS = ("services",)
+TOP_KEYS = ("services", "status", "registry")
+DEFAULT_STATUS_LISTEN = "tcp:8790:interface=127.0.0.1"
 
 
 @attrs.frozen
@@ -88,6 +89,31 @@ class ServiceSpec:
 
 
 @attrs.frozen
+class StatusSpec:
+    """
+    The status web service: C{listen} is a Twisted server endpoint string, or L{None}
+    when the status service is off.
+    """
+
+    listen: str | None = DEFAULT_STATUS_LISTEN
+
+
+@attrs.frozen
+class RegistrySpec:
+    """
+    Settings of the connection registry.
+
+    @ivar closedLimit: how many closed connections stay queryable.
+    @ivar udpIdle: seconds of silence after which a UDP flow expires.
+    @ivar logConnections: whether each open and close is logged.
+    """
+
+    closedLimit: int = 1000
+    udpIdle: float = 60.0
+    logConnections: bool = True
+
+
+@attrs.frozen
 class ServerConfig:
     """
     A whole validated configuration file.
@@ -95,6 +121,60 @@ class ServerConfig:
 
     path: str
     services: tuple[ServiceSpec, ...]
+    status: StatusSpec = StatusSpec()
+    registry: RegistrySpec = RegistrySpec()
+
+
+class _NoReactor:
+    """
+    Stands in for a reactor while an endpoint string is only parsed, never listened on.
+    """
+
+
+def _checkEndpoint(description: str) -> str | None:
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        serverFromString(_NoReactor(), description)
+    except (ValueError, TypeError, KeyError) as e:
+        return f"{description!r} is not a Twisted server endpoint string ({e})"
+    return None
+
+
+STATUS_SCHEMA = {
+    "listen": Option((str, type(None)), default=DEFAULT_STATUS_LISTEN,
+                     check=lambda v: None if v is None else _checkEndpoint(v),
+                     describe="an endpoint string like 'tcp:8790:interface=127.0.0.1', "
+                              "or null for no status service"),
+}
+REGISTRY_SCHEMA = {
+    "closed_limit": Option(int, default=1000,
+                           check=lambda v: None if v >= 0 else "must be 0 or more"),
+    "udp_idle": Option((int, float), default=60,
+                       check=lambda v: None if v > 0 else "must be more than 0 seconds",
+                       describe="a number of seconds"),
+    "log_connections": Option(bool, default=True),
+}
+
+
+def _section(data: MarkedMap, key: str, schema, collector) -> dict[str, Any]:
+    """
+    Check the top-level mapping C{key} against C{schema}; defaults when absent.
+    """
+    value = data.get(key)
+    if value is None:
+        value = MarkedMap()
+    if not isinstance(value, dict):
+        collector.add(data.valueMark(key), f"'{key}' must be a mapping, not {_describe(value)}")
+        return checkOptions({}, schema)
+    try:
+        return checkOptions(value, schema)
+    except OptionsError as e:
+        for p in e.problems:
+            mark = value.keyMark(p.option) if p.option in value else data.valueMark(key)
+            collector.add(mark, f"{key}: '{p.option}' {p.message}" if p.option
+                          else f"{key}: {p.message}")
+        return checkOptions({}, schema)
 
 
 class _Collector:
@@ -287,19 +367,48 @@ def parseServices(text: str, path: str, providers: Mapping[str, Any],
     @return: the services that are valid and every problem found (services with a
         problem are left out).
     """
+    specs, _, _, problems = parseConfig(text, path, providers, servicePort)
+    return specs, problems
+
+
+def parseConfig(text: str, path: str, providers: Mapping[str, Any],
+                servicePort: Callable[[str, str], int | None] = lookupServicePort,
+                ) -> tuple[list[ServiceSpec], StatusSpec, RegistrySpec, list[ConfigProblem]]:
+    """
+    Check the configuration C{text} (read from C{path}): services, C{status:} and
+    C{registry:}.
+
+    @return: the valid services, the status and registry settings, and every problem.
+    """
+    specs, data, problems = _parseServices(text, path, providers, servicePort)
+    collector = _Collector(path)
+    collector.problems = problems
+    status, registry = StatusSpec(), RegistrySpec()
+    if isinstance(data, MarkedMap):
+        if data.get("status", MarkedMap()) is False:
+            status = StatusSpec(None)
+        else:
+            status = StatusSpec(_section(data, "status", STATUS_SCHEMA, collector)["listen"])
+        settings = _section(data, "registry", REGISTRY_SCHEMA, collector)
+        registry = RegistrySpec(settings["closed_limit"], float(settings["udp_idle"]),
+                                settings["log_connections"])
+    return specs, status, registry, collector.problems
+
+
+def _parseServices(text, path, providers, servicePort):
     collector = _Collector(path)
     data, yamlProblems = marks.load(text)
     for p in yamlProblems:
         collector.add(p.mark, p.message)
     if data is None and yamlProblems:
-        return [], collector.problems
+        return [], data, collector.problems
     if data is None:
         collector.add(Mark(1, 1), "the file is empty: expected a mapping with 'services:'")
-        return [], collector.problems
+        return [], data, collector.problems
     if not isinstance(data, MarkedMap):
         collector.add(markOf(data, Mark(1, 1)),
                       f"the file must hold a mapping with 'services:', not {_describe(data)}")
-        return [], collector.problems
+        return [], data, collector.problems
     for key in data:
         if key not in TOP_KEYS:
             collector.add(data.keyMark(key),
@@ -307,13 +416,13 @@ def parseServices(text: str, path: str, providers: Mapping[str, Any],
     services = data.get("services")
     if "services" not in data:
         collector.add(data.mark, "missing required key 'services'")
-        return [], collector.problems
+        return [], data, collector.problems
     if services is None:
         services = MarkedList()
     if not isinstance(services, MarkedList):
         collector.add(data.valueMark("services"),
                       f"'services' must be a list, not {_describe(services)}")
-        return [], collector.problems
+        return [], data, collector.problems
 
     parser = _ServiceParser(collector, providers, servicePort)
     specs: list[ServiceSpec] = []
@@ -330,7 +439,7 @@ def parseServices(text: str, path: str, providers: Mapping[str, Any],
             seen[name] = mark
         if spec is not None:
             specs.append(spec)
-    return specs, collector.problems
+    return specs, data, collector.problems
 
 
 def readConfig(path: str) -> tuple[str | None, list[ConfigProblem]]:

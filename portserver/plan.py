@@ -18,7 +18,7 @@ from portserver.config import (
     ConfigProblem,
     ServerConfig,
     ServiceSpec,
-    parseServices,
+    parseConfig,
     readConfig,
 )
 from portserver.ports import PrivilegeRule, lookupServicePort, portClass
@@ -176,12 +176,13 @@ def loadPlan(path: str, providers: Mapping[str, Any], portOffset: int = 0,
         text, problems = readConfig(path)
         if text is None:
             raise ConfigError(problems)
-    services, problems = parseServices(text, path, providers, servicePort)
+    services, status, registry, problems = parseConfig(text, path, providers, servicePort)
     listeners, conflicts = planListeners(services, portOffset, rule, dualStack)
     problems = sorted(problems + conflicts, key=lambda p: (p.mark.line, p.mark.column))
     if problems:
         raise ConfigError(problems)
-    return Plan(ServerConfig(path, tuple(services)), tuple(listeners), portOffset, rule)
+    return Plan(ServerConfig(path, tuple(services), status, registry), tuple(listeners),
+                portOffset, rule)
 
 
 def formatPlan(plan: Plan) -> str:

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import errno
 
+import attrs
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.error import CannotListenError
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from portserver import udp
 from portserver.plan import Listener, Plan
+from portserver.registry import Registry
+from portserver.tracking import TrackingDatagram, TrackingFactory
 
 log = Logger()
 
@@ -64,20 +68,23 @@ class ListenerService(Service):
     @ivar port: the L{IListeningPort} while bound, else L{None}.
     """
 
-    def __init__(self, listener: Listener, reactor):
+    def __init__(self, listener: Listener, reactor, registry: Registry):
         self.listener = listener
         self.reactor = reactor
+        self.registry = registry
         self.port = None
         self.setName(f"{listener.service}/{listener.transport}")
 
     def build(self):
         """
-        Build what the plugin serves this listener with.
+        Build what the plugin serves this listener with, behind the tracking layer.
         """
         spec = self.listener.spec
         if self.listener.transport == "tcp":
-            return spec.provider.buildFactory(spec, self.reactor)
-        return spec.provider.buildDatagramProtocol(spec, self.reactor)
+            return TrackingFactory(spec.provider.buildFactory(spec, self.reactor),
+                                   self.registry, spec.name, spec.protocol)
+        return TrackingDatagram(spec.provider.buildDatagramProtocol(spec, self.reactor),
+                                self.registry, spec.name, spec.protocol)
 
     def bind(self) -> None:
         """
@@ -109,6 +116,16 @@ class ListenerService(Service):
         if port is None:
             return maybeDeferred(lambda: None)
         return maybeDeferred(port.stopListening)
+
+    @property
+    def bound(self) -> Listener:
+        """
+        The listener as bound: with the port the OS gave when the plan said 0.
+        """
+        address = self.address
+        if address is None or address.port == self.listener.port:
+            return self.listener
+        return attrs.evolve(self.listener, port=address.port)
 
     @property
     def address(self):
@@ -147,13 +164,38 @@ class PortServer(MultiService):
     Every listener of a L{Plan}, bound all at once or not at all.
     """
 
-    def __init__(self, plan: Plan, reactor):
+    def __init__(self, plan: Plan, reactor, registry: Registry | None = None):
         super().__init__()
         self.plan = plan
         self.reactor = reactor
-        self.listeners = [ListenerService(l, reactor) for l in plan.listeners]
+        settings = plan.config.registry
+        self.registry = registry or Registry(
+            reactor, plan.rule, closedLimit=settings.closedLimit, udpIdle=settings.udpIdle,
+            logConnections=settings.logConnections)
+        self.listeners = [ListenerService(l, reactor, self.registry) for l in plan.listeners]
         for child in self.listeners:
             child.setServiceParent(self)
+        self._expiry = LoopingCall(self.registry.expireFlows)
+        self._expiry.clock = reactor
+
+    def boundListeners(self) -> list[Listener]:
+        """
+        Every listener as bound (actual ports), in plan order.
+        """
+        return [child.bound for child in self.listeners]
+
+    def listenerStates(self) -> list[dict]:
+        """
+        Every listener as a plain dict with its live connection (or flow) count.
+        """
+        counts = self.registry.liveCounts()
+        result = []
+        for listener in self.boundListeners():
+            row = listener.asDict()
+            row["connections"] = counts.get(
+                (listener.service, listener.transport, listener.port), 0)
+            result.append(row)
+        return result
 
     def bindAll(self) -> None:
         """
@@ -179,8 +221,18 @@ class PortServer(MultiService):
 
     def startService(self):
         self.bindAll()
+        self.registry.shuttingDown = False
         super().startService()
+        if any(l.transport == "udp" for l in self.plan.listeners):
+            interval = min(max(self.registry.udpIdle / 4, 0.5), 30)
+            self._expiry.start(interval, now=False)
         self.reactor.callWhenRunning(self._ready)
+
+    def stopService(self):
+        self.registry.shuttingDown = True
+        if self._expiry.running:
+            self._expiry.stop()
+        return super().stopService()
 
     def _ready(self):
         log.info("portserver ready: {count} listener(s) for {services} service(s) from "

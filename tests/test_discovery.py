@@ -15,7 +15,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import ConnectionDone
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python import log as legacyLog
 from twisted.python.failure import Failure
@@ -254,7 +254,7 @@ class ThirdPartyDiscoveryTests(SynchronousTestCase):
         self.assertEqual((listener.protocol, listener.transport, listener.interface,
                           listener.port), ("rot13", "tcp", "127.0.0.1", 1))
 
-        memory = MemoryReactor()
+        memory = MemoryReactorClock()
         server = PortServer(plan, memory)
         server.startService()
         self.addCleanup(server.stopService)
@@ -309,7 +309,7 @@ class ThirdPartyServingTests(TestCase):
         try:
             address = server.addressOf("rot13-svc")
             self.assertEqual((address.host, address.port), ("127.0.0.1", port))
-            factory = server.listeners[0].port.factory
+            factory = server.listeners[0].port.factory.wrapped
             serverSideLost = factory.whenConnectionLost()
 
             client = await connectProtocol(

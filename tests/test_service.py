@@ -60,7 +60,7 @@ class PortServerTests(SynchronousTestCase):
         reactor = PortReactor()
         server = self.server(reactor, spec("custom", providers={"custom": provider}))
         server.startService()
-        self.assertIs(reactor.tcpServers[0][1], built)
+        self.assertIs(reactor.tcpServers[0][1].wrapped, built)
 
     def test_bindFailureIsFatalAndNamesEverything(self):
         """
@@ -133,7 +133,7 @@ class PortServerTests(SynchronousTestCase):
         server = self.server(reactor, spec("d", "dgram", transports=("udp",),
                                            providers={"dgram": provider}))
         server.startService()
-        self.assertIs(reactor.udpServers[0][1], protocol)
+        self.assertIs(reactor.udpServers[0][1].wrapped, protocol)
 
     def test_stopServiceStopsListening(self):
         """

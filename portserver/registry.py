@@ -1,0 +1,373 @@
+"""
+The connection registry: every live TCP connection and UDP flow, as (ip, port) pairs.
+
+What the registry knows is kept apart from how it is shown: records are plain values (turned
+into plain dicts by L{ConnectionRecord.asDict}), so snapshots from several workers or hosts
+can be merged later. The registry is an object, made once per server and injected where it
+is needed; it holds no reference to any protocol or transport, so a closed connection is
+freed by reference counting alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter, deque
+from functools import lru_cache
+from typing import Callable, Iterable
+
+from twisted.logger import Logger
+
+from portserver.ports import PORT_CLASSES, PrivilegeRule, portClass
+
+log = Logger()
+
+OPEN = "open"
+CLOSED = "closed"
+
+# Close reasons.
+CLIENT_CLOSED = "client-closed"
+SERVER_CLOSED = "server-closed"
+RESET = "reset"
+ABORTED = "aborted"
+SHUTDOWN = "shutdown"
+IDLE = "idle"
+ERROR = "error"
+
+
+class Endpoint(tuple):
+    """
+    An (ip, port) pair: C{Endpoint("127.0.0.1", 7)}; C{.host}, C{.port}.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, host: str, port: int):
+        return tuple.__new__(cls, (host, port))
+
+    @property
+    def host(self) -> str:
+        return self[0]
+
+    @property
+    def port(self) -> int:
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self[0]!r}, {self[1]})"
+
+    def __str__(self) -> str:
+        return f"[{self[0]}]:{self[1]}" if ":" in self[0] else f"{self[0]}:{self[1]}"
+
+
+class ConnectionRecord:
+    """
+    One TCP connection or UDP flow, live or recently closed. Plain data only.
+
+    @ivar id: stable and unique within the registry, e.g. C{"tcp-17"}.
+    @ivar local: the server's L{Endpoint}; C{remote}: the peer's.
+    @ivar opened: when the connection was accepted (UDP: first datagram), in seconds since
+        the epoch; C{lastSeen}: the last datagram (UDP), else L{None}.
+    @ivar closed: when it closed (UDP: expired), or L{None} while live; C{reason}: why.
+    """
+
+    __slots__ = ("id", "service", "protocol", "transport", "local", "remote", "opened",
+                 "bytesIn", "bytesOut", "datagramsIn", "datagramsOut", "lastSeen",
+                 "closed", "reason", "__weakref__")
+
+    def __init__(self, id, service, protocol, transport, local, remote, opened):
+        self.id = id
+        self.service = service
+        self.protocol = protocol
+        self.transport = transport
+        self.local = local
+        self.remote = remote
+        self.opened = opened
+        self.bytesIn = 0
+        self.bytesOut = 0
+        self.datagramsIn = 0
+        self.datagramsOut = 0
+        self.lastSeen = None
+        self.closed = None
+        self.reason = None
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.closed is None else self.closed - self.opened
+
+    def asDict(self, describePort: Callable[[int], tuple[str, bool]]) -> dict:
+        """
+        The record as plain JSON-ready values; C{describePort(port)} gives
+        C{(class, privileged)}.
+        """
+        localClass, localPrivileged = describePort(self.local[1])
+        remoteClass, remotePrivileged = describePort(self.remote[1])
+        result = {
+            "id": self.id, "service": self.service, "protocol": self.protocol,
+            "transport": self.transport,
+            "local": {"host": self.local[0], "port": self.local[1], "class": localClass,
+                      "privileged": localPrivileged},
+            "remote": {"host": self.remote[0], "port": self.remote[1], "class": remoteClass,
+                       "privileged": remotePrivileged},
+            "opened": self.opened, "bytes_in": self.bytesIn, "bytes_out": self.bytesOut,
+        }
+        if self.transport == "udp":
+            result["datagrams_in"] = self.datagramsIn
+            result["datagrams_out"] = self.datagramsOut
+            result["last_seen"] = self.lastSeen
+        if self.closed is not None:
+            result["closed"] = self.closed
+            result["duration"] = self.closed - self.opened
+            result["reason"] = self.reason
+        return result
+
+
+class Registry:
+    """
+    Every live connection and UDP flow of a server, the last C{closedLimit} closed ones,
+    and running totals.
+
+    Adding and removing a connection is O(1) (a dict keyed by id); a snapshot copies
+    references to the live records.
+
+    @param clock: an L{IReactorTime} (C{seconds()}).
+    @param rule: this host's L{PrivilegeRule}.
+    @param closedLimit: how many closed connections stay queryable.
+    @param udpIdle: seconds after which a silent UDP flow expires.
+    """
+
+    def __init__(self, clock, rule: PrivilegeRule | None = None, closedLimit: int = 1000,
+                 udpIdle: float = 60.0, logConnections: bool = True):
+        self.clock = clock
+        self.rule = rule or PrivilegeRule()
+        self.udpIdle = udpIdle
+        self.logConnections = logConnections
+        self.started = clock.seconds()
+        self._live: dict[str, ConnectionRecord] = {}
+        self._flows: dict[tuple, ConnectionRecord] = {}
+        self._closed: deque[ConnectionRecord] = deque(maxlen=closedLimit)
+        self._ids = itertools.count(1)
+        self._observers: list[Callable[[str, ConnectionRecord], None]] = []
+        self.accepted: Counter = Counter()  # (service, transport) -> count
+        self.closedTotal: Counter = Counter()  # (service, transport, reason) -> count
+        self.bytesIn: Counter = Counter()  # (service, transport) -> bytes of closed ones
+        self.bytesOut: Counter = Counter()
+        self.describePort = lru_cache(maxsize=None)(self._describePort)
+        self.shuttingDown = False
+
+    def _describePort(self, port: int) -> tuple[str, bool]:
+        return portClass(port), self.rule.isPrivileged(port)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def subscribe(self, observer: Callable[[str, ConnectionRecord], None]) -> Callable[[], None]:
+        """
+        Call C{observer(event, record)} with C{"open"} or C{"closed"} for every connection
+        and flow; returns a callable that unsubscribes.
+        """
+        self._observers.append(observer)
+        return lambda: self._observers.remove(observer)
+
+    def _notify(self, event: str, record: ConnectionRecord) -> None:
+        for observer in list(self._observers):
+            try:
+                observer(event, record)
+            except Exception:
+                log.failure("Registry observer {observer} failed", observer=observer)
+
+    # -- TCP -------------------------------------------------------------------------------
+
+    def open(self, service: str, protocol: str, transport: str, local: Endpoint,
+             remote: Endpoint) -> ConnectionRecord:
+        """
+        Record a new connection, live from now.
+        """
+        record = ConnectionRecord(f"{transport}-{next(self._ids)}", service, protocol,
+                                  transport, local, remote, self.clock.seconds())
+        self._live[record.id] = record
+        self.accepted[(service, transport)] += 1
+        if self.logConnections:
+            log.info("Connection {id} opened: {service} {transport} {remote} -> {local}",
+                     id=record.id, service=service, protocol=protocol, transport=transport,
+                     local=str(local), remote=str(remote), event="open",
+                     local_host=local[0], local_port=local[1],
+                     remote_host=remote[0], remote_port=remote[1])
+        if self._observers:
+            self._notify(OPEN, record)
+        return record
+
+    def close(self, record: ConnectionRecord, reason: str) -> None:
+        """
+        Record that C{record}'s connection (or flow) closed for C{reason}.
+        """
+        if record.closed is not None:
+            return
+        record.closed = self.clock.seconds()
+        record.reason = reason
+        if record.transport == "udp":
+            self._flows.pop((record.service, record.remote), None)
+        else:
+            self._live.pop(record.id, None)
+        self._closed.append(record)
+        key = (record.service, record.transport)
+        self.closedTotal[key + (reason,)] += 1
+        self.bytesIn[key] += record.bytesIn
+        self.bytesOut[key] += record.bytesOut
+        if self.logConnections:
+            log.info("Connection {id} closed ({reason}): {service} {transport} {remote} -> "
+                     "{local}, {duration:.3f}s, {bytes_in} bytes in, {bytes_out} out",
+                     id=record.id, service=record.service, protocol=record.protocol,
+                     transport=record.transport, local=str(record.local),
+                     remote=str(record.remote), reason=reason, event="close",
+                     duration=record.closed - record.opened, bytes_in=record.bytesIn,
+                     bytes_out=record.bytesOut, local_host=record.local[0],
+                     local_port=record.local[1], remote_host=record.remote[0],
+                     remote_port=record.remote[1])
+        if self._observers:
+            self._notify(CLOSED, record)
+
+    # -- UDP -------------------------------------------------------------------------------
+
+    def flow(self, service: str, protocol: str, local: Endpoint,
+             remote: Endpoint) -> ConnectionRecord:
+        """
+        The live flow of C{service} with C{remote}, opened now if there is none.
+        """
+        record = self._flows.get((service, remote))
+        if record is None:
+            record = self.open(service, protocol, "udp", local, remote)
+            del self._live[record.id]
+            self._flows[(service, remote)] = record
+        record.lastSeen = self.clock.seconds()
+        return record
+
+    def knownFlow(self, service: str, remote: Endpoint) -> ConnectionRecord | None:
+        """
+        The live flow of C{service} with C{remote}, if any.
+        """
+        return self._flows.get((service, remote))
+
+    def expireFlows(self) -> int:
+        """
+        Close every flow silent for C{udpIdle} seconds or more; return how many.
+        """
+        deadline = self.clock.seconds() - self.udpIdle
+        stale = [r for r in self._flows.values() if r.lastSeen <= deadline]
+        for record in stale:
+            self.close(record, IDLE)
+        return len(stale)
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def snapshot(self, transport: str = "tcp") -> list[ConnectionRecord]:
+        """
+        The live records of C{transport} (C{"tcp"} connections or C{"udp"} flows).
+        The records are live objects: read them now, or turn them into dicts.
+        """
+        return list((self._flows if transport == "udp" else self._live).values())
+
+    def recentlyClosed(self) -> list[ConnectionRecord]:
+        """
+        The last closed connections and flows, oldest first.
+        """
+        return list(self._closed)
+
+    def live(self, recordId: str) -> ConnectionRecord | None:
+        return self._live.get(recordId)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def query(self, service: str | None = None, state: str = OPEN,
+              transport: str | None = None) -> list[dict]:
+        """
+        Records as dicts: live (C{state="open"}) or recently closed (C{"closed"}),
+        optionally of one service and one transport (live: C{"tcp"} by default).
+        """
+        if state == CLOSED:
+            records: Iterable[ConnectionRecord] = self._closed
+            if transport is not None:
+                records = (r for r in records if r.transport == transport)
+        else:
+            records = self._flows.values() if transport == "udp" else self._live.values()
+        if service is not None:
+            records = (r for r in records if r.service == service)
+        describe = self.describePort
+        return [r.asDict(describe) for r in records]
+
+    def liveCounts(self) -> Counter:
+        """
+        Live connections and flows per (service, transport, local port).
+        """
+        counts: Counter = Counter()
+        for record in itertools.chain(self._live.values(), self._flows.values()):
+            counts[(record.service, record.transport, record.local[1])] += 1
+        return counts
+
+    def summary(self, listeners: Iterable = ()) -> dict:
+        """
+        Totals for people and machines: listeners and connections by port class and by
+        privilege, per-service counts, accepted and closed totals, uptime, and flags.
+
+        @param listeners: the L{portserver.plan.Listener}s (with their bound ports).
+        """
+        describe = self.describePort
+        listeners = list(listeners)
+
+        def empty():
+            return {"by_class": dict.fromkeys(PORT_CLASSES, 0),
+                    "privileged": 0, "unprivileged": 0}
+
+        listenerTotals = empty()
+        for listener in listeners:
+            cls, privileged = describe(listener.port)
+            listenerTotals["by_class"][cls] += 1
+            listenerTotals["privileged" if privileged else "unprivileged"] += 1
+        listenerTotals["total"] = len(listeners)
+
+        local, remote = empty(), empty()
+        perService: dict[str, dict] = {}
+        flags = []
+        records = itertools.chain(self._live.values(), self._flows.values())
+        total = 0
+        for record in records:
+            total += 1
+            for counts, port in ((local, record.local[1]), (remote, record.remote[1])):
+                cls, privileged = describe(port)
+                counts["by_class"][cls] += 1
+                counts["privileged" if privileged else "unprivileged"] += 1
+            entry = perService.setdefault(record.service, {"tcp": 0, "udp": 0})
+            entry[record.transport] += 1
+            if describe(record.remote[1])[1]:
+                flags.append({"kind": "privileged-source-port", "id": record.id,
+                              "service": record.service,
+                              "remote": {"host": record.remote[0], "port": record.remote[1]},
+                              "message": f"peer {record.remote} connects from a privileged "
+                                         f"source port"})
+        for listener in listeners:
+            perService.setdefault(listener.service, {"tcp": 0, "udp": 0})
+            if describe(listener.port)[0] == "dynamic":
+                flags.append({"kind": "listener-in-dynamic-range",
+                              "service": listener.service, "port": listener.port,
+                              "message": f"{listener.service} listens on {listener.port}, in "
+                                         "the dynamic range the OS uses for outgoing "
+                                         "connections"})
+        for (service, transport), count in self.accepted.items():
+            perService.setdefault(service, {"tcp": 0, "udp": 0})
+        closedBy: Counter = Counter()
+        for (service, transport, reason), count in self.closedTotal.items():
+            closedBy[reason] += count
+        for service, entry in perService.items():
+            entry["accepted"] = sum(c for (s, _), c in self.accepted.items() if s == service)
+            entry["closed"] = sum(c for (s, _, _), c in self.closedTotal.items() if s == service)
+        return {
+            "uptime": self.clock.seconds() - self.started,
+            "privileged_port_start": self.rule.unprivilegedStart,
+            "privileged_rule": self.rule.source,
+            "listeners": listenerTotals,
+            "connections": {"total": total, "local": local, "remote": remote},
+            "services": perService,
+            "accepted_total": sum(self.accepted.values()),
+            "closed_total": sum(self.closedTotal.values()),
+            "closed_by_reason": dict(closedBy),
+            "flags": flags,
+        }
