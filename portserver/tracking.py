@@ -152,6 +152,21 @@ class Tracker:
     def getHost(self):
         return self.transport.getHost()
 
+    def loseWriteConnection(self) -> None:
+        self.transport.loseWriteConnection()
+
+    def getTcpNoDelay(self) -> bool:
+        return self.transport.getTcpNoDelay()
+
+    def setTcpNoDelay(self, enabled) -> None:
+        self.transport.setTcpNoDelay(enabled)
+
+    def getTcpKeepAlive(self) -> bool:
+        return self.transport.getTcpKeepAlive()
+
+    def setTcpKeepAlive(self, enabled) -> None:
+        self.transport.setTcpKeepAlive(enabled)
+
     def registerProducer(self, producer, streaming) -> None:
         self.transport.registerProducer(producer, streaming)
 
@@ -168,7 +183,7 @@ class Tracker:
         self.transport.stopProducing()
 
     def __getattr__(self, name):
-        # setTcpNoDelay, loseWriteConnection, getHandle, ...: the real transport's.
+        # getHandle, TLS methods, ...: whatever else the real transport has.
         if name.startswith("__"):
             raise AttributeError(name)
         transport = object.__getattribute__(self, "transport")
