@@ -385,7 +385,7 @@ def parseConfig(text: str, path: str, providers: Mapping[str, Any],
     collector.problems = problems
     status, registry = StatusSpec(), RegistrySpec()
     if isinstance(data, MarkedMap):
-        if data.get("status", MarkedMap()) is False:
+        if "status" in data and data["status"] in (None, False):  # `status: off`
             status = StatusSpec(None)
         else:
             status = StatusSpec(_section(data, "status", STATUS_SCHEMA, collector)["listen"])

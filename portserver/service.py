@@ -247,3 +247,29 @@ class PortServer(MultiService):
             if child.listener.service == service and child.listener.transport == transport:
                 return child.address
         return None
+
+
+class ServerTree(MultiService):
+    """
+    The whole server (the L{PortServer} and the status service): every child starts, or
+    start-up fails with L{StartupError} and what had already bound is released.
+    """
+
+    def _startAll(self, method: str) -> None:
+        started = []
+        try:
+            for child in self:
+                getattr(child, method)()
+                started.append(child)
+        except StartupError:
+            for child in reversed(started):
+                child.stopService()
+            raise
+
+    def privilegedStartService(self):
+        Service.privilegedStartService(self)
+        self._startAll("privilegedStartService")
+
+    def startService(self):
+        Service.startService(self)
+        self._startAll("startService")

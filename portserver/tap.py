@@ -104,11 +104,21 @@ def _startupExceptHook(previous):
 
 def makeService(options, reactor=None):
     """
-    The service tree for C{options} (parsed L{Options}).
+    The service tree for C{options} (parsed L{Options}): a L{MultiService} holding the
+    L{PortServer} (named C{"portserver"}) and, unless the config turns it off, the status
+    web service (named C{"status"}).
     """
-    from portserver.service import PortServer
+    from portserver.service import PortServer, ServerTree
+    from portserver.status.web import StatusService
 
     if reactor is None:
         from twisted.internet import reactor
     sys.excepthook = _startupExceptHook(sys.excepthook)
-    return PortServer(options["plan"], reactor)
+    plan = options["plan"]
+    tree = ServerTree()
+    server = PortServer(plan, reactor)
+    server.setName("portserver")
+    server.setServiceParent(tree)
+    if plan.config.status.listen is not None:
+        StatusService(server, plan.config.status.listen, reactor).setServiceParent(tree)
+    return tree

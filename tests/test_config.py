@@ -805,3 +805,47 @@ class LoadPlanTests(SynchronousTestCase):
         self.assertEqual(
             [(l.service, l.transport, l.port) for l in plan.listeners],
             [(p.name, t, p.wellKnownPort) for p in classic.ALL for t in ("tcp", "udp")])
+
+
+class StatusAndRegistrySettingsTests(SynchronousTestCase):
+    """
+    The C{status:} and C{registry:} sections.
+    """
+
+    def settings(self, text):
+        from portserver.config import parseConfig
+        specs, status, registry, found = parseConfig(
+            "services: []\n" + text, "test.yaml", {})
+        return status, registry, [str(p) for p in found]
+
+    def test_defaults(self):
+        """
+        Without the sections, the status service listens on loopback port 8790 and the
+        registry keeps 1000 closed connections, expires UDP flows after 60 s, and logs.
+        """
+        status, registry, found = self.settings("")
+        self.assertEqual(found, [])
+        self.assertEqual(status.listen, "tcp:8790:interface=127.0.0.1")
+        self.assertEqual((registry.closedLimit, registry.udpIdle, registry.logConnections),
+                         (1000, 60.0, True))
+
+    def test_statusOff(self):
+        """
+        C{status: off}, C{status:} (null) and C{listen: null} each turn the status
+        service off.
+        """
+        for text in ("status: off\n", "status:\n", "status: {listen: null}\n"):
+            status, _, found = self.settings(text)
+            self.assertEqual((status.listen, found), (None, []), text)
+
+    def test_errorsAtTheirKeys(self):
+        """
+        A bad endpoint string and bad registry values are reported at their keys.
+        """
+        _, _, found = self.settings(
+            "status:\n  listen: 'bogus:1'\nregistry:\n  closed_limit: -1\n  udp_idle: x\n")
+        self.assertEqual(len(found), 3)
+        self.assertTrue(found[0].startswith("test.yaml:3:3: status: 'listen' 'bogus:1' is not "
+                                            "a Twisted server endpoint string"), found[0])
+        self.assertEqual(found[1], "test.yaml:5:3: registry: 'closed_limit' must be 0 or more")
+        self.assertTrue(found[2].startswith("test.yaml:6:3: registry: 'udp_idle' must be"))

@@ -165,3 +165,33 @@ class PortServerTests(SynchronousTestCase):
               e["configuredPort"], e["privileged"]) for e in listening],
             [("echo", "echo", "tcp", "127.0.0.1", 10007, 7, False),
              ("echo", "echo", "udp", "127.0.0.1", 10007, 7, False)])
+
+
+class ServerTreeTests(SynchronousTestCase):
+    """
+    L{ServerTree} starts every child or releases what had bound.
+    """
+
+    def test_laterFailureReleasesEarlierPorts(self):
+        """
+        When a child after the L{PortServer} (e.g. the status service) fails with
+        L{StartupError}, the ports the L{PortServer} had bound are released and the error
+        reaches the caller.
+        """
+        from twisted.application.service import Service
+
+        from portserver.service import ServerTree
+
+        class Failing(Service):
+            def privilegedStartService(self):
+                raise StartupError("cannot start the status service on 'tcp:8790'")
+
+        reactor = PortReactor()
+        tree = ServerTree()
+        PortServer(makePlan(spec("echo", transports=("tcp", "udp"))), reactor
+                   ).setServiceParent(tree)
+        Failing().setServiceParent(tree)
+        error = self.assertRaises(StartupError, tree.privilegedStartService)
+        self.assertIn("status service", str(error))
+        self.assertEqual(len(reactor.ports), 2)
+        self.assertTrue(all(p.stopped for p in reactor.ports))

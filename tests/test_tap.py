@@ -129,12 +129,13 @@ class OptionsTests(SynchronousTestCase):
 
     def test_makeServiceUsesInjectedReactor(self):
         """
-        C{makeService} builds a L{PortServer} of the plan on the reactor given.
+        C{makeService} builds a tree holding a L{PortServer} of the plan, on the reactor
+        given.
         """
         self.addCleanup(setattr, sys, "excepthook", sys.excepthook)
         reactor = PortReactor()
         service = tap.makeService(self.options("--port-offset", "20000"), reactor=reactor)
-        self.assertIsInstance(service, PortServer)
+        self.assertIsInstance(service.getServiceNamed("portserver"), PortServer)
         service.privilegedStartService()
         self.assertIn((20007, "127.0.0.1"), [(p, i) for p, _, _, i in reactor.tcpServers])
 

@@ -67,7 +67,8 @@ def writeConfig(testCase, text):
 
 
 def echoConfig(port, interface="127.0.0.1"):
-    return (f"services:\n  - name: echo\n    protocol: echo\n    port: {port}\n"
+    return ("status:\n  listen: tcp:0:interface=127.0.0.1\n"
+            f"services:\n  - name: echo\n    protocol: echo\n    port: {port}\n"
             f"    interface: {interface}\n    transports: [tcp, udp]\n")
 
 
@@ -146,7 +147,7 @@ class TwistdTests(SynchronousTestCase):
         self.addCleanup(self.stop, process)
         self.assertEqual(process.wait(DEADLINE), 1)
         output = process.stdout.read().decode()
-        self.assertIn(":8:15: service 'broken': unknown protocol 'nope'", output)
+        self.assertIn(":10:15: service 'broken': unknown protocol 'nope'", output)
         self.assertNotIn("Listening", output)
 
     def test_dropsPrivilegesAfterBinding(self):

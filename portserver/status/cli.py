@@ -1,0 +1,542 @@
+"""
+C{portserver}: the command line of a running portserver.
+
+C{portserver status} asks a server's status web service (see L{portserver.status.web})
+for its listeners, connections and summary, and prints them as an C{ss}-like table: one
+line per listener, its connections indented under it, then a summary. The CLI is a plain
+program: it fetches with the standard library and runs no reactor.
+
+Where to ask: C{--url}, or else the C{status.listen} endpoint string of the config
+(C{--config}, by default the bundled one), turned into a URL by L{urlFromEndpoint}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import ipaddress
+import json
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Callable, Iterable
+
+import yaml
+
+from portserver import __version__
+from portserver.config import DEFAULT_STATUS_LISTEN
+
+#: Seconds to wait for the status service, per request.
+TIMEOUT = 5.0
+
+PORT_CLASSES = ("well-known", "registered", "dynamic")
+
+PROGRAM = "portserver"
+
+
+class CLIError(Exception):
+    """
+    A problem to report as one line on stderr, with exit status 1.
+    """
+
+
+class FetchError(Exception):
+    """
+    The status service did not answer a request usefully; the message says why.
+    """
+
+
+# -- where the status service is -----------------------------------------------------------
+
+
+def _tokens(description: str) -> tuple[list[str], dict[str, str]]:
+    """
+    Split a Twisted endpoint string as Twisted does: C{:} separates parameters, the first
+    C{=} of a parameter makes it a keyword, and a backslash escapes the next character.
+
+    @return: the positional parameters (the endpoint type first) and the keywords.
+    """
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    parts: list[str] = []
+    current = ""
+    chars = iter(description)
+    for char in chars:
+        if char == "\\":
+            current += next(chars, "")
+        elif char == ":":
+            parts.append(current)
+            current = ""
+            if len(parts) == 2:
+                kwargs[parts[0]] = parts[1]
+            else:
+                args.append(parts[0])
+            parts = []
+        elif char == "=" and not parts:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    if len(parts) == 2:
+        kwargs[parts[0]] = parts[1]
+    else:
+        args.append(parts[0])
+    return args, kwargs
+
+
+#: For each endpoint type the CLI understands: the URL scheme, the order of its positional
+#: parameters (as Twisted's parsers take them), and the interface it binds by default.
+_ENDPOINTS = {
+    "tcp": ("http", ("port", "interface", "backlog"), "0.0.0.0"),
+    "tcp6": ("http", ("port", "backlog", "interface"), "::"),
+    "ssl": ("https", ("port", "privateKey", "certKey", "sslmethod", "interface"), "0.0.0.0"),
+}
+
+
+def formatHostPort(host: str, port) -> str:
+    """
+    C{host:port}, with an IPv6 host in brackets: C{[::1]:7}.
+    """
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def urlFromEndpoint(description: str) -> str:
+    """
+    The URL of a status service listening on the Twisted server endpoint C{description}
+    (C{tcp:8790:interface=127.0.0.1}, C{tcp:port=8790}, C{tcp6:8790:interface=\\:\\:1},
+    C{ssl:8443:...}). A wildcard interface (all addresses) is reached on loopback.
+
+    @raise CLIError: the endpoint has no port the CLI can connect to.
+    """
+    args, kwargs = _tokens(description)
+    kind = args[0]
+    if kind == "unix":
+        raise CLIError(f"the status service listens on a UNIX socket ({description!r}), "
+                       "which is not supported by the CLI; use --url")
+    if kind not in _ENDPOINTS:
+        raise CLIError(f"the status endpoint {description!r} (type {kind!r}) is not supported "
+                       "by the CLI; use --url")
+    scheme, positional, wildcard = _ENDPOINTS[kind]
+    params = dict(zip(positional, args[1:]))
+    params.update(kwargs)
+    port = params.get("port", "")
+    if not (port.isascii() and port.isdigit() and 0 < int(port) <= 65535):
+        raise CLIError(f"the status endpoint {description!r} has no usable port; use --url")
+    host = params.get("interface") or wildcard
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        address = None  # a host name: connect to it as it is
+    if address is not None and address.is_unspecified:
+        host = "::1" if address.version == 6 else "127.0.0.1"
+    return f"{scheme}://{formatHostPort(host, int(port))}"
+
+
+def urlFromConfig(path: str) -> str:
+    """
+    The URL of the status service that the config file at C{path} configures: its
+    C{status.listen} (or the default when the file says nothing). Only the C{status} key
+    is read; the services are not checked.
+
+    @raise CLIError: the file cannot be read, is not YAML, or turns the status service off.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise CLIError(f"cannot read the config file {path}: {e.strerror or e}")
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        problem = " ".join(str(e).split())
+        raise CLIError(f"the config file {path} is not valid YAML: {problem}")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise CLIError(f"the config file {path} does not hold a mapping")
+    status = data.get("status")
+    if status is False:
+        raise CLIError(f"the config file {path} turns the status service off "
+                       "(status: false); nothing to ask")
+    if status is None:
+        status = {}
+    if not isinstance(status, dict):
+        raise CLIError(f"the config file {path}: 'status' must be a mapping")
+    listen = status.get("listen", DEFAULT_STATUS_LISTEN)
+    if listen is None:
+        raise CLIError(f"the config file {path} turns the status service off "
+                       "(status.listen: null); nothing to ask")
+    if not isinstance(listen, str) or not listen:
+        raise CLIError(f"the config file {path}: 'status.listen' must be an endpoint string")
+    return urlFromEndpoint(listen)
+
+
+# -- fetching ------------------------------------------------------------------------------
+
+
+def _reason(error: BaseException) -> str:
+    """
+    A short human reason for a failed request: C{Connection refused}, C{timed out}.
+    """
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code} {error.reason}"
+    if isinstance(error, urllib.error.URLError):
+        inner = error.reason
+        return _reason(inner) if isinstance(inner, BaseException) else str(inner)
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__
+
+
+def fetchJSON(url: str, timeout: float = TIMEOUT) -> dict:
+    """
+    GET C{url} and decode its JSON object.
+
+    @raise FetchError: anything went wrong, with a short reason.
+    """
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            body = response.read()
+    except urllib.error.HTTPError as e:
+        e.close()
+        raise FetchError(f"{_reason(e)} for {urllib.parse.urlsplit(url).path}") from None
+    except (OSError, ValueError, http.client.HTTPException) as e:
+        raise FetchError(_reason(e)) from None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise FetchError(f"the reply to {urllib.parse.urlsplit(url).path} is not JSON") from None
+    if not isinstance(data, dict):
+        raise FetchError(f"the reply to {urllib.parse.urlsplit(url).path} is not a JSON object")
+    return data
+
+
+def _api(base: str, path: str, **query) -> str:
+    query = {k: v for k, v in query.items() if v is not None}
+    return f"{base}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+
+
+def _listOf(reply: dict, key: str, path: str) -> list[dict]:
+    value = reply.get(key)
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise FetchError(f"the reply to {path} has no {key!r} list")
+    return value
+
+
+def fetchStatus(base: str, fetch: Callable[[str], dict], service: str | None = None,
+                closed: bool = False) -> dict:
+    """
+    Ask the status service at C{base} for its listeners, connections (live TCP and UDP,
+    or recently closed) and summary.
+
+    @return: C{{"listeners": [...], "connections": [...], "summary": {...}}}.
+    @raise FetchError: a request failed or a reply is not what the service sends.
+    """
+    listeners = _listOf(fetch(_api(base, "/api/listeners")), "listeners", "/api/listeners")
+    if closed:
+        queries = [{"state": "closed"}]
+    else:
+        queries = [{}, {"transport": "udp"}]
+    connections: list[dict] = []
+    for query in queries:
+        connections += _listOf(fetch(_api(base, "/api/connections", service=service, **query)),
+                               "connections", "/api/connections")
+    summary = fetch(_api(base, "/api/summary"))
+    if not isinstance(summary, dict):
+        raise FetchError("the reply to /api/summary is not a JSON object")
+    return {"listeners": listeners, "connections": connections, "summary": summary}
+
+
+def _isIn(value, wanted) -> bool:
+    return wanted is None or value == wanted
+
+
+def applyFilters(status: dict, service: str | None = None,
+                 portClass: str | None = None) -> dict:
+    """
+    C{status} with only the listeners (and connections) of C{service} and of port class
+    C{portClass}: a connection's class is that of its local port, which is its listener's.
+    The summary is the whole server's and stays as it is.
+    """
+    return {
+        "listeners": [l for l in status["listeners"]
+                      if _isIn(l.get("service"), service) and _isIn(l.get("class"), portClass)],
+        "connections": [c for c in status["connections"]
+                        if _isIn(c.get("service"), service)
+                        and _isIn((c.get("local") or {}).get("class"), portClass)],
+        "summary": status["summary"],
+    }
+
+
+# -- rendering -----------------------------------------------------------------------------
+
+
+def humanDuration(seconds: float) -> str:
+    """
+    A duration for people: C{<1s}, C{5s}, C{3m12s}, C{2h04m}, C{3d07h}.
+    """
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return "<1s"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _columns(rows: list[list[str]], right: Iterable[int] = (), indent: str = "") -> list[str]:
+    """
+    C{rows} as lines of columns two spaces apart, each as wide as its widest cell;
+    columns numbered in C{right} are right-aligned.
+    """
+    right = set(right)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
+    lines = []
+    for row in rows:
+        cells = [cell.rjust(w) if i in right else cell.ljust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths))]
+        lines.append((indent + "  ".join(cells)).rstrip())
+    return lines
+
+
+def _endpoint(end) -> str:
+    if not isinstance(end, dict):
+        return "?"
+    return formatHostPort(str(end.get("host", "?")), end.get("port", "?"))
+
+
+def _listenerKey(item: dict, port) -> tuple:
+    return (item.get("service"), item.get("transport"), port)
+
+
+def _listenerRow(listener: dict) -> list[str]:
+    address = formatHostPort(str(listener.get("host", "?")), listener.get("port", "?"))
+    configured = listener.get("configured_port")
+    if configured is not None and configured != listener.get("port"):
+        address += f" (from {configured})"
+    return [str(listener.get("service", "?")), str(listener.get("protocol", "?")),
+            str(listener.get("transport", "?")), address, str(listener.get("class", "?")),
+            "privileged" if listener.get("privileged") else "unprivileged",
+            f"{listener.get('connections', 0)} live"]
+
+
+def _connectionRow(connection: dict, now: float, closed: bool) -> list[str]:
+    row = [str(connection.get("service", "?")), str(connection.get("transport", "?")),
+           _endpoint(connection.get("local")), _endpoint(connection.get("remote"))]
+    if closed:
+        row += [f"lasted {humanDuration(connection.get('duration') or 0)}",
+                str(connection.get("reason", "?"))]
+    else:
+        row.append(humanDuration(now - (connection.get("opened") or now)))
+    row += [f"in {connection.get('bytes_in', 0)}", f"out {connection.get('bytes_out', 0)}"]
+    return row
+
+
+def renderTable(status: dict, now: float, closed: bool = False,
+                filtered: bool = False) -> list[str]:
+    """
+    The listeners, each followed by its connections (indented), as lines. A connection
+    belongs to the listener of its service, transport and local port; connections that
+    match no listener come last, under C{(no listener)}.
+    """
+    listeners = status["listeners"]
+    groups: dict[tuple, list[dict]] = {_listenerKey(l, l.get("port")): [] for l in listeners}
+    orphans = []
+    for connection in status["connections"]:
+        key = _listenerKey(connection, (connection.get("local") or {}).get("port"))
+        groups.get(key, orphans).append(connection)
+
+    listenerLines = _columns([_listenerRow(l) for l in listeners], right={6})
+    connectionRows = [_connectionRow(c, now, closed) for c in status["connections"]]
+    # Align every connection line alike, across the groups.
+    numbers = {len(connectionRows[0]) - 2, len(connectionRows[0]) - 1} if connectionRows else ()
+    connectionLines = dict(zip(map(id, status["connections"]),
+                               _columns(connectionRows, right=numbers, indent="    ")))
+
+    lines = []
+    if not listeners:
+        lines.append("no listeners match" if filtered else "no listeners")
+    for listener, line in zip(listeners, listenerLines):
+        lines.append(line)
+        lines += [connectionLines[id(c)] for c in groups[_listenerKey(listener, listener.get("port"))]]
+    if orphans:
+        lines.append("(no listener)")
+        lines += [connectionLines[id(c)] for c in orphans]
+    return lines
+
+
+def _classCounts(counts: dict) -> str:
+    byClass = counts.get("by_class") or {}
+    return ", ".join(f"{byClass.get(c, 0)} {c}" for c in PORT_CLASSES)
+
+
+def _privilegeCounts(counts: dict) -> str:
+    return f"{counts.get('privileged', 0)} privileged, {counts.get('unprivileged', 0)} unprivileged"
+
+
+def renderSummary(summary: dict) -> list[str]:
+    """
+    The server-wide summary as lines.
+    """
+    listeners = summary.get("listeners") or {}
+    connections = summary.get("connections") or {}
+    reasons = summary.get("closed_by_reason") or {}
+    closedBy = ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items()))
+    lines = [
+        f"listeners: {listeners.get('total', 0)}: {_privilegeCounts(listeners)}; "
+        f"{_classCounts(listeners)}",
+        f"connections: {connections.get('total', 0)} live; local ends "
+        f"{_privilegeCounts(connections.get('local') or {})}; remote ends "
+        f"{_privilegeCounts(connections.get('remote') or {})}",
+        f"accepted {summary.get('accepted_total', 0)}, closed {summary.get('closed_total', 0)}"
+        + (f" ({closedBy})" if closedBy else ""),
+        f"uptime {humanDuration(summary.get('uptime') or 0)}; privileged ports: below "
+        f"{summary.get('privileged_port_start', '?')} ({summary.get('privileged_rule', '?')})",
+    ]
+    flags = summary.get("flags") or []
+    if flags:
+        lines.append(f"flags: {len(flags)}")
+        lines += [f"  {f.get('kind', '?')}: {f.get('message', '')}" for f in flags]
+    else:
+        lines.append("flags: none")
+    return lines
+
+
+def render(status: dict, base: str, now: float, closed: bool = False,
+           filtered: bool = False) -> str:
+    """
+    The whole report: a title, the table of listeners and connections, and the summary.
+    """
+    summary = status["summary"]
+    title = f"portserver {summary.get('version', '?')} at {base}"
+    if summary.get("config"):
+        title += f", config {summary['config']}"
+    what = "recently closed connections" if closed else "live connections"
+    lines = [title, "", f"listeners and {what}:"]
+    lines += renderTable(status, now, closed, filtered)
+    lines += ["", "summary (whole server):" if filtered else "summary:"]
+    lines += ["  " + line for line in renderSummary(summary)]
+    return "\n".join(lines) + "\n"
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+class _Exit(Exception):
+    def __init__(self, status: int):
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    """
+    An L{argparse.ArgumentParser} that writes to the given streams and returns its exit
+    status rather than leaving the process.
+    """
+
+    def __init__(self, *args, stdout=None, stderr=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stdout, self.stderr = stdout, stderr
+
+    def _print_message(self, message, file=None):
+        if message:
+            stream = self.stdout if file is sys.stdout else self.stderr
+            stream.write(message)
+
+    def exit(self, status=0, message=None):
+        if message:
+            self.stderr.write(message)
+        raise _Exit(status)
+
+
+def makeParser(stdout, stderr) -> argparse.ArgumentParser:
+    """
+    The parser of C{portserver} and its subcommands.
+    """
+    parser = _Parser(prog=PROGRAM, stdout=stdout, stderr=stderr,
+                     description="Ask a running portserver how it is doing.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                     parser_class=_Parser)
+    status = commands.add_parser(
+        "status", stdout=stdout, stderr=stderr,
+        help="show listeners, connections and totals",
+        description="Show a running portserver's listeners, each with its connections, "
+                    "and a summary, from its status web service.")
+    where = status.add_mutually_exclusive_group()
+    where.add_argument("--url", help="the status service, e.g. http://127.0.0.1:8790")
+    where.add_argument("--config", "-c", metavar="PATH",
+                       help="find the status service from this config's status.listen "
+                            "[default: the bundled config]")
+    status.add_argument("--service", metavar="NAME", help="only this service")
+    status.add_argument("--class", dest="portClass", choices=PORT_CLASSES,
+                        help="only listeners on ports of this class, and their connections")
+    status.add_argument("--closed", action="store_true",
+                        help="show recently closed connections (duration and reason) "
+                             "instead of live ones")
+    status.add_argument("--json", action="store_true",
+                        help="print the (filtered) JSON: listeners, connections, summary")
+    status.set_defaults(run=runStatus)
+    return parser
+
+
+def runStatus(args, stdout, fetch: Callable[[str], dict], now: Callable[[], float]) -> int:
+    """
+    C{portserver status}: fetch, filter and print.
+
+    @raise CLIError: the service cannot be found or does not answer.
+    """
+    if args.url is not None:
+        base = args.url.rstrip("/")
+    else:
+        if args.config is None:
+            from portserver.tap import bundledConfigPath
+            args.config = bundledConfigPath()
+        base = urlFromConfig(args.config)
+    try:
+        if urllib.parse.urlsplit(base).scheme not in ("http", "https"):
+            raise FetchError("not an http:// or https:// URL")
+        status = fetchStatus(base, fetch, service=args.service, closed=args.closed)
+    except (FetchError, OSError, ValueError, http.client.HTTPException) as e:
+        reason = str(e) if isinstance(e, FetchError) else _reason(e)
+        raise CLIError(f"no status service answers at {base} ({reason})") from None
+    status = applyFilters(status, args.service, args.portClass)
+    if args.json:
+        stdout.write(json.dumps(status, indent=2) + "\n")
+    else:
+        filtered = args.service is not None or args.portClass is not None
+        stdout.write(render(status, base, now(), closed=args.closed, filtered=filtered))
+    return 0
+
+
+def main(argv=None, stdout=None, stderr=None, fetch=None, now=None) -> int:
+    """
+    Run C{portserver} with C{argv} (default: the process's arguments).
+
+    @param fetch: C{fetch(url) -> dict}, the JSON object at C{url}; raises L{FetchError}.
+    @param now: the time now, in seconds since the epoch, for connection ages.
+    @return: the exit status: 0, 1 when the service cannot be asked, 2 for bad usage.
+    """
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    parser = makeParser(stdout, stderr)
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    except _Exit as e:
+        return e.status
+    try:
+        return args.run(args, stdout, fetch or fetchJSON, now or time.time)
+    except CLIError as e:
+        stderr.write(f"{PROGRAM} {args.command}: {e}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
