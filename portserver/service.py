@@ -61,11 +61,55 @@ def bindFailureMessage(listener: Listener, error: BaseException) -> str:
     return message
 
 
-class ListenerService(Service):
+class BindingService(Service):
     """
-    One passive open: builds the plugin's factory (or datagram protocol) and binds it.
+    A service that owns one listening port: bound in C{privilegedStartService} (or in
+    C{startService}, when embedded without twistd), released when stopped.
 
     @ivar port: the L{IListeningPort} while bound, else L{None}.
+    """
+
+    port = None
+
+    def bind(self) -> None:
+        """
+        Listen, unless listening already; raise L{StartupError} (or
+        L{CannotListenError}) when that is impossible.
+        """
+        raise NotImplementedError
+
+    def unbind(self):
+        """
+        Stop listening; a L{Deferred} that fires when the port is closed.
+        """
+        port, self.port = self.port, None
+        if port is None:
+            return maybeDeferred(lambda: None)
+        return maybeDeferred(port.stopListening)
+
+    @property
+    def address(self):
+        """
+        The bound address (an L{IPv4Address} or L{IPv6Address}), or L{None}.
+        """
+        return self.port.getHost() if self.port is not None else None
+
+    def privilegedStartService(self):
+        self.bind()
+        super().privilegedStartService()
+
+    def startService(self):
+        self.bind()
+        super().startService()
+
+    def stopService(self):
+        super().stopService()
+        return self.unbind()
+
+
+class ListenerService(BindingService):
+    """
+    One passive open: builds the plugin's factory (or datagram protocol) and binds it.
     """
 
     def __init__(self, listener: Listener, reactor, registry: Registry):
@@ -108,15 +152,6 @@ class ListenerService(Service):
         else:
             self.port = udp.listenUDP(self.reactor, listener.port, served, listener.interface)
 
-    def unbind(self):
-        """
-        Stop listening; a L{Deferred} that fires when the port is closed.
-        """
-        port, self.port = self.port, None
-        if port is None:
-            return maybeDeferred(lambda: None)
-        return maybeDeferred(port.stopListening)
-
     @property
     def bound(self) -> Listener:
         """
@@ -127,19 +162,7 @@ class ListenerService(Service):
             return self.listener
         return attrs.evolve(self.listener, port=address.port)
 
-    @property
-    def address(self):
-        """
-        The bound address (an L{IPv4Address} or L{IPv6Address}), or L{None}.
-        """
-        return self.port.getHost() if self.port is not None else None
-
-    def privilegedStartService(self):
-        self.bind()
-        super().privilegedStartService()
-
     def startService(self):
-        self.bind()
         super().startService()
         l = self.listener
         address = self.address
@@ -153,10 +176,6 @@ class ListenerService(Service):
             privilege="privileged" if l.privileged else "unprivileged",
             portClass=l.portClass, privileged=l.privileged,
             wellKnownPort=l.wellKnownPort, configuredPort=l.configuredPort)
-
-    def stopService(self):
-        super().stopService()
-        return self.unbind()
 
 
 class PortServer(MultiService):

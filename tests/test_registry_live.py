@@ -22,7 +22,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
 from portserver.provider import PortProtocol
-from portserver.registry import ABORTED, CLIENT_CLOSED, RESET, SERVER_CLOSED, Endpoint
+from portserver.registry import CLIENT_CLOSED, RESET, SERVER_CLOSED, Endpoint
 from portserver.service import PortServer
 from tests.support import makePlan, spec
 

@@ -18,8 +18,6 @@ import json
 from html import escape
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from twisted.application.service import Service
-from twisted.internet.defer import maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -28,7 +26,7 @@ from twisted.web.server import Site
 
 import portserver
 from portserver.registry import CLOSED, OPEN
-from portserver.service import StartupError
+from portserver.service import BindingService, StartupError
 from portserver.status.metrics import collectorRegistry
 
 log = Logger()
@@ -278,7 +276,7 @@ class QuietSite(Site):
         pass
 
 
-class StatusService(Service):
+class StatusService(BindingService):
     """
     Serves L{Root} on the endpoint string C{listen}, bound in C{privilegedStartService}
     (like L{PortServer}'s listeners); a failed listen raises L{StartupError}.
@@ -293,13 +291,6 @@ class StatusService(Service):
         self.site = QuietSite(Root(server), reactor=self.reactor)
         self.port = None
         self.setName("status")
-
-    @property
-    def address(self):
-        """
-        The bound address (e.g. an L{IPv4Address} with the actual C{port}), or L{None}.
-        """
-        return self.port.getHost() if self.port is not None else None
 
     def url(self) -> str:
         address = self.address
@@ -337,18 +328,3 @@ class StatusService(Service):
                                f"{reason}") from error
         self.port = result
         log.info("Status service listening on {url}", url=self.url(), endpoint=self.listen)
-
-    def privilegedStartService(self):
-        self.bind()
-        super().privilegedStartService()
-
-    def startService(self):
-        self.bind()
-        super().startService()
-
-    def stopService(self):
-        super().stopService()
-        port, self.port = self.port, None
-        if port is None:
-            return maybeDeferred(lambda: None)
-        return maybeDeferred(port.stopListening)
