@@ -181,19 +181,29 @@ class Registry:
         """
         Record a new connection, live from now.
         """
-        record = ConnectionRecord(f"{transport}-{next(self._ids)}", service, protocol,
-                                  transport, local, remote, self.clock.seconds())
+        record = self._new(service, protocol, transport, local, remote)
         self._live[record.id] = record
-        self.accepted[(service, transport)] += 1
+        self._opened(record)
+        return record
+
+    def _new(self, service, protocol, transport, local, remote) -> ConnectionRecord:
+        return ConnectionRecord(f"{transport}-{next(self._ids)}", service, protocol,
+                                transport, local, remote, self.clock.seconds())
+
+    def _opened(self, record: ConnectionRecord) -> None:
+        """
+        Count, log and announce a record just added (a connection or a flow).
+        """
+        self.accepted[(record.service, record.transport)] += 1
         if self.logConnections:
+            local, remote = record.local, record.remote
             log.info("Connection {id} opened: {service} {transport} {remote} -> {local}",
-                     id=record.id, service=service, protocol=protocol, transport=transport,
-                     local=str(local), remote=str(remote), event="open",
-                     local_host=local[0], local_port=local[1],
+                     id=record.id, service=record.service, protocol=record.protocol,
+                     transport=record.transport, local=str(local), remote=str(remote),
+                     event="open", local_host=local[0], local_port=local[1],
                      remote_host=remote[0], remote_port=remote[1])
         if self._observers:
             self._notify(OPEN, record)
-        return record
 
     def close(self, record: ConnectionRecord, reason: str) -> None:
         """
@@ -234,9 +244,9 @@ class Registry:
         """
         record = self._flows.get((service, remote))
         if record is None:
-            record = self.open(service, protocol, "udp", local, remote)
-            del self._live[record.id]
+            record = self._new(service, protocol, "udp", local, remote)
             self._flows[(service, remote)] = record
+            self._opened(record)
         record.lastSeen = self.clock.seconds()
         return record
 

@@ -207,9 +207,9 @@ class HalfCloseableTracker(Tracker):
         self.wrapped.writeConnectionLost()
 
 
-class TrackingFactory(ServerFactory):
+class _Wrapping:
     """
-    Wraps a plugin's factory: each protocol it builds is put behind a L{Tracker}.
+    What both wrappers hold: the plugin's object, the registry, and whose it is.
     """
 
     noisy = False
@@ -221,7 +221,13 @@ class TrackingFactory(ServerFactory):
         self.protocolName = protocolName
 
     def logPrefix(self) -> str:
-        return f"{self.service}"
+        return self.service
+
+
+class TrackingFactory(_Wrapping, ServerFactory):
+    """
+    Wraps a plugin's factory: each protocol it builds is put behind a L{Tracker}.
+    """
 
     def doStart(self) -> None:
         self.wrapped.doStart()
@@ -263,21 +269,10 @@ class DatagramTransport:
         return getattr(object.__getattribute__(self, "port"), name)
 
 
-class TrackingDatagram(DatagramProtocol):
+class TrackingDatagram(_Wrapping, DatagramProtocol):
     """
     Wraps a plugin's datagram protocol: one flow per remote endpoint in the registry.
     """
-
-    noisy = False
-
-    def __init__(self, wrapped, registry: Registry, service: str, protocolName: str):
-        self.wrapped = wrapped
-        self.registry = registry
-        self.service = service
-        self.protocolName = protocolName
-
-    def logPrefix(self) -> str:
-        return self.service
 
     def makeConnection(self, transport) -> None:
         super().makeConnection(transport)
