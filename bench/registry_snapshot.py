@@ -43,14 +43,14 @@ def main(argv=None):
 
     clock = Clock()
     clock.advance(1763700000)
-    registry = Registry(clock, PrivilegeRule(1024, "bench"), logConnections=False)
+    registry = Registry(clock, PrivilegeRule(1024, "bench"))
     local = Endpoint("127.0.0.1", 7)
     remotes = [Endpoint(f"127.0.{i // 250}.{i % 250 + 1}", 1024 + i % 64000) for i in range(n)]
     start = time.perf_counter()
     records = [registry.open("echo", "echo", "tcp", local, remote) for remote in remotes]
     addMs = (time.perf_counter() - start) * 1000
 
-    measured = Registry(clock, PrivilegeRule(1024, "bench"), logConnections=False)
+    measured = Registry(clock, PrivilegeRule(1024, "bench"))
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     kept = [measured.open("echo", "echo", "tcp", local, remote) for remote in remotes]

@@ -25,6 +25,7 @@ SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SERVICE_KEYS = ("name", "protocol", "port", "interface", "transports", "options")
 TOP_KEYS = ("services", "status", "registry")
 DEFAULT_STATUS_LISTEN = "tcp:8790:interface=127.0.0.1"
+DEFAULT_CONNECTION_LOG = "connections.log"
 
 
 @attrs.frozen
@@ -105,12 +106,14 @@ class RegistrySpec:
 
     @ivar closedLimit: how many closed connections stay queryable.
     @ivar udpIdle: seconds of silence after which a UDP flow expires.
-    @ivar logConnections: whether each open and close is logged.
+    @ivar connectionLog: the file that gets one line per ended connection (see
+        L{portserver.connlog}), relative to the directory the server runs in; L{None}
+        for no connection log.
     """
 
     closedLimit: int = 1000
     udpIdle: float = 60.0
-    logConnections: bool = True
+    connectionLog: str | None = DEFAULT_CONNECTION_LOG
 
 
 @attrs.frozen
@@ -147,13 +150,23 @@ STATUS_SCHEMA = {
                      describe="an endpoint string like 'tcp:8790:interface=127.0.0.1', "
                               "or null for no status service"),
 }
+def _checkConnectionLog(value) -> str | None:
+    if value is True:
+        return "must be a file path, or off"
+    if isinstance(value, str) and not value.strip():
+        return "must be a file path, or off (an empty path names no file)"
+    return None
+
+
 REGISTRY_SCHEMA = {
     "closed_limit": Option(int, default=1000,
                            check=lambda v: None if v >= 0 else "must be 0 or more"),
     "udp_idle": Option((int, float), default=60,
                        check=lambda v: None if v > 0 else "must be more than 0 seconds",
                        describe="a number of seconds"),
-    "log_connections": Option(bool, default=True),
+    "connection_log": Option((str, bool, type(None)), default=DEFAULT_CONNECTION_LOG,
+                             check=_checkConnectionLog,
+                             describe="a file path, or off for no connection log"),
 }
 
 
@@ -390,8 +403,9 @@ def parseConfig(text: str, path: str, providers: Mapping[str, Any],
         else:
             status = StatusSpec(_section(data, "status", STATUS_SCHEMA, collector)["listen"])
         settings = _section(data, "registry", REGISTRY_SCHEMA, collector)
+        connectionLog = settings["connection_log"]
         registry = RegistrySpec(settings["closed_limit"], float(settings["udp_idle"]),
-                                settings["log_connections"])
+                                connectionLog or None)
     return specs, status, registry, collector.problems
 
 

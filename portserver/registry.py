@@ -136,11 +136,10 @@ class Registry:
     """
 
     def __init__(self, clock, rule: PrivilegeRule | None = None, closedLimit: int = 1000,
-                 udpIdle: float = 60.0, logConnections: bool = True):
+                 udpIdle: float = 60.0):
         self.clock = clock
         self.rule = rule or PrivilegeRule()
         self.udpIdle = udpIdle
-        self.logConnections = logConnections
         self.started = clock.seconds()
         self._live: dict[str, ConnectionRecord] = {}
         self._flows: dict[tuple, ConnectionRecord] = {}
@@ -192,16 +191,9 @@ class Registry:
 
     def _opened(self, record: ConnectionRecord) -> None:
         """
-        Count, log and announce a record just added (a connection or a flow).
+        Count and announce a record just added (a connection or a flow).
         """
         self.accepted[(record.service, record.transport)] += 1
-        if self.logConnections:
-            local, remote = record.local, record.remote
-            log.info("Connection {id} opened: {service} {transport} {remote} -> {local}",
-                     id=record.id, service=record.service, protocol=record.protocol,
-                     transport=record.transport, local=str(local), remote=str(remote),
-                     event="open", local_host=local[0], local_port=local[1],
-                     remote_host=remote[0], remote_port=remote[1])
         if self._observers:
             self._notify(OPEN, record)
 
@@ -222,16 +214,6 @@ class Registry:
         self.closedTotal[key + (reason,)] += 1
         self.bytesIn[key] += record.bytesIn
         self.bytesOut[key] += record.bytesOut
-        if self.logConnections:
-            log.info("Connection {id} closed ({reason}): {service} {transport} {remote} -> "
-                     "{local}, {duration:.3f}s, {bytes_in} bytes in, {bytes_out} out",
-                     id=record.id, service=record.service, protocol=record.protocol,
-                     transport=record.transport, local=str(record.local),
-                     remote=str(record.remote), reason=reason, event="close",
-                     duration=record.closed - record.opened, bytes_in=record.bytesIn,
-                     bytes_out=record.bytesOut, local_host=record.local[0],
-                     local_port=record.local[1], remote_host=record.remote[0],
-                     remote_port=record.remote[1])
         if self._observers:
             self._notify(CLOSED, record)
 
@@ -266,6 +248,15 @@ class Registry:
             self.close(record, IDLE)
         return len(stale)
 
+    def closeFlows(self, reason: str) -> int:
+        """
+        Close every live flow (the server stops listening): return how many.
+        """
+        flows = list(self._flows.values())
+        for record in flows:
+            self.close(record, reason)
+        return len(flows)
+
     # -- queries ---------------------------------------------------------------------------
 
     def snapshot(self, transport: str = "tcp") -> list[ConnectionRecord]:
@@ -287,11 +278,11 @@ class Registry:
     def __len__(self) -> int:
         return len(self._live)
 
-    def query(self, service: str | None = None, state: str = OPEN,
-              transport: str | None = None) -> list[dict]:
+    def select(self, service: str | None = None, state: str = OPEN,
+               transport: str | None = None) -> list[ConnectionRecord]:
         """
-        Records as dicts: live (C{state="open"}) or recently closed (C{"closed"}),
-        optionally of one service and one transport (live: C{"tcp"} by default).
+        The records live (C{state="open"}) or recently closed (C{"closed"}), optionally of
+        one service and one transport (live: C{"tcp"} by default), as a new list.
         """
         if state == CLOSED:
             records: Iterable[ConnectionRecord] = self._closed
@@ -301,8 +292,21 @@ class Registry:
             records = self._flows.values() if transport == "udp" else self._live.values()
         if service is not None:
             records = (r for r in records if r.service == service)
+        return list(records)
+
+    def asDicts(self, records: Iterable[ConnectionRecord]) -> list[dict]:
+        """
+        C{records} as plain dicts (L{ConnectionRecord.asDict}).
+        """
         describe = self.describePort
         return [r.asDict(describe) for r in records]
+
+    def query(self, service: str | None = None, state: str = OPEN,
+              transport: str | None = None) -> list[dict]:
+        """
+        L{select}'s records as dicts.
+        """
+        return self.asDicts(self.select(service, state, transport))
 
     def liveCounts(self) -> Counter:
         """

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 
 from portserver import udp
 from portserver.plan import Listener, Plan
-from portserver.registry import Registry
+from portserver.registry import SHUTDOWN, Registry
 from portserver.tracking import TrackingDatagram, TrackingFactory
 
 log = Logger()
@@ -126,7 +126,8 @@ class ListenerService(BindingService):
         spec = self.listener.spec
         if self.listener.transport == "tcp":
             return TrackingFactory(spec.provider.buildFactory(spec, self.reactor),
-                                   self.registry, spec.name, spec.protocol)
+                                   self.registry, spec.name, spec.protocol,
+                                   self.listener.interface)
         return TrackingDatagram(spec.provider.buildDatagramProtocol(spec, self.reactor),
                                 self.registry, spec.name, spec.protocol)
 
@@ -189,8 +190,7 @@ class PortServer(MultiService):
         self.reactor = reactor
         settings = plan.config.registry
         self.registry = registry or Registry(
-            reactor, plan.rule, closedLimit=settings.closedLimit, udpIdle=settings.udpIdle,
-            logConnections=settings.logConnections)
+            reactor, plan.rule, closedLimit=settings.closedLimit, udpIdle=settings.udpIdle)
         self.listeners = [ListenerService(l, reactor, self.registry) for l in plan.listeners]
         for child in self.listeners:
             child.setServiceParent(self)
@@ -251,7 +251,9 @@ class PortServer(MultiService):
         self.registry.shuttingDown = True
         if self._expiry.running:
             self._expiry.stop()
-        return super().stopService()
+        stopped = super().stopService()
+        self.registry.closeFlows(SHUTDOWN)  # no more datagrams can arrive
+        return stopped
 
     def _ready(self):
         log.info("portserver ready: {count} listener(s) for {services} service(s) from "

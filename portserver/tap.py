@@ -105,9 +105,10 @@ def _startupExceptHook(previous):
 def makeService(options, reactor=None):
     """
     The service tree for C{options} (parsed L{Options}): a L{MultiService} holding the
-    L{PortServer} (named C{"portserver"}) and, unless the config turns it off, the status
-    web service (named C{"status"}).
+    L{PortServer} (named C{"portserver"}) and, unless the config turns them off, the
+    connection log (C{"connection-log"}) and the status web service (named C{"status"}).
     """
+    from portserver.connlog import ConnectionLog
     from portserver.service import PortServer, ServerTree
     from portserver.status.web import StatusService
 
@@ -118,6 +119,10 @@ def makeService(options, reactor=None):
     tree = ServerTree()
     server = PortServer(plan, reactor)
     server.setName("portserver")
+    if plan.config.registry.connectionLog is not None:
+        # First in, last out: it still logs the connections closed at shutdown.
+        ConnectionLog(server.registry, plan.config.registry.connectionLog,
+                      reactor).setServiceParent(tree)
     server.setServiceParent(tree)
     if plan.config.status.listen is not None:
         StatusService(server, plan.config.status.listen, reactor).setServiceParent(tree)

@@ -60,18 +60,21 @@ class Tracker:
     protocol, to the plugin's protocol it is the transport.
     """
 
-    __slots__ = ("transport", "wrapped", "record", "registry", "service", "protocolName",
-                 "closer", "connected", "__weakref__")
+    __slots__ = ("transport", "wrapped", "record", "factory", "remote", "closer",
+                 "connected", "__weakref__")
 
-    def __init__(self, wrapped, registry: Registry, service: str, protocolName: str):
+    def __init__(self, wrapped, factory: "TrackingFactory", remote: Endpoint | None = None):
         self.wrapped = wrapped
-        self.registry = registry
-        self.service = service
-        self.protocolName = protocolName
+        self.factory = factory
+        self.remote = remote
         self.transport = None
         self.record = None
         self.closer = None
         self.connected = 0
+
+    @property
+    def registry(self) -> Registry:
+        return self.factory.registry
 
     def logPrefix(self) -> str:
         wrapped = self.wrapped
@@ -84,9 +87,10 @@ class Tracker:
     def makeConnection(self, transport) -> None:
         self.transport = transport
         self.connected = 1
-        self.record = self.registry.open(self.service, self.protocolName, "tcp",
-                                         endpointOf(transport.getHost()),
-                                         endpointOf(transport.getPeer()))
+        factory = self.factory
+        self.record = factory.registry.open(
+            factory.service, factory.protocolName, "tcp", factory.localEndpoint(transport),
+            self.remote or endpointOf(transport.getPeer()))
         self.wrapped.makeConnection(self)
 
     def connectionMade(self) -> None:  # IProtocol; makeConnection does the work
@@ -104,13 +108,13 @@ class Tracker:
                 wrapped.connectionLost(reason)
         finally:
             if self.record is not None:
-                self.registry.close(self.record, self.closeReason(reason))
+                self.factory.registry.close(self.record, self.closeReason(reason))
 
     def closeReason(self, reason) -> str:
         """
         Why the connection ended, from Twisted's reason and who asked to close.
         """
-        if self.registry.shuttingDown:
+        if self.factory.registry.shuttingDown:
             return SHUTDOWN
         if self.closer is not None and self.closer != SERVER_CLOSED:
             return self.closer
@@ -227,9 +231,32 @@ class _Wrapping:
 class TrackingFactory(_Wrapping, ServerFactory):
     """
     Wraps a plugin's factory: each protocol it builds is put behind a L{Tracker}.
+
+    The peer's endpoint is made from the address C{buildProtocol} is given; the local one
+    is asked of the first connection and kept when the listener's address is a specific
+    one (every connection to it has the same local endpoint), so that a connection costs
+    no C{getsockname} call.
     """
 
+    def __init__(self, wrapped, registry: Registry, service: str, protocolName: str,
+                 interface: str | None = None):
+        super().__init__(wrapped, registry, service, protocolName)
+        self.fixedLocal = interface not in (None, "", "0.0.0.0", "::")
+        self.local = None
+
+    def localEndpoint(self, transport) -> Endpoint:
+        """
+        The local L{Endpoint} of C{transport}, a connection accepted by this factory.
+        """
+        local = self.local
+        if local is None:
+            local = endpointOf(transport.getHost())
+            if self.fixedLocal:
+                self.local = local
+        return local
+
     def doStart(self) -> None:
+        self.local = None  # bound again: the port may differ
         self.wrapped.doStart()
 
     def doStop(self) -> None:
@@ -240,7 +267,8 @@ class TrackingFactory(_Wrapping, ServerFactory):
         if protocol is None:  # the plugin refused the connection
             return None
         cls = HalfCloseableTracker if IHalfCloseableProtocol.providedBy(protocol) else Tracker
-        return cls(protocol, self.registry, self.service, self.protocolName)
+        host = getattr(addr, "host", None)
+        return cls(protocol, self, None if host is None else Endpoint(hostOf(host), addr.port))
 
 
 class DatagramTransport:

@@ -821,13 +821,30 @@ class StatusAndRegistrySettingsTests(SynchronousTestCase):
     def test_defaults(self):
         """
         Without the sections, the status service listens on loopback port 8790 and the
-        registry keeps 1000 closed connections, expires UDP flows after 60 s, and logs.
+        registry keeps 1000 closed connections, expires UDP flows after 60 s, and logs
+        ended connections to C{connections.log}.
         """
         status, registry, found = self.settings("")
         self.assertEqual(found, [])
         self.assertEqual(status.listen, "tcp:8790:interface=127.0.0.1")
-        self.assertEqual((registry.closedLimit, registry.udpIdle, registry.logConnections),
-                         (1000, 60.0, True))
+        self.assertEqual((registry.closedLimit, registry.udpIdle, registry.connectionLog),
+                         (1000, 60.0, "connections.log"))
+
+    def test_connectionLog(self):
+        """
+        C{connection_log} takes a path, or C{off} (or null) for none; C{true} and an empty
+        path are errors naming the line.
+        """
+        self.assertEqual(self.settings("registry: {connection_log: /var/log/c.log}\n")[1]
+                         .connectionLog, "/var/log/c.log")
+        for off in ("off", "null", "false"):
+            self.assertIsNone(self.settings(f"registry: {{connection_log: {off}}}\n")[1]
+                              .connectionLog)
+        for bad in ("true", '""'):
+            _, _, found = self.settings(f"registry:\n  connection_log: {bad}\n")
+            self.assertEqual(len(found), 1, found)
+            self.assertIn("test.yaml:3:", found[0])
+            self.assertIn("connection_log", found[0])
 
     def test_statusOff(self):
         """

@@ -108,7 +108,6 @@ class LiveRegistryTests(TestCase):
         self.server = PortServer(makePlan(
             spec("echo", port=0), spec("discard", port=0),
             spec("echo-b", "echo", port=0), spec("daytime", port=0)), reactor)
-        self.server.registry.logConnections = False
         self.server.startService()
         self.addCleanup(self.server.stopService)
         self.registry = self.server.registry
@@ -305,7 +304,6 @@ class NoCycleTests(TestCase):
         provider = PortProtocol("weak", "Echo, watched", 4000, factory=factory)
         server = PortServer(makePlan(spec("weak", port=0, providers={"weak": provider})),
                             reactor)
-        server.registry.logConnections = False
         server.startService()
         self.addCleanup(server.stopService)
         gc.collect()

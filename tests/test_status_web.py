@@ -195,6 +195,17 @@ class ConnectionsTests(SynchronousTestCase):
         """
         self.assertEqual(self.connections(b"/api/connections"), [RECORD_A])
 
+    def test_serverTiming(self):
+        """
+        The reply says in a C{Server-Timing} header how long the registry snapshot, the
+        conversion to dicts and the JSON encoding took, each as C{name;dur=ms}.
+        """
+        header = self.filled.get(b"/api/connections").header("server-timing")
+        parts = [part.strip().split(";dur=") for part in header.split(",")]
+        self.assertEqual([name for name, _ in parts], ["snapshot", "dicts", "encode"])
+        for _, milliseconds in parts:
+            self.assertGreaterEqual(float(milliseconds), 0.0)
+
     def test_serviceFilter(self):
         """
         C{?service=} keeps one service's records: echo has the live one, daytime none live
@@ -531,7 +542,7 @@ class ListeningTests(SynchronousTestCase):
 
         off = attrs.evolve(plan, config=attrs.evolve(plan.config, status=StatusSpec(None)))
         self.assertEqual([s.name for s in tap.makeService({"plan": off}, PortReactor())],
-                         ["portserver"])
+                         ["connection-log", "portserver"])
 
         refusing = PortReactor(refuse={("tcp", 8790): errno.EADDRINUSE})
         tree = tap.makeService({"plan": plan}, reactor=refusing)

@@ -35,7 +35,7 @@ def makeRegistry():
     """
     clock = Clock()
     clock.advance(100)
-    return Registry(clock, PrivilegeRule(1024, "test"), logConnections=False)
+    return Registry(clock, PrivilegeRule(1024, "test"))
 
 
 class Recorder(Protocol):

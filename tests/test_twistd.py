@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -31,7 +32,9 @@ def twistd(*args, cwd=None):
     env["PYTHONPATH"] = ROOT
     command = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                "-n", "--pidfile=", "--logfile=-", *args]
-    return subprocess.Popen(command, cwd=cwd or ROOT, env=env, stdout=subprocess.PIPE,
+    if cwd is None:  # not the checkout: the server writes its connection log there
+        cwd = tempfile.mkdtemp(prefix="portserver-twistd-")
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
@@ -88,7 +91,12 @@ class TwistdTests(SynchronousTestCase):
         process.stdout.close()
 
     def start(self, *args, ready="portserver ready"):
-        process = twistd(*args)
+        """
+        Start twistd in a directory of its own (C{self.cwd}, where the connection log goes).
+        """
+        self.cwd = os.path.abspath(self.mktemp())
+        os.makedirs(self.cwd)
+        process = twistd(*args, cwd=self.cwd)
         self.addCleanup(self.stop, process)
         return process, waitForLine(process, ready)
 
@@ -96,7 +104,8 @@ class TwistdTests(SynchronousTestCase):
         """
         With a config on a free port, twistd logs one line per listener, echoes over TCP
         and UDP, and on SIGTERM closes its ports and shuts down cleanly (twistd then ends
-        by re-raising the signal, so the exit status says "terminated by SIGTERM").
+        by re-raising the signal, so the exit status says "terminated by SIGTERM"). The
+        TCP connection is a line in C{connections.log} in the directory twistd ran in.
         """
         port = freePort()
         process, lines = self.start("portserver", "--config", writeConfig(self, echoConfig(port)))
@@ -115,6 +124,12 @@ class TwistdTests(SynchronousTestCase):
         lines = waitForLine(process, "Server Shut Down.")
         self.assertIn(f"(TCP Port {port} Closed)", "\n".join(lines))
         self.assertIn(process.wait(DEADLINE), (0, -signal.SIGTERM))
+        with open(os.path.join(self.cwd, "connections.log")) as f:
+            logged = f.read().splitlines()
+        self.assertEqual(len(logged), 2, logged)  # the TCP connection; the UDP flow at stop
+        self.assertRegex(logged[0], rf" tcp-1 echo tcp 127\.0\.0\.1:\d+ -> 127\.0\.0\.1:{port} "
+                                    r"client-closed \d+\.\d{3}s in=8 out=8$")
+        self.assertRegex(logged[1], rf" udp-2 echo udp .* shutdown .* datagrams=1/1$")
 
     def test_bindFailureIsFatal(self):
         """

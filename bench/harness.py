@@ -1,0 +1,951 @@
+"""
+The side-by-side benchmark: portserver, bare Twisted, asyncio, uvloop, xinetd, tcpserver
+and a C epoll echo server, driven by one C load generator, in one invocation.
+
+    python bench/run.py [--quick]          (see bench/README.md)
+
+Each round starts every target afresh, in turn (the order rotates each round), runs the
+scenarios it supports, and stops it. Figures are medians over rounds; every figure is also a
+ratio to bare Twisted's figure from the same round, which holds on a shared machine when
+absolute numbers drift.
+
+This module holds the pieces (targets, scenarios, the loadgen's JSON, the median and ratio
+arithmetic, the Markdown table, the chart); C{bench/run.py} is the command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+BUILD = os.path.join(BENCH, "build")
+
+SERVER_CORE = 0
+CLIENT_CORE = 1
+
+# -- scenarios -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """
+    One measurement: a loadgen mode against one of the target's ports.
+
+    @ivar unit: C{"/s"} for operations per second, C{"MB/s"} for bulk modes.
+    """
+
+    name: str
+    title: str
+    mode: str
+    port: str  # "echo", "discard" or "udp"
+    concurrency: int
+    size: int = 64
+    unit: str = "/s"
+
+
+SCENARIOS = [
+    Scenario("connect", "connections/s (connect, 64 B, close; 50 clients)", "connect", "echo", 50),
+    Scenario("request-64", "requests/s (100 persistent, 64 B)", "request", "echo", 100),
+    Scenario("request-4k", "requests/s (100 persistent, 4 KiB)", "request", "echo", 100, 4096),
+    Scenario("bulk-echo", "bulk echo MB/s (1 connection)", "bulk-echo", "echo", 1, unit="MB/s"),
+    Scenario("bulk-discard", "bulk discard MB/s (1 connection)", "bulk-discard", "discard", 1,
+             unit="MB/s"),
+    Scenario("udp", "UDP echo datagrams/s (10 clients, 64 B)", "udp", "udp", 10),
+]
+SCENARIO_NAMES = [s.name for s in SCENARIOS]
+# The whole-process scenarios, run on their own fresh servers.
+HOLD = "hold"
+SERVICES = "services"
+ALL_SCENARIOS = SCENARIO_NAMES + [HOLD, SERVICES]
+SERVICE_COUNTS = (1, 10, 50)
+
+# -- targets ---------------------------------------------------------------------------------
+
+
+def freePort() -> int:
+    """
+    A port free on 127.0.0.1 for both TCP and UDP (the OS picks; the race until the target
+    binds it is harmless on a machine running nothing else on loopback).
+    """
+    while True:
+        with socket.socket() as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                    udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
+class TargetError(Exception):
+    """
+    A target could not be started or measured; the message says why.
+    """
+
+
+def _pinned(core: int | None):
+    """
+    A C{preexec_fn}: pin to C{core} (when the machine has two or more) and raise the
+    descriptor limit to the hard limit (10,000 connections need it).
+    """
+    def prepare():
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        if core is not None and (os.cpu_count() or 1) > 1:
+            os.sched_setaffinity(0, {core})
+    return prepare
+
+
+def waitForPort(port: int, process: subprocess.Popen, log: str, deadline: float = 30.0):
+    """
+    Wait until 127.0.0.1:C{port} accepts, or raise L{TargetError} with the log's tail.
+    """
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if process.poll() is not None:
+            raise TargetError(f"exited with status {process.returncode}: {tail(log)}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TargetError(f"port {port} not listening after {deadline:.0f}s: {tail(log)}")
+
+
+def tail(path: str, lines: int = 5) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return " | ".join(f.read().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@dataclass
+class Running:
+    """
+    A started target: its process, its ports, and where it logs.
+    """
+
+    process: subprocess.Popen
+    ports: dict
+    log: str
+    statusURL: str | None = None
+
+    def rss(self) -> int:
+        """
+        The server process's resident set size, in bytes.
+        """
+        with open(f"/proc/{self.process.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise TargetError("no VmRSS")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class Target:
+    """
+    A server to measure. Subclasses say how to start it and what it supports.
+    """
+
+    name = ""
+    label = ""
+    scenarios: tuple = tuple(SCENARIO_NAMES)
+
+    def available(self) -> str | None:
+        """
+        L{None} when the target can run here, else why not.
+        """
+        return None
+
+    def command(self, ports: dict, workdir: str) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict:
+        return dict(os.environ)
+
+    def start(self, workdir: str, services: int = 1) -> Running:
+        ports = {"echo": freePort(), "discard": freePort(), "status": freePort(),
+                 "extra": [freePort() for _ in range(services - 1)]}
+        ports["udp"] = ports["echo"]
+        log = os.path.join(workdir, f"{self.name}.log")
+        with open(log, "ab") as logFile:
+            process = subprocess.Popen(
+                self.command(ports, workdir), stdin=subprocess.DEVNULL, stdout=logFile,
+                stderr=subprocess.STDOUT, env=self.environment(), cwd=workdir,
+                preexec_fn=_pinned(SERVER_CORE))
+        running = Running(process, ports, log)
+        try:
+            for port in [ports["echo"]] + ports["extra"]:
+                waitForPort(port, process, log)
+            if "discard" in self.scenarios or "bulk-discard" in self.scenarios:
+                waitForPort(ports["discard"], process, log)
+        except BaseException:
+            running.stop()
+            raise
+        return running
+
+
+class PortServerTarget(Target):
+    """
+    portserver's echo and discard services under C{twistd -n}, default registry settings
+    (connection log on), logging to a file.
+    """
+
+    name = "portserver"
+    label = "portserver"
+
+    def config(self, ports: dict) -> str:
+        lines = ["services:",
+                 f"  - {{name: echo, protocol: echo, interface: 127.0.0.1, port: {ports['echo']},"
+                 " transports: [tcp, udp]}",
+                 f"  - {{name: discard, protocol: discard, interface: 127.0.0.1, "
+                 f"port: {ports['discard']}}}"]
+        for index, port in enumerate(ports["extra"], 2):
+            lines.append(f"  - {{name: echo-{index}, protocol: echo, interface: 127.0.0.1, "
+                         f"port: {port}}}")
+        lines += ["status:", f'  listen: "tcp:{ports["status"]}:interface=127.0.0.1"']
+        return "\n".join(lines) + "\n"
+
+    def command(self, ports, workdir):
+        path = os.path.join(workdir, "portserver.yaml")
+        with open(path, "w") as f:
+            f.write(self.config(ports))
+        return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "-n", "--pidfile=", "--logfile", os.path.join(workdir, "portserver-twistd.log"),
+                "portserver", "--config", path]
+
+    def environment(self):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+        return env
+
+    def start(self, workdir, services=1):
+        running = super().start(workdir, services)
+        waitForPort(running.ports["status"], running.process, running.log)
+        running.statusURL = f"http://127.0.0.1:{running.ports['status']}"
+        return running
+
+
+class TwistedTarget(Target):
+    name = "twisted"
+    label = "bare Twisted"
+
+    def command(self, ports, workdir):
+        return [sys.executable, os.path.join(BENCH, "servers", "twisted_echo.py"),
+                "--echo", str(ports["echo"]), "--discard", str(ports["discard"])]
+
+
+class AsyncioTarget(Target):
+    name = "asyncio"
+    label = "asyncio"
+
+    def command(self, ports, workdir):
+        return [sys.executable, os.path.join(BENCH, "servers", "asyncio_echo.py"),
+                "--echo", str(ports["echo"]), "--discard", str(ports["discard"])]
+
+
+class UvloopTarget(AsyncioTarget):
+    name = "uvloop"
+    label = "uvloop"
+
+    def available(self):
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            return "uvloop is not installed (pip install '.[bench]')"
+        return None
+
+    def command(self, ports, workdir):
+        return super().command(ports, workdir) + ["--uvloop"]
+
+
+XINETD_CONFIG = """\
+# Generous limits, so that xinetd's own capacity is measured and not its defaults
+# (cps 50/10 s would shut the service for 10 s after 50 connections in a second).
+defaults
+{{
+    instances = UNLIMITED
+    per_source = UNLIMITED
+    cps = 1000000 1
+}}
+service echo
+{{
+    type = INTERNAL UNLISTED
+    socket_type = stream
+    protocol = tcp
+    port = {echo}
+    bind = 127.0.0.1
+    wait = no
+    user = root
+}}
+service echo
+{{
+    type = INTERNAL UNLISTED
+    id = echo-dgram
+    socket_type = dgram
+    protocol = udp
+    port = {echo}
+    bind = 127.0.0.1
+    wait = yes
+    user = root
+}}
+service discard
+{{
+    type = INTERNAL UNLISTED
+    socket_type = stream
+    protocol = tcp
+    port = {discard}
+    bind = 127.0.0.1
+    wait = no
+    user = root
+}}
+"""
+
+
+class XinetdTarget(Target):
+    """
+    xinetd's internal echo and discard (a fork per TCP connection).
+    """
+
+    name = "xinetd"
+    label = "xinetd (internal)"
+
+    def available(self):
+        if shutil.which("xinetd") is None:
+            return "xinetd is not installed (apt-get install xinetd)"
+        if os.geteuid() != 0:
+            return "xinetd needs root here"
+        return None
+
+    def command(self, ports, workdir):
+        path = os.path.join(workdir, "xinetd.conf")
+        with open(path, "w") as f:
+            f.write(XINETD_CONFIG.format(**ports))
+        return ["xinetd", "-dontfork", "-f", path, "-pidfile", os.path.join(workdir, "xinetd.pid")]
+
+
+class TcpserverTarget(Target):
+    """
+    ucspi-tcp's tcpserver running C{cat} (a fork and exec per connection).
+    """
+
+    name = "tcpserver"
+    label = "tcpserver + cat"
+    scenarios = ("connect", "request-64", "request-4k", "bulk-echo")
+
+    def available(self):
+        if shutil.which("tcpserver") is None:
+            return "tcpserver is not installed (apt-get install ucspi-tcp)"
+        return None
+
+    def command(self, ports, workdir):
+        # -c 400: room for 100 persistent clients; -H -R -l0: no DNS or ident look-ups.
+        return ["tcpserver", "-c", "400", "-b", "4096", "-H", "-R", "-l", "0", "127.0.0.1",
+                str(ports["echo"]), "cat"]
+
+
+class CEchoTarget(Target):
+    """
+    A single-threaded C epoll echo: the near-physical limit for the load generator.
+    """
+
+    name = "c-epoll"
+    label = "C epoll echo"
+    scenarios = ("connect", "request-64", "request-4k", "bulk-echo", "udp")
+
+    def available(self):
+        if shutil.which(os.environ.get("CC", "cc")) is None:
+            return "no C compiler"
+        return None
+
+    def command(self, ports, workdir):
+        return [compiled("cecho"), "--port", str(ports["echo"])]
+
+
+TARGETS = [PortServerTarget(), TwistedTarget(), AsyncioTarget(), UvloopTarget(), XinetdTarget(),
+           TcpserverTarget(), CEchoTarget()]
+TARGET_NAMES = [t.name for t in TARGETS]
+BASELINE = "twisted"
+
+# -- the load generator ----------------------------------------------------------------------
+
+
+def compiled(name: str) -> str:
+    """
+    The path of C{bench/NAME.c} compiled (again, when the source is newer) under
+    C{bench/build/}.
+    """
+    source = os.path.join(BENCH, f"{name}.c")
+    binary = os.path.join(BUILD, name)
+    if not os.path.exists(binary) or os.path.getmtime(binary) < os.path.getmtime(source):
+        os.makedirs(BUILD, exist_ok=True)
+        compiler = os.environ.get("CC", "cc")
+        result = subprocess.run([compiler, "-O2", "-Wall", "-o", binary, source],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise TargetError(f"cannot compile {source}: {result.stderr.strip()}")
+    return binary
+
+
+class LoadgenError(Exception):
+    """
+    The load generator failed or printed something that is not its result.
+    """
+
+
+def parseResult(text: str) -> dict:
+    """
+    The loadgen's result: the last line of C{text} that is a JSON object with C{mode},
+    C{ops}, C{seconds}, C{rate} and C{errors}.
+
+    @raise LoadgenError: when there is no such line.
+    """
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            result = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(result, dict) and {"mode", "ops", "seconds", "rate", "errors"} <= set(result):
+            return result
+    raise LoadgenError(f"no result line in loadgen output: {text.strip()[-200:]!r}")
+
+
+def loadgenCommand(mode: str, ports: list[int], concurrency: int, size: int,
+                   duration: float, warmup: float, timeout: float = 5.0) -> list[str]:
+    return [compiled("loadgen"), mode, "--ports", ",".join(map(str, ports)),
+            "--concurrency", str(concurrency), "--size", str(size),
+            "--duration", str(duration), "--warmup", str(warmup), "--timeout", str(timeout)]
+
+
+def runLoadgen(mode, ports, concurrency, size, duration, warmup) -> dict:
+    command = loadgenCommand(mode, ports, concurrency, size, duration, warmup)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True,
+                                timeout=duration + warmup + 60, preexec_fn=_pinned(CLIENT_CORE))
+    except subprocess.TimeoutExpired:
+        raise LoadgenError(f"loadgen {mode} did not finish") from None
+    if result.returncode != 0:
+        raise LoadgenError(f"loadgen {mode} exited {result.returncode}: {result.stderr.strip()}")
+    return parseResult(result.stdout)
+
+
+# -- one round -------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    rounds: int = 5
+    duration: float = 2.0
+    warmup: float = 0.5
+    connections: int = 10000
+    targets: list = field(default_factory=lambda: list(TARGET_NAMES))
+    scenarios: list = field(default_factory=lambda: list(ALL_SCENARIOS))
+    serviceCounts: tuple = SERVICE_COUNTS
+
+
+def measure(target: Target, running: Running, scenario: Scenario, settings: Settings) -> dict:
+    port = running.ports[scenario.port]
+    result = runLoadgen(scenario.mode, [port], scenario.concurrency, scenario.size,
+                        settings.duration, settings.warmup)
+    value = result["rate"] / 1e6 if scenario.unit == "MB/s" else result["rate"]
+    return {"value": value, "errors": result["errors"], "error_kinds": result.get("error_kinds", {})}
+
+
+def fetchTimed(url: str) -> tuple[float, dict, bytes]:
+    """
+    GET C{url}: the wall time in ms, the Server-Timing durations, and the body.
+    """
+    started = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=60) as response:
+        body = response.read()
+        timing = response.headers.get("Server-Timing", "")
+    elapsed = (time.perf_counter() - started) * 1000
+    return elapsed, parseServerTiming(timing), body
+
+
+def parseServerTiming(header: str) -> dict:
+    """
+    C{"snapshot;dur=1.2, encode;dur=30"} -> C{{"snapshot": 1.2, "encode": 30.0}}.
+    """
+    timings = {}
+    for part in header.split(","):
+        match = re.match(r"\s*([\w-]+)\s*;.*?dur=([0-9.]+)", part)
+        if match:
+            timings[match.group(1)] = float(match.group(2))
+    return timings
+
+
+def hold(target: Target, workdir: str, settings: Settings) -> dict:
+    """
+    Hold C{settings.connections} idle connections: errors, RSS growth per connection, and
+    for portserver the registry's view of them and what reading it costs.
+    """
+    running = target.start(workdir)
+    try:
+        # Warm the server (imports, first allocations) before the baseline.
+        runLoadgen("connect", [running.ports["echo"]], 10, 64, 0.3, 0.0)
+        time.sleep(0.2)
+        before = running.rss()
+        command = loadgenCommand("hold", [running.ports["echo"]], settings.connections, 1,
+                                 0, 0, timeout=10)
+        client = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True, preexec_fn=_pinned(CLIENT_CORE))
+        try:
+            line = client.stdout.readline()
+            result = parseResult(line)
+            time.sleep(0.2)
+            after = running.rss()
+            held = result["ops"]
+            outcome = {"held": held, "errors": result["errors"],
+                       "error_kinds": result.get("error_kinds", {}),
+                       "rss_before": before, "rss_after": after,
+                       "bytes_per_connection": (after - before) / held if held else None}
+            if running.statusURL:
+                outcome.update(inspectStatus(running, held))
+        finally:
+            if client.poll() is None:
+                client.stdin.close()
+                try:
+                    client.wait(30)
+                except subprocess.TimeoutExpired:
+                    client.kill()
+                    client.wait()
+        return outcome
+    finally:
+        running.stop()
+
+
+def inspectStatus(running: Running, held: int) -> dict:
+    """
+    With C{held} connections live: the registry snapshot time (from Server-Timing), the
+    wall time of C{GET /api/connections} and of C{portserver status}, and whether the
+    registry counts exactly the held connections.
+    """
+    fetches = [fetchTimed(running.statusURL + "/api/connections") for _ in range(3)]
+    wall, timing, body = sorted(fetches, key=lambda f: f[0])[1]
+    listed = len(json.loads(body)["connections"])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    started = time.perf_counter()
+    cli = subprocess.run([sys.executable, "-c",
+                          "import sys; from portserver.status.cli import main; sys.exit(main())",
+                          "status", "--url", running.statusURL],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                         timeout=120)
+    cliWall = (time.perf_counter() - started) * 1000
+    if cli.returncode != 0:
+        raise TargetError(f"portserver status failed: {cli.stderr.strip()}")
+    return {"registry_listed": listed, "registry_matches": listed == held,
+            "snapshot_ms": timing.get("snapshot"), "api_connections_ms": wall,
+            "api_timing": timing, "status_cli_ms": cliWall}
+
+
+def services(workdir: str, count: int, settings: Settings) -> dict:
+    """
+    portserver with C{count} echo services: connection rate with the clients spread over
+    all of them.
+    """
+    running = PortServerTarget().start(workdir, services=count)
+    try:
+        ports = [running.ports["echo"]] + running.ports["extra"]
+        result = runLoadgen("connect", ports, 50, 64, settings.duration, settings.warmup)
+        return {"value": result["rate"], "errors": result["errors"]}
+    finally:
+        running.stop()
+
+
+def runRound(index: int, targets: list[Target], settings: Settings, workdir: str,
+             report=print) -> dict:
+    """
+    One round: every target in turn (rotated by C{index}), every scenario it supports.
+    Returns C{{"scenarios": {scenario: {target: figure}}, "hold": {target: outcome},
+    "services": {count: figure}}}; a target that fails is reported and left out.
+    """
+    results: dict = {"scenarios": {}, "hold": {}, "services": {}, "failures": []}
+    order = targets[index % len(targets):] + targets[:index % len(targets)]
+    wanted = [s for s in SCENARIOS if s.name in settings.scenarios]
+    for target in order:
+        scenarios = [s for s in wanted if s.name in target.scenarios]
+        if not scenarios:
+            continue
+        try:
+            running = target.start(workdir)
+        except (TargetError, OSError) as e:
+            results["failures"].append(f"round {index + 1}: {target.name}: {e}")
+            report(f"  {target.name}: could not start: {e}")
+            continue
+        try:
+            for scenario in scenarios:
+                try:
+                    figure = measure(target, running, scenario, settings)
+                except LoadgenError as e:
+                    results["failures"].append(f"round {index + 1}: {target.name} "
+                                               f"{scenario.name}: {e}")
+                    continue
+                results["scenarios"].setdefault(scenario.name, {})[target.name] = figure
+                report(f"  {target.name:<11} {scenario.name:<13} {figure['value']:>12,.1f} "
+                       f"{scenario.unit} errors={figure['errors']}")
+        finally:
+            running.stop()
+    if HOLD in settings.scenarios:
+        for target in order:
+            if target.name not in ("portserver", "twisted"):
+                continue
+            try:
+                outcome = hold(target, workdir, settings)
+            except (TargetError, LoadgenError, OSError) as e:
+                results["failures"].append(f"round {index + 1}: {target.name} hold: {e}")
+                report(f"  {target.name}: hold failed: {e}")
+                continue
+            results["hold"][target.name] = outcome
+            report(f"  {target.name:<11} hold {outcome['held']} errors={outcome['errors']} "
+                   f"{(outcome['bytes_per_connection'] or 0) / 1024:.2f} KiB/connection")
+    if SERVICES in settings.scenarios and "portserver" in settings.targets:
+        for count in settings.serviceCounts:
+            try:
+                results["services"][count] = services(workdir, count, settings)
+            except (TargetError, LoadgenError, OSError) as e:
+                results["failures"].append(f"round {index + 1}: services {count}: {e}")
+                continue
+            report(f"  portserver  {count:>2} services  "
+                   f"{results['services'][count]['value']:>12,.1f} /s")
+    return results
+
+
+# -- aggregation -----------------------------------------------------------------------------
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def aggregate(rounds: list[dict]) -> dict:
+    """
+    Medians over rounds, and the median of each round's ratio to bare Twisted.
+
+    Returns C{{"scenarios": {scenario: {target: {"value", "ratio", "errors", "rounds"}}},
+    "hold": {target: {...medians...}}, "services": {count: {"value", "ratio"}}}} where
+    C{ratio} is to bare Twisted (scenarios) or to the one-service case (services).
+    """
+    table: dict = {"scenarios": {}, "hold": {}, "services": {}}
+    for name in SCENARIO_NAMES:
+        perTarget: dict = {}
+        for result in rounds:
+            figures = result["scenarios"].get(name, {})
+            baseline = figures.get(BASELINE, {}).get("value")
+            for target, figure in figures.items():
+                entry = perTarget.setdefault(target, {"values": [], "ratios": [], "errors": 0})
+                entry["values"].append(figure["value"])
+                entry["errors"] += figure["errors"]
+                if baseline:
+                    entry["ratios"].append(figure["value"] / baseline)
+        if perTarget:
+            table["scenarios"][name] = {
+                target: {"value": median(e["values"]), "ratio": median(e["ratios"]),
+                         "errors": e["errors"], "rounds": len(e["values"])}
+                for target, e in perTarget.items()}
+    memoryRatios = []
+    for result in rounds:
+        held = result["hold"]
+        if "portserver" in held and BASELINE in held:
+            mine = held["portserver"]["bytes_per_connection"]
+            theirs = held[BASELINE]["bytes_per_connection"]
+            if mine and theirs:
+                memoryRatios.append(mine / theirs)
+    for target in {t for result in rounds for t in result["hold"]}:
+        outcomes = [result["hold"][target] for result in rounds if target in result["hold"]]
+        entry = {"held": min(o["held"] for o in outcomes),
+                 "errors": sum(o["errors"] for o in outcomes),
+                 "bytes_per_connection": median(o["bytes_per_connection"] for o in outcomes),
+                 "rounds": len(outcomes)}
+        for key in ("snapshot_ms", "api_connections_ms", "status_cli_ms"):
+            if any(key in o for o in outcomes):
+                entry[key] = median(o.get(key) for o in outcomes)
+        if any("registry_matches" in o for o in outcomes):
+            entry["registry_matches"] = all(o.get("registry_matches") for o in outcomes)
+        if target == "portserver":
+            entry["memory_ratio"] = median(memoryRatios)
+        table["hold"][target] = entry
+    counts = sorted({c for result in rounds for c in result["services"]})
+    for count in counts:
+        values, ratios = [], []
+        for result in rounds:
+            figures = result["services"]
+            if count in figures:
+                values.append(figures[count]["value"])
+                if figures.get(counts[0]):
+                    ratios.append(figures[count]["value"] / figures[counts[0]]["value"])
+        table["services"][count] = {"value": median(values), "ratio": median(ratios)}
+    return table
+
+
+@dataclass(frozen=True)
+class Goal:
+    text: str
+    met: bool | None  # None: not measured in this run
+    detail: str
+
+
+def goals(table: dict) -> list[Goal]:
+    """
+    The issue's targets, each met, not met, or not measured.
+    """
+    results = []
+
+    def ratio(scenario, target):
+        return table["scenarios"].get(scenario, {}).get(target, {}).get("ratio")
+
+    for scenario, text in (("connect", "connection rate"), ("request-64", "request rate (64 B)"),
+                           ("request-4k", "request rate (4 KiB)")):
+        value = ratio(scenario, "portserver")
+        results.append(Goal(f"portserver ≥ 0.95× bare Twisted on {text}",
+                            None if value is None else value >= 0.95,
+                            "not measured" if value is None else f"{value:.3f}×"))
+    memory = table["hold"].get("portserver", {}).get("memory_ratio")
+    results.append(Goal("memory per idle connection ≤ 1.25× bare Twisted",
+                        None if memory is None else memory <= 1.25,
+                        "not measured" if memory is None else f"{memory:.2f}×"))
+    held = table["hold"].get("portserver")
+    if held is None:
+        results.append(Goal("10,000 connections held with zero errors", None, "not measured"))
+        results.append(Goal("registry snapshot under 50 ms at 10,000", None, "not measured"))
+    else:
+        results.append(Goal(f"{held['held']:,} connections held with zero errors",
+                            held["errors"] == 0 and held.get("registry_matches", True),
+                            f"{held['errors']} errors; registry lists all: "
+                            f"{held.get('registry_matches')}"))
+        snapshot = held.get("snapshot_ms")
+        results.append(Goal(f"registry snapshot under 50 ms at {held['held']:,}",
+                            None if snapshot is None else snapshot < 50,
+                            "not measured" if snapshot is None else f"{snapshot:.2f} ms"))
+    mine = table["scenarios"].get("connect", {}).get("portserver", {}).get("value")
+    theirs = table["scenarios"].get("connect", {}).get("xinetd", {}).get("value")
+    results.append(Goal("connection rate ≥ 4× xinetd's internal echo",
+                        None if not (mine and theirs) else mine >= 4 * theirs,
+                        "not measured" if not (mine and theirs) else f"{mine / theirs:.1f}×"))
+    return results
+
+
+# -- reporting -------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    """
+    What the figures were measured on.
+    """
+    info = {"cores": os.cpu_count(), "kernel": platform.release(),
+            "python": platform.python_version(), "cpu": ""}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import twisted
+    info["twisted"] = twisted.__version__
+    try:
+        import uvloop
+        info["uvloop"] = uvloop.__version__
+    except ImportError:
+        info["uvloop"] = None
+    info["pinning"] = (f"server on core {SERVER_CORE}, load generator on core {CLIENT_CORE}"
+                       if (os.cpu_count() or 1) > 1 else "none (one core)")
+    return info
+
+
+def _number(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    if unit == "MB/s":
+        return f"{value:,.0f} MB/s"
+    return f"{value:,.0f}/s"
+
+
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f" ({value:.2f}×)"
+
+
+def markdownTable(table: dict, settings: Settings, info: dict, labels: dict | None = None) -> str:
+    """
+    The results as Markdown: machine, throughput table (medians, ratio to bare Twisted),
+    idle connections, services, and the targets met or not.
+    """
+    labels = labels or {t.name: t.label for t in TARGETS}
+    present = [name for name in TARGET_NAMES
+               if any(name in row for row in table["scenarios"].values())]
+    present += sorted({name for row in table["scenarios"].values() for name in row} -
+                      set(present))
+    lines = [f"Machine: {info['cores']} cores ({info.get('cpu') or 'unknown CPU'}), Linux "
+             f"{info['kernel']}, Python {info['python']}, Twisted {info['twisted']}"
+             + (f", uvloop {info['uvloop']}" if info.get("uvloop") else "")
+             + f"; pinning: {info['pinning']}.",
+             f"Rounds: {settings.rounds}, {settings.duration:g} s per measurement after "
+             f"{settings.warmup:g} s warm-up; medians, and in brackets the median ratio to bare "
+             "Twisted in the same round.", ""]
+    if present:
+        lines.append("| scenario | " + " | ".join(labels.get(n, n) for n in present) + " |")
+        lines.append("|---|" + "---:|" * len(present))
+        for scenario in SCENARIOS:
+            row = table["scenarios"].get(scenario.name)
+            if not row:
+                continue
+            cells = []
+            for name in present:
+                entry = row.get(name)
+                if entry is None:
+                    cells.append("—")
+                    continue
+                cell = _number(entry["value"], scenario.unit) + _ratio(entry["ratio"])
+                if entry["errors"]:
+                    cell += f" ⚠ {entry['errors']} errors"
+                cells.append(cell)
+            lines.append(f"| {scenario.title} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if table["hold"]:
+        lines.append("| idle connections | held | errors | RSS per connection | snapshot | "
+                     "GET /api/connections | portserver status |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|")
+        for name in [n for n in TARGET_NAMES if n in table["hold"]]:
+            entry = table["hold"][name]
+            perConnection = entry["bytes_per_connection"]
+
+            def ms(key):
+                value = entry.get(key)
+                return "—" if value is None else f"{value:,.1f} ms"
+            memory = "—" if perConnection is None else f"{perConnection / 1024:.2f} KiB"
+            if entry.get("memory_ratio") is not None:
+                memory += f" ({entry['memory_ratio']:.2f}×)"
+            lines.append(f"| {labels.get(name, name)} | {entry['held']:,} | {entry['errors']} | "
+                         f"{memory} | {ms('snapshot_ms')} | {ms('api_connections_ms')} | "
+                         f"{ms('status_cli_ms')} |")
+        lines.append("")
+    if table["services"]:
+        lines.append("| portserver services configured | connections/s (clients spread over all) |")
+        lines.append("|---:|---:|")
+        for count, entry in sorted(table["services"].items()):
+            lines.append(f"| {count} | {_number(entry['value'], '/s')}"
+                         f"{_ratio(entry['ratio'])} |")
+        lines.append("")
+    lines.append("| target | met? | measured |")
+    lines.append("|---|---|---|")
+    for goal in goals(table):
+        verdict = {True: "met", False: "**not met**", None: "not measured"}[goal.met]
+        lines.append(f"| {goal.text} | {verdict} | {goal.detail} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(table: dict, path: str, labels: dict | None = None) -> None:
+    """
+    A PNG: one panel per scenario, a bar per target (log scale), bare Twisted marked.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = labels or {t.name: t.label for t in TARGETS}
+    scenarios = [s for s in SCENARIOS if s.name in table["scenarios"]]
+    panels = len(scenarios) + (1 if table["services"] else 0)
+    columns = 3
+    rows = max(1, -(-panels // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(15, 4.2 * rows), squeeze=False)
+    colours = {name: plt.cm.tab10(i) for i, name in enumerate(TARGET_NAMES)}
+    for ax, scenario in zip(axes.flat, scenarios):
+        row = table["scenarios"][scenario.name]
+        names = [n for n in TARGET_NAMES if n in row] + sorted(set(row) - set(TARGET_NAMES))
+        values = [row[n]["value"] or 0 for n in names]
+        ax.bar([labels.get(n, n) for n in names], values,
+               color=[colours.get(n, "grey") for n in names])
+        ax.set_yscale("log")
+        ax.set_title(scenario.title, fontsize=10)
+        ax.set_ylabel(scenario.unit)
+        ax.tick_params(axis="x", labelrotation=35, labelsize=8)
+        for x, (name, value) in enumerate(zip(names, values)):
+            ratio = row[name]["ratio"]
+            ax.annotate(f"{ratio:.2f}×" if ratio is not None else "", (x, value),
+                        ha="center", va="bottom", fontsize=7)
+    used = len(scenarios)
+    if table["services"]:
+        ax = axes.flat[used]
+        counts = sorted(table["services"])
+        ax.plot(counts, [table["services"][c]["value"] for c in counts], marker="o")
+        ax.set_title("portserver connections/s by services configured", fontsize=10)
+        ax.set_xlabel("services")
+        ax.set_ylabel("/s")
+        ax.set_ylim(bottom=0)
+        used += 1
+    for ax in list(axes.flat)[used:]:
+        ax.axis("off")
+    figure.suptitle("portserver benchmark (medians; labels: ratio to bare Twisted)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def run(settings: Settings, out: str, drawChart: bool = True, report=print) -> dict:
+    """
+    Every round, then the table (and chart) under C{out}; returns what was written.
+    """
+    targets = []
+    skipped = {}
+    for target in TARGETS:
+        if target.name not in settings.targets:
+            continue
+        why = target.available()
+        if why is None:
+            targets.append(target)
+        else:
+            skipped[target.name] = why
+            report(f"skipping {target.name}: {why}")
+    compiled("loadgen")
+    info = machine()
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="portserver-bench-") as workdir:
+        for index in range(settings.rounds):
+            report(f"round {index + 1} of {settings.rounds}")
+            rounds.append(runRound(index, targets, settings, workdir, report))
+    table = aggregate(rounds)
+    os.makedirs(out, exist_ok=True)
+    markdown = markdownTable(table, settings, info)
+    failures = [f for result in rounds for f in result["failures"]]
+    if skipped or failures:
+        markdown += "\n" + "".join(f"- skipped {name}: {why}\n" for name, why in skipped.items())
+        markdown += "".join(f"- failed: {failure}\n" for failure in failures)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(markdown)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"machine": info, "settings": settings.__dict__, "rounds": rounds,
+                   "table": table, "skipped": skipped}, f, indent=1, default=str)
+    if drawChart:
+        chart(table, os.path.join(out, "results.png"))
+    return {"table": table, "markdown": markdown, "rounds": rounds, "skipped": skipped}

@@ -1,0 +1,168 @@
+"""
+The connection log: one line per connection (or UDP flow) when it ends, in a file of its
+own, like HAProxy's end-of-session log or an HTTP server's access log.
+
+    2026-11-21T09:41:07Z tcp-17 echo tcp 127.0.0.1:51234 -> 127.0.0.1:7 client-closed 0.003s in=64 out=64
+
+Fields, space-separated: the close time (UTC), the registry id, the service, the
+transport, the remote and local endpoints, the close reason, the duration, and the bytes
+received and sent (UDP adds C{datagrams=in/out}). Live connections are in the registry
+(C{portserver status}); the log is the record of what ended.
+
+Why not one C{twisted.logger} event per connection: an event through twistd's text log
+costs tens of microseconds (an event dict, the publisher, C{str.format} parsing, a
+C{strftime}, an unbuffered write), as much as accepting the connection itself; see
+C{bench/README.md}. Lines here are formatted with one f-string, the timestamp is made once
+a second, and writes are batched: the buffer goes to disk once a second, when it holds
+64 KiB, and when the service stops. The file is a L{twisted.python.logfile.LogFile}, so it
+rotates by size.
+"""
+
+from __future__ import annotations
+
+import time
+
+from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.logfile import LogFile
+
+from portserver.registry import CLOSED, ConnectionRecord, Registry
+
+log = Logger()
+
+FLUSH_INTERVAL = 1.0
+FLUSH_BYTES = 64 * 1024
+ROTATE_BYTES = 10 * 1024 * 1024
+ROTATED_FILES = 10
+
+
+def formatLine(record: ConnectionRecord, stamp: str) -> str:
+    """
+    The log line for a closed C{record}, stamped C{stamp}.
+    """
+    line = (f"{stamp} {record.id} {record.service} {record.transport} {record.remote} -> "
+            f"{record.local} {record.reason} {record.closed - record.opened:.3f}s "
+            f"in={record.bytesIn} out={record.bytesOut}")
+    if record.transport == "udp":
+        line += f" datagrams={record.datagramsIn}/{record.datagramsOut}"
+    return line + "\n"
+
+
+class ConnectionLog(Service):
+    """
+    Writes L{formatLine} for every record the registry closes, to C{path}.
+
+    @param opener: C{opener(path)} gives the file (by default a rotating L{LogFile});
+        it is called in C{privilegedStartService}, so an unwritable path fails start-up.
+    """
+
+    name = "connection-log"
+
+    def __init__(self, registry: Registry, path: str, reactor, opener=None):
+        self.registry = registry
+        self.path = path
+        self.reactor = reactor
+        self.opener = opener or (lambda p: LogFile.fromFullPath(
+            p, rotateLength=ROTATE_BYTES, maxRotatedFiles=ROTATED_FILES))
+        self.file = None
+        self._pending: list[str] = []
+        self._size = 0
+        self._second = None
+        self._stamp = ""
+        self._unsubscribe = None
+        self._flusher = LoopingCall(self.flush)
+        self._flusher.clock = reactor
+        self._failed = False
+
+    def open(self) -> None:
+        """
+        Open the file unless open.
+
+        @raise StartupError: naming the file and the OS error.
+        """
+        if self.file is not None:
+            return
+        from portserver.service import StartupError
+
+        try:
+            self.file = self.opener(self.path)
+        except OSError as e:
+            raise StartupError(f"cannot open the connection log {self.path!r}: "
+                               f"{e.strerror or e}") from e
+
+    def privilegedStartService(self):
+        self.open()
+        super().privilegedStartService()
+
+    def startService(self):
+        self.open()
+        super().startService()
+        if self._unsubscribe is None:
+            self._unsubscribe = self.registry.subscribe(self.observe)
+            self.reactor.addSystemEventTrigger("after", "shutdown", self.close)
+        self._flusher.start(FLUSH_INTERVAL, now=False)
+
+    def stopService(self):
+        """
+        Write what is buffered. The log stays open until the reactor has shut down, so
+        that the connections the reactor closes while shutting down are logged too.
+        """
+        super().stopService()
+        if self._flusher.running:
+            self._flusher.stop()
+        self.flush()
+
+    def close(self) -> None:
+        """
+        Write what is buffered, stop listening to the registry, and close the file.
+        """
+        self.flush()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def stamp(self, when: float) -> str:
+        """
+        C{when} as C{YYYY-MM-DDTHH:MM:SSZ}, made once per second.
+        """
+        second = int(when)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+        return self._stamp
+
+    def observe(self, event: str, record: ConnectionRecord) -> None:
+        if event != CLOSED:
+            return
+        line = formatLine(record, self.stamp(record.closed))
+        self._pending.append(line)
+        self._size += len(line)
+        if self._size >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """
+        Write what is buffered. A failed write is logged once (until one succeeds again)
+        and its lines are dropped: the log must not grow without bound, nor stop the server.
+        """
+        if not self._pending or self.file is None:
+            return
+        data = "".join(self._pending).encode("utf-8", "backslashreplace")
+        self._pending.clear()
+        self._size = 0
+        try:
+            self.file.write(data)
+        except OSError as e:
+            if not self._failed:
+                self._failed = True
+                log.error("Cannot write the connection log {path}: {error}; lines are "
+                          "dropped until a write succeeds", path=self.path,
+                          error=e.strerror or str(e))
+        else:
+            if self._failed:
+                self._failed = False
+                log.info("Writing the connection log {path} again", path=self.path)

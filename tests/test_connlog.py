@@ -1,0 +1,216 @@
+"""
+Tests for L{portserver.connlog}: one line per ended connection, batched, in a file of its
+own.
+"""
+
+from __future__ import annotations
+
+import os
+
+import attrs
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
+from twisted.trial.unittest import SynchronousTestCase
+
+from portserver import tap
+from portserver.connlog import FLUSH_BYTES, ConnectionLog, formatLine
+from portserver.ports import PrivilegeRule
+from portserver.registry import CLIENT_CLOSED, IDLE, SHUTDOWN, Endpoint, Registry
+from portserver.service import StartupError
+from tests.support import PortReactor, makePlan, spec
+
+LOCAL = Endpoint("127.0.0.1", 7)
+REMOTE = Endpoint("127.0.0.2", 51234)
+EPOCH = 1763716867.25  # 2025-11-21T09:21:07.25Z
+
+
+class RecordingFile:
+    """
+    Stands in for the log file: keeps each write; fails while C{error} is set.
+    """
+
+    def __init__(self):
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.error = None
+
+    def write(self, data: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def lines(self) -> list[str]:
+        return b"".join(self.writes).decode("utf-8").splitlines()
+
+
+def started(reactor=None):
+    """
+    A registry on a clock at L{EPOCH} and a started L{ConnectionLog} writing to a
+    L{RecordingFile}.
+    """
+    reactor = reactor or MemoryReactorClock()
+    reactor.advance(EPOCH)
+    registry = Registry(reactor, PrivilegeRule(1024, "test"))
+    file = RecordingFile()
+    connectionLog = ConnectionLog(registry, "connections.log", reactor, opener=lambda p: file)
+    connectionLog.privilegedStartService()
+    connectionLog.startService()
+    return reactor, registry, connectionLog, file
+
+
+class FormatTests(SynchronousTestCase):
+    """
+    L{formatLine} gives one space-separated line with every field.
+    """
+
+    def test_tcp(self):
+        """
+        A TCP line: stamp, id, service, transport, remote -> local, reason, duration in
+        seconds with milliseconds, bytes in and out.
+        """
+        reactor = MemoryReactorClock()
+        registry = Registry(reactor, PrivilegeRule(1024, "test"))
+        record = registry.open("echo", "echo", "tcp", LOCAL, REMOTE)
+        record.bytesIn, record.bytesOut = 64, 65
+        reactor.advance(1.5)
+        registry.close(record, CLIENT_CLOSED)
+        self.assertEqual(formatLine(record, "STAMP"),
+                         "STAMP tcp-1 echo tcp 127.0.0.2:51234 -> 127.0.0.1:7 client-closed "
+                         "1.500s in=64 out=65\n")
+
+    def test_udpAndIPv6(self):
+        """
+        A UDP line adds the datagram counts; IPv6 endpoints are bracketed.
+        """
+        reactor = MemoryReactorClock()
+        registry = Registry(reactor, PrivilegeRule(1024, "test"))
+        record = registry.flow("time", "time", Endpoint("::1", 37), Endpoint("::1", 40000))
+        record.datagramsIn, record.datagramsOut, record.bytesIn, record.bytesOut = 2, 2, 0, 8
+        registry.close(record, IDLE)
+        self.assertEqual(formatLine(record, "S"),
+                         "S udp-1 time udp [::1]:40000 -> [::1]:37 idle 0.000s in=0 out=8 "
+                         "datagrams=2/2\n")
+
+
+class ConnectionLogTests(SynchronousTestCase):
+    """
+    L{ConnectionLog} writes a line per ended connection, once a second or per 64 KiB.
+    """
+
+    def test_closeOnlyBatchedPerSecond(self):
+        """
+        Opening writes nothing; a close is buffered, and written (stamped in UTC with the
+        close time) when the once-a-second flush runs.
+        """
+        reactor, registry, _, file = started()
+        record = registry.open("echo", "echo", "tcp", LOCAL, REMOTE)
+        registry.close(record, CLIENT_CLOSED)
+        self.assertEqual(file.writes, [])
+        reactor.advance(1)
+        self.assertEqual(file.lines(), ["2025-11-21T09:21:07Z tcp-1 echo tcp "
+                                        "127.0.0.2:51234 -> 127.0.0.1:7 client-closed 0.000s "
+                                        "in=0 out=0"])
+
+    def test_flushesAtSize(self):
+        """
+        Once the buffer holds 64 KiB it is written at once, in one write.
+        """
+        _, registry, _, file = started()
+        written = 0
+        while not file.writes:
+            registry.close(registry.open("echo", "echo", "tcp", LOCAL, REMOTE), CLIENT_CLOSED)
+            written += 1
+        self.assertEqual(len(file.writes), 1)
+        self.assertGreaterEqual(len(file.writes[0]), FLUSH_BYTES)
+        self.assertEqual(len(file.lines()), written)
+
+    def test_stampPerSecond(self):
+        """
+        The stamp is made again only when the second changes.
+        """
+        _, _, connectionLog, _ = started()
+        first = connectionLog.stamp(EPOCH)
+        self.assertIs(connectionLog.stamp(EPOCH + 0.5), first)
+        self.assertEqual(connectionLog.stamp(EPOCH + 1), "2025-11-21T09:21:08Z")
+
+    def test_shutdownClosesAreLogged(self):
+        """
+        Stopping the service writes what is buffered but keeps listening, so connections
+        the reactor closes while shutting down are logged; after shutdown the buffer is
+        written, the file closed, and nothing more is taken.
+        """
+        reactor, registry, connectionLog, file = started()
+        first = registry.open("echo", "echo", "tcp", LOCAL, REMOTE)
+        second = registry.open("echo", "echo", "tcp", LOCAL, Endpoint("127.0.0.3", 1))
+        registry.close(first, CLIENT_CLOSED)
+        connectionLog.stopService()
+        self.assertEqual(len(file.lines()), 1)
+        registry.close(second, SHUTDOWN)
+        [(close, args, kwargs)] = reactor.triggers["after"]["shutdown"]
+        close(*args, **kwargs)
+        self.assertTrue(file.closed)
+        self.assertEqual([line.split()[7] for line in file.lines()], [CLIENT_CLOSED, SHUTDOWN])
+        registry.close(registry.open("echo", "echo", "tcp", LOCAL, REMOTE), CLIENT_CLOSED)
+        self.assertEqual(len(file.lines()), 2)
+
+    def test_writeFailureLoggedOnce(self):
+        """
+        A failed write is logged once with the path and the OS error, its lines are
+        dropped, the server carries on, and the next good write is logged as a recovery.
+        """
+        reactor, registry, _, file = started()
+        file.error = OSError(28, "No space left on device")
+        with capturedLogs() as events:
+            for _ in range(2):
+                registry.close(registry.open("echo", "echo", "tcp", LOCAL, REMOTE),
+                               CLIENT_CLOSED)
+                reactor.advance(1)
+            file.error = None
+            registry.close(registry.open("echo", "echo", "tcp", LOCAL, REMOTE), CLIENT_CLOSED)
+            reactor.advance(1)
+        messages = [e["log_format"] for e in events]
+        self.assertEqual(len(messages), 2, messages)
+        self.assertIn("Cannot write the connection log", messages[0])
+        self.assertEqual(events[0]["error"], "No space left on device")
+        self.assertEqual([line.split()[1] for line in file.lines()], ["tcp-3"])
+
+    def test_unwritablePathFailsStartup(self):
+        """
+        A log file that cannot be opened fails start-up with a L{StartupError} naming it.
+        """
+        registry = Registry(MemoryReactorClock(), PrivilegeRule(1024, "test"))
+        path = os.path.join(self.mktemp(), "missing-directory", "connections.log")
+        connectionLog = ConnectionLog(registry, path, MemoryReactorClock())
+        error = self.assertRaises(StartupError, connectionLog.privilegedStartService)
+        self.assertIn(f"cannot open the connection log {path!r}", str(error))
+        self.assertIn("No such file or directory", str(error))
+
+
+class RealFileTests(SynchronousTestCase):
+    """
+    The service tree writes the connection log to the configured file.
+    """
+
+    def test_treeWritesConfiguredFile(self):
+        """
+        With C{connection_log} set, L{tap.makeService} adds the log before the port server
+        (so it stops last); a closed connection is a line in the real file after a stop.
+        """
+        path = os.path.abspath(self.mktemp())
+        plan = makePlan(spec("echo", port=7))
+        plan = attrs.evolve(plan, config=attrs.evolve(
+            plan.config, registry=attrs.evolve(plan.config.registry, connectionLog=path)))
+        reactor = PortReactor()
+        tree = tap.makeService({"plan": plan}, reactor=reactor)
+        self.assertEqual([s.name for s in tree], ["connection-log", "portserver", "status"])
+        tree.privilegedStartService()
+        tree.startService()
+        registry = tree.getServiceNamed("portserver").registry
+        registry.close(registry.open("echo", "echo", "tcp", LOCAL, REMOTE), CLIENT_CLOSED)
+        tree.stopService()
+        with open(path) as f:
+            self.assertRegex(f.read(), r"^\S+Z tcp-1 echo tcp 127\.0\.0\.2:51234 -> "
+                                       r"127\.0\.0\.1:7 client-closed ")
