@@ -503,43 +503,69 @@ def parseServerTiming(header: str) -> dict:
     return timings
 
 
+def holdClient(port: int, connections: int) -> tuple[subprocess.Popen, dict]:
+    """
+    Start a loadgen holding C{connections} to C{port}; return it once they are all up,
+    with its result.
+    """
+    command = loadgenCommand("hold", [port], connections, 1, 1, 0, timeout=10)
+    client = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, preexec_fn=_pinned(CLIENT_CORE))
+    try:
+        return client, parseResult(client.stdout.readline())
+    except BaseException:
+        release(client)
+        raise
+
+
+def release(client: subprocess.Popen) -> None:
+    """
+    Let a holding loadgen close its connections and exit.
+    """
+    if client.poll() is None:
+        client.stdin.close()
+        try:
+            client.wait(30)
+        except subprocess.TimeoutExpired:
+            client.kill()
+            client.wait()
+
+
 def hold(target: Target, workdir: str, settings: Settings) -> dict:
     """
-    Hold C{settings.connections} idle connections: errors, RSS growth per connection, and
-    for portserver the registry's view of them and what reading it costs.
+    Hold C{settings.connections} idle connections: errors, resident memory per
+    connection, and for portserver the registry's view of them and what reading it costs.
+
+    Memory is the slope between a first tenth of the connections and all of them: RSS
+    growth from an empty server would count the arenas the first connections need, or
+    hide them when the warm-up left freed memory behind.
     """
     running = target.start(workdir)
+    clients = []
     try:
         # Warm the server (imports, first allocations) before the baseline.
         runLoadgen("connect", [running.ports["echo"]], 10, 64, 0.3, 0.0)
+        first = max(1, settings.connections // 10)
+        client, firstResult = holdClient(running.ports["echo"], first)
+        clients.append(client)
         time.sleep(0.2)
         before = running.rss()
-        command = loadgenCommand("hold", [running.ports["echo"]], settings.connections, 1,
-                                 0, 0, timeout=10)
-        client = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  text=True, preexec_fn=_pinned(CLIENT_CORE))
-        try:
-            line = client.stdout.readline()
-            result = parseResult(line)
-            time.sleep(0.2)
-            after = running.rss()
-            held = result["ops"]
-            outcome = {"held": held, "errors": result["errors"],
-                       "error_kinds": result.get("error_kinds", {}),
-                       "rss_before": before, "rss_after": after,
-                       "bytes_per_connection": (after - before) / held if held else None}
-            if running.statusURL:
-                outcome.update(inspectStatus(running, held))
-        finally:
-            if client.poll() is None:
-                client.stdin.close()
-                try:
-                    client.wait(30)
-                except subprocess.TimeoutExpired:
-                    client.kill()
-                    client.wait()
+        client, result = holdClient(running.ports["echo"], settings.connections - first)
+        clients.append(client)
+        time.sleep(0.2)
+        after = running.rss()
+        slope = result["ops"]
+        held = firstResult["ops"] + slope
+        outcome = {"held": held, "errors": firstResult["errors"] + result["errors"],
+                   "error_kinds": result.get("error_kinds", {}),
+                   "rss_before": before, "rss_after": after,
+                   "bytes_per_connection": (after - before) / slope if slope else None}
+        if running.statusURL:
+            outcome.update(inspectStatus(running, held))
         return outcome
     finally:
+        for client in clients:
+            release(client)
         running.stop()
 
 

@@ -61,34 +61,41 @@ class Endpoint(tuple):
 
 class ConnectionRecord:
     """
-    One TCP connection or UDP flow, live or recently closed. Plain data only.
+    One TCP connection, live or recently closed. Plain data only, kept small: a server
+    holds one per live connection.
 
-    @ivar id: stable and unique within the registry, e.g. C{"tcp-17"}.
+    @ivar id: stable and unique within the registry, e.g. C{"tcp-17"} (made from the
+        C{serial} when asked for, not stored).
     @ivar local: the server's L{Endpoint}; C{remote}: the peer's.
     @ivar opened: when the connection was accepted (UDP: first datagram), in seconds since
-        the epoch; C{lastSeen}: the last datagram (UDP), else L{None}.
+        the epoch.
     @ivar closed: when it closed (UDP: expired), or L{None} while live; C{reason}: why.
     """
 
-    __slots__ = ("id", "service", "protocol", "transport", "local", "remote", "opened",
-                 "bytesIn", "bytesOut", "datagramsIn", "datagramsOut", "lastSeen",
-                 "closed", "reason", "__weakref__")
+    __slots__ = ("serial", "service", "protocol", "local", "remoteHost", "remotePort",
+                 "opened", "bytesIn", "bytesOut", "closed", "reason")
 
-    def __init__(self, id, service, protocol, transport, local, remote, opened):
-        self.id = id
+    transport = "tcp"
+
+    def __init__(self, serial: int, service, protocol, local, remote, opened):
+        self.serial = serial
         self.service = service
         self.protocol = protocol
-        self.transport = transport
         self.local = local
-        self.remote = remote
+        self.remoteHost, self.remotePort = remote  # two slots, not a tuple per connection
         self.opened = opened
         self.bytesIn = 0
         self.bytesOut = 0
-        self.datagramsIn = 0
-        self.datagramsOut = 0
-        self.lastSeen = None
         self.closed = None
         self.reason = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.transport}-{self.serial}"
+
+    @property
+    def remote(self) -> Endpoint:
+        return Endpoint(self.remoteHost, self.remotePort)
 
     @property
     def duration(self) -> float | None:
@@ -100,13 +107,13 @@ class ConnectionRecord:
         C{(class, privileged)}.
         """
         localClass, localPrivileged = describePort(self.local[1])
-        remoteClass, remotePrivileged = describePort(self.remote[1])
+        remoteClass, remotePrivileged = describePort(self.remotePort)
         result = {
             "id": self.id, "service": self.service, "protocol": self.protocol,
             "transport": self.transport,
             "local": {"host": self.local[0], "port": self.local[1], "class": localClass,
                       "privileged": localPrivileged},
-            "remote": {"host": self.remote[0], "port": self.remote[1], "class": remoteClass,
+            "remote": {"host": self.remoteHost, "port": self.remotePort, "class": remoteClass,
                        "privileged": remotePrivileged},
             "opened": self.opened, "bytes_in": self.bytesIn, "bytes_out": self.bytesOut,
         }
@@ -119,6 +126,23 @@ class ConnectionRecord:
             result["duration"] = self.closed - self.opened
             result["reason"] = self.reason
         return result
+
+
+class FlowRecord(ConnectionRecord):
+    """
+    One UDP flow: a L{ConnectionRecord} with datagram counts and C{lastSeen}, the time
+    of its last datagram.
+    """
+
+    __slots__ = ("datagramsIn", "datagramsOut", "lastSeen")
+
+    transport = "udp"
+
+    def __init__(self, serial: int, service, protocol, local, remote, opened):
+        super().__init__(serial, service, protocol, local, remote, opened)
+        self.datagramsIn = 0
+        self.datagramsOut = 0
+        self.lastSeen = opened
 
 
 class Registry:
@@ -141,11 +165,12 @@ class Registry:
         self.rule = rule or PrivilegeRule()
         self.udpIdle = udpIdle
         self.started = clock.seconds()
-        self._live: dict[str, ConnectionRecord] = {}
+        self._live: dict[int, ConnectionRecord] = {}  # by serial
         self._flows: dict[tuple, ConnectionRecord] = {}
         self._closed: deque[ConnectionRecord] = deque(maxlen=closedLimit)
-        self._ids = itertools.count(1)
-        self._observers: list[Callable[[str, ConnectionRecord], None]] = []
+        self._serials = itertools.count(1)
+        # A tuple, replaced on (un)subscribe: notifying needs no copy.
+        self._observers: tuple[Callable[[str, ConnectionRecord], None], ...] = ()
         self.accepted: Counter = Counter()  # (service, transport) -> count
         self.closedTotal: Counter = Counter()  # (service, transport, reason) -> count
         self.bytesIn: Counter = Counter()  # (service, transport) -> bytes of closed ones
@@ -163,11 +188,16 @@ class Registry:
         Call C{observer(event, record)} with C{"open"} or C{"closed"} for every connection
         and flow; returns a callable that unsubscribes.
         """
-        self._observers.append(observer)
-        return lambda: self._observers.remove(observer)
+        self._observers += (observer,)
+
+        def unsubscribe():
+            observers = list(self._observers)
+            observers.remove(observer)
+            self._observers = tuple(observers)
+        return unsubscribe
 
     def _notify(self, event: str, record: ConnectionRecord) -> None:
-        for observer in list(self._observers):
+        for observer in self._observers:
             try:
                 observer(event, record)
             except Exception:
@@ -178,16 +208,15 @@ class Registry:
     def open(self, service: str, protocol: str, transport: str, local: Endpoint,
              remote: Endpoint) -> ConnectionRecord:
         """
-        Record a new connection, live from now.
+        Record a new TCP connection, live from now (UDP flows come from L{flow}).
         """
-        record = self._new(service, protocol, transport, local, remote)
-        self._live[record.id] = record
+        if transport != "tcp":
+            raise ValueError(f"open() records TCP connections, not {transport!r}: use flow()")
+        record = ConnectionRecord(next(self._serials), service, protocol, local, remote,
+                                  self.clock.seconds())
+        self._live[record.serial] = record
         self._opened(record)
         return record
-
-    def _new(self, service, protocol, transport, local, remote) -> ConnectionRecord:
-        return ConnectionRecord(f"{transport}-{next(self._ids)}", service, protocol,
-                                transport, local, remote, self.clock.seconds())
 
     def _opened(self, record: ConnectionRecord) -> None:
         """
@@ -208,7 +237,7 @@ class Registry:
         if record.transport == "udp":
             self._flows.pop((record.service, record.remote), None)
         else:
-            self._live.pop(record.id, None)
+            self._live.pop(record.serial, None)
         self._closed.append(record)
         key = (record.service, record.transport)
         self.closedTotal[key + (reason,)] += 1
@@ -226,7 +255,8 @@ class Registry:
         """
         record = self._flows.get((service, remote))
         if record is None:
-            record = self._new(service, protocol, "udp", local, remote)
+            record = FlowRecord(next(self._serials), service, protocol, local, remote,
+                                self.clock.seconds())
             self._flows[(service, remote)] = record
             self._opened(record)
         record.lastSeen = self.clock.seconds()
@@ -273,7 +303,13 @@ class Registry:
         return list(self._closed)
 
     def live(self, recordId: str) -> ConnectionRecord | None:
-        return self._live.get(recordId)
+        """
+        The live TCP connection whose id is C{recordId}, or L{None}.
+        """
+        transport, _, serial = recordId.partition("-")
+        if transport != "tcp" or not serial.isdigit():
+            return None
+        return self._live.get(int(serial))
 
     def __len__(self) -> int:
         return len(self._live)
@@ -345,16 +381,17 @@ class Registry:
         total = 0
         for record in records:
             total += 1
-            for counts, port in ((local, record.local[1]), (remote, record.remote[1])):
+            for counts, port in ((local, record.local[1]), (remote, record.remotePort)):
                 cls, privileged = describe(port)
                 counts["by_class"][cls] += 1
                 counts["privileged" if privileged else "unprivileged"] += 1
             entry = perService.setdefault(record.service, {"tcp": 0, "udp": 0})
             entry[record.transport] += 1
-            if describe(record.remote[1])[1]:
+            if describe(record.remotePort)[1]:
                 flags.append({"kind": "privileged-source-port", "id": record.id,
                               "service": record.service,
-                              "remote": {"host": record.remote[0], "port": record.remote[1]},
+                              "remote": {"host": record.remoteHost,
+                                         "port": record.remotePort},
                               "message": f"peer {record.remote} connects from a privileged "
                                          f"source port"})
         for listener in listeners:

@@ -63,7 +63,7 @@ class Tracker:
     __slots__ = ("transport", "wrapped", "record", "factory", "remote", "closer",
                  "connected", "__weakref__")
 
-    def __init__(self, wrapped, factory: "TrackingFactory", remote: Endpoint | None = None):
+    def __init__(self, wrapped, factory: "TrackingFactory", remote: tuple | None = None):
         self.wrapped = wrapped
         self.factory = factory
         self.remote = remote
@@ -88,9 +88,10 @@ class Tracker:
         self.transport = transport
         self.connected = 1
         factory = self.factory
+        remote, self.remote = self.remote, None  # the record keeps it from now on
         self.record = factory.registry.open(
             factory.service, factory.protocolName, "tcp", factory.localEndpoint(transport),
-            self.remote or endpointOf(transport.getPeer()))
+            remote or endpointOf(transport.getPeer()))
         self.wrapped.makeConnection(self)
 
     def connectionMade(self) -> None:  # IProtocol; makeConnection does the work
@@ -118,11 +119,13 @@ class Tracker:
             return SHUTDOWN
         if self.closer is not None and self.closer != SERVER_CLOSED:
             return self.closer
-        if reason.check(ConnectionAborted):
+        # issubclass, not Failure.check, which formats qualified names on every call.
+        kind = reason.type
+        if issubclass(kind, ConnectionAborted):
             return ABORTED
-        if reason.check(ConnectionDone):
+        if issubclass(kind, ConnectionDone):
             return self.closer or CLIENT_CLOSED
-        if reason.check(ConnectionLost):
+        if issubclass(kind, ConnectionLost):
             return RESET
         return ERROR
 
@@ -185,6 +188,10 @@ class Tracker:
 
     def stopProducing(self) -> None:
         self.transport.stopProducing()
+
+    # zope.interface adaptation (Twisted adapts every protocol to IHalfCloseableProtocol
+    # when the peer closes) looks for __conform__: answer here, not through __getattr__.
+    __conform__ = None
 
     def __getattr__(self, name):
         # getHandle, TLS methods, ...: whatever else the real transport has.
@@ -268,7 +275,7 @@ class TrackingFactory(_Wrapping, ServerFactory):
             return None
         cls = HalfCloseableTracker if IHalfCloseableProtocol.providedBy(protocol) else Tracker
         host = getattr(addr, "host", None)
-        return cls(protocol, self, None if host is None else Endpoint(hostOf(host), addr.port))
+        return cls(protocol, self, None if host is None else (hostOf(host), addr.port))
 
 
 class DatagramTransport:
@@ -311,6 +318,12 @@ class TrackingDatagram(_Wrapping, DatagramProtocol):
         self.wrapped.doStop()
 
     def flowFor(self, addr):
+        # An (ip, port) tuple equals and hashes as the Endpoint made of it: look up the
+        # address as given first, and make an Endpoint only for a new flow (or a mapped
+        # IPv4 address).
+        record = self.registry.knownFlow(self.service, addr)
+        if record is not None:
+            return record
         remote = Endpoint(hostOf(addr[0]), addr[1])
         record = self.registry.knownFlow(self.service, remote)
         if record is None:

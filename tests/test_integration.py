@@ -112,6 +112,22 @@ class ClassicTCPTests(ServingTestCase):
         received = yield self.tcp(self.server, "echo", send=payload, want=len(payload))
         self.assertEqual(received, payload)
 
+    def test_transportClassPerListener(self):
+        """
+        Each TCP listener's connections get a transport class of their own, a subclass of
+        Twisted's, so that CPython's shared instance-dict layout of one listener's
+        connections is not spoilt by another's (which costs memory per connection).
+        """
+        from twisted.internet import tcp
+
+        classes = [child.port.transport for child in self.server.listeners
+                   if child.listener.transport == "tcp"]
+        self.assertEqual(len(set(classes)), len(classes))
+        for cls in classes:
+            self.assertTrue(issubclass(cls, tcp.Server))
+            self.assertIsNot(cls, tcp.Server)
+            self.assertEqual(cls.__name__, "Server")
+
     @inlineCallbacks
     def test_discard(self):
         """

@@ -3,6 +3,7 @@ Tests for L{portserver.service}: binding, start-up failures, stopping.
 """
 
 import errno
+import socket
 
 from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.logger import globalLogPublisher
@@ -37,6 +38,17 @@ class PortServerTests(SynchronousTestCase):
         server.startService()
         self.assertEqual(len(reactor.tcpServers), 2)
         self.assertEqual(len(reactor.udpServers), 1)
+
+    def test_backlog(self):
+        """
+        TCP listeners ask for the largest accept queue the kernel allows
+        (C{socket.SOMAXCONN}), not Twisted's default of 50, which drops SYNs in a burst.
+        """
+        reactor = PortReactor()
+        self.server(reactor, spec("echo")).privilegedStartService()
+        [(_, _, backlog, _)] = reactor.tcpServers
+        self.assertEqual(backlog, socket.SOMAXCONN)
+        self.assertGreater(backlog, 50)
 
     def test_startServiceBindsWithoutPrivilegedStart(self):
         """
