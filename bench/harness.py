@@ -274,9 +274,9 @@ class UvloopTarget(AsyncioTarget):
     label = "uvloop"
 
     def available(self):
-        try:
-            import uvloop  # noqa: F401
-        except ImportError:
+        import importlib.util
+
+        if importlib.util.find_spec("uvloop") is None:
             return "uvloop is not installed (pip install '.[bench]')"
         return None
 

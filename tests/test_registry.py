@@ -6,7 +6,6 @@ UDP flows, observers, summary and log events. Time comes from a L{Clock}; nothin
 from __future__ import annotations
 
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from portserver.ports import PrivilegeRule

@@ -129,7 +129,7 @@ class TwistdTests(SynchronousTestCase):
         self.assertEqual(len(logged), 2, logged)  # the TCP connection; the UDP flow at stop
         self.assertRegex(logged[0], rf" tcp-1 echo tcp 127\.0\.0\.1:\d+ -> 127\.0\.0\.1:{port} "
                                     r"client-closed \d+\.\d{3}s in=8 out=8$")
-        self.assertRegex(logged[1], rf" udp-2 echo udp .* shutdown .* datagrams=1/1$")
+        self.assertRegex(logged[1], r" udp-2 echo udp .* shutdown .* datagrams=1/1$")
 
     def test_bindFailureIsFatal(self):
         """

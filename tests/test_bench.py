@@ -1,0 +1,173 @@
+"""
+Tests for the benchmark harness (C{bench/harness.py}): its parsing, arithmetic and table,
+and one tiny real run, so the harness cannot rot. No speed target is asserted here: the
+targets live in the benchmark (C{python bench/run.py}), not in the test suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+sys.path.insert(0, BENCH)
+import harness  # noqa: E402
+
+sys.path.remove(BENCH)
+
+
+def figure(value, errors=0):
+    return {"value": value, "errors": errors, "error_kinds": {}}
+
+
+def rounds():
+    """
+    Two synthetic rounds: portserver at 0.9× then 1.0× bare Twisted on connections,
+    xinetd at a quarter; memory and status figures for the idle-connection scenario.
+    """
+    def hold(portserver, twisted):
+        return {"portserver": {"held": 10000, "errors": 0, "bytes_per_connection": portserver,
+                               "snapshot_ms": 0.5, "api_connections_ms": 400.0,
+                               "status_cli_ms": 900.0, "registry_matches": True},
+                "twisted": {"held": 10000, "errors": 0, "bytes_per_connection": twisted}}
+    return [
+        {"scenarios": {"connect": {"portserver": figure(900.0), "twisted": figure(1000.0),
+                                   "xinetd": figure(250.0, errors=2)},
+                       "bulk-echo": {"portserver": figure(1000.0), "twisted": figure(1000.0)}},
+         "hold": hold(1200.0, 1000.0), "services": {1: figure(900.0), 10: figure(810.0)},
+         "failures": []},
+        {"scenarios": {"connect": {"portserver": figure(1100.0), "twisted": figure(1100.0),
+                                   "xinetd": figure(200.0)}},
+         "hold": hold(1400.0, 1000.0), "services": {1: figure(1000.0), 10: figure(950.0)},
+         "failures": []},
+    ]
+
+
+class ParsingTests(SynchronousTestCase):
+    """
+    The loadgen's and the status service's outputs are read strictly.
+    """
+
+    def test_resultLine(self):
+        """
+        The result is the last line that is a JSON object with the result's keys; other
+        lines (notes, stray JSON) are skipped.
+        """
+        text = ('loadgen: note: something\n{"other": 1}\n'
+                '{"mode":"connect","ops":10,"seconds":1.0,"rate":10.0,"errors":0}\nbye\n')
+        self.assertEqual(harness.parseResult(text)["ops"], 10)
+
+    def test_noResultLine(self):
+        """
+        Output without a result line is an error quoting the output's end.
+        """
+        error = self.assertRaises(harness.LoadgenError, harness.parseResult, "crashed\n")
+        self.assertIn("crashed", str(error))
+
+    def test_serverTiming(self):
+        """
+        A C{Server-Timing} header becomes names and milliseconds.
+        """
+        self.assertEqual(harness.parseServerTiming("snapshot;dur=0.412, dicts;dur=12.5, "
+                                                   "encode;dur=30"),
+                         {"snapshot": 0.412, "dicts": 12.5, "encode": 30.0})
+        self.assertEqual(harness.parseServerTiming(""), {})
+
+
+class AggregateTests(SynchronousTestCase):
+    """
+    Medians over rounds, ratios to bare Twisted from the same round, and the targets.
+    """
+
+    def test_mediansAndRatios(self):
+        """
+        Each figure is the median over rounds; each ratio is the median of the per-round
+        ratios (0.9 and 1.0 give 0.95), not the ratio of medians; errors add up.
+        """
+        table = harness.aggregate(rounds())
+        connect = table["scenarios"]["connect"]
+        self.assertEqual(connect["portserver"]["value"], 1000.0)
+        self.assertAlmostEqual(connect["portserver"]["ratio"], 0.95)
+        self.assertEqual(connect["xinetd"]["errors"], 2)
+        self.assertEqual(table["scenarios"]["bulk-echo"]["portserver"]["rounds"], 1)
+        self.assertAlmostEqual(table["hold"]["portserver"]["memory_ratio"], 1.3)
+        self.assertAlmostEqual(table["services"][10]["ratio"], (0.9 + 0.95) / 2)
+
+    def test_goals(self):
+        """
+        Each target is met, not met, or not measured, with the measured figure.
+        """
+        goals = {g.text: g for g in harness.goals(harness.aggregate(rounds()))}
+        self.assertFalse(goals["portserver ≥ 0.95× bare Twisted on connection rate"].met
+                         is None)
+        self.assertTrue(goals["portserver ≥ 0.95× bare Twisted on connection rate"].met)
+        self.assertIsNone(goals["portserver ≥ 0.95× bare Twisted on request rate (64 B)"].met)
+        self.assertFalse(goals["memory per idle connection ≤ 1.25× bare Twisted"].met)
+        self.assertTrue(goals["registry snapshot under 50 ms at 10,000"].met)
+        xinetd = goals["connection rate ≥ 4× xinetd's internal echo"]
+        self.assertTrue(xinetd.met)
+        self.assertEqual(xinetd.detail, "4.4×")
+
+    def test_markdown(self):
+        """
+        The table has a column per target present, a row per scenario measured, the
+        idle-connection and services tables, and every target's verdict.
+        """
+        info = {"cores": 2, "cpu": "test CPU", "kernel": "6.0", "python": "3.11",
+                "twisted": "26", "uvloop": None, "pinning": "none"}
+        text = harness.markdownTable(harness.aggregate(rounds()), harness.Settings(rounds=2),
+                                     info)
+        lines = text.splitlines()
+        header = next(line for line in lines if line.startswith("| scenario"))
+        self.assertEqual(header, "| scenario | portserver | bare Twisted | xinetd (internal) |")
+        connect = next(line for line in lines if line.startswith("| connections/s"))
+        self.assertIn("1,000/s (0.95×)", connect)
+        self.assertIn("⚠ 2 errors", connect)
+        self.assertIn("| portserver | 10,000 | 0 | 1.27 KiB (1.30×) | 0.5 ms | 400.0 ms | "
+                      "900.0 ms |", lines)
+        self.assertIn("| memory per idle connection ≤ 1.25× bare Twisted | **not met** | "
+                      "1.30× |", lines)
+        self.assertIn("| 10 | 880/s (0.93×) |", lines)
+
+
+class TinyRunTests(SynchronousTestCase):
+    """
+    A real run, as small as it gets: the C load generator compiled, portserver and bare
+    Twisted started on loopback, every kind of scenario measured once.
+    """
+
+    def test_tinyRun(self):
+        """
+        Two targets, three scenarios, 40 idle connections and 1-2 services, in a few
+        seconds: every figure is there, with no errors, and the registry lists exactly
+        the held connections; the Markdown and JSON are written.
+        """
+        if shutil.which(os.environ.get("CC", "cc")) is None:
+            raise SkipTest("no C compiler to build the load generator")
+        out = self.mktemp()
+        settings = harness.Settings(rounds=1, duration=0.2, warmup=0.05, connections=40,
+                                    targets=["portserver", "twisted"],
+                                    scenarios=["connect", "udp", "hold", "services"],
+                                    serviceCounts=(1, 2))
+        reported = []
+        result = harness.run(settings, out, drawChart=False, report=reported.append)
+        [round] = result["rounds"]
+        self.assertEqual(round["failures"], [], reported)
+        for scenario in ("connect", "udp"):
+            for target in ("portserver", "twisted"):
+                entry = result["table"]["scenarios"][scenario][target]
+                self.assertGreater(entry["value"], 0, (scenario, target))
+                self.assertEqual(entry["errors"], 0, (scenario, target))
+        held = result["table"]["hold"]["portserver"]
+        self.assertEqual((held["held"], held["errors"], held["registry_matches"]),
+                         (40, 0, True))
+        self.assertIsNotNone(held["snapshot_ms"])
+        self.assertEqual(sorted(result["table"]["services"]), [1, 2])
+        with open(os.path.join(out, "results.md")) as f:
+            self.assertIn("| scenario | portserver | bare Twisted |", f.read())
+        with open(os.path.join(out, "results.json")) as f:
+            self.assertEqual(json.load(f)["settings"]["connections"], 40)
