@@ -93,6 +93,16 @@ def freePort() -> int:
             return port
 
 
+def checkoutEnvironment() -> dict:
+    """
+    This process's environment, with this checkout first on C{PYTHONPATH}: the code
+    measured is the checkout's, not an installed copy.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    return env
+
+
 class TargetError(Exception):
     """
     A target could not be started or measured; the message says why.
@@ -202,7 +212,7 @@ class Target:
         try:
             for port in [ports["echo"]] + ports["extra"]:
                 waitForPort(port, process, log)
-            if "discard" in self.scenarios or "bulk-discard" in self.scenarios:
+            if "bulk-discard" in self.scenarios:
                 waitForPort(ports["discard"], process, log)
         except BaseException:
             running.stop()
@@ -240,9 +250,7 @@ class PortServerTarget(Target):
                 "portserver", "--config", path]
 
     def environment(self):
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
-        return env
+        return checkoutEnvironment()
 
     def start(self, workdir, services=1):
         running = super().start(workdir, services)
@@ -251,27 +259,36 @@ class PortServerTarget(Target):
         return running
 
 
-class TwistedTarget(Target):
+class ScriptTarget(Target):
+    """
+    One of the comparison servers in C{bench/servers/}, run with this Python.
+    """
+
+    script = ""
+    arguments: tuple = ()
+
+    def command(self, ports, workdir):
+        return [sys.executable, os.path.join(BENCH, "servers", self.script),
+                "--echo", str(ports["echo"]), "--discard", str(ports["discard"]),
+                *self.arguments]
+
+
+class TwistedTarget(ScriptTarget):
     name = "twisted"
     label = "bare Twisted"
-
-    def command(self, ports, workdir):
-        return [sys.executable, os.path.join(BENCH, "servers", "twisted_echo.py"),
-                "--echo", str(ports["echo"]), "--discard", str(ports["discard"])]
+    script = "twisted_echo.py"
 
 
-class AsyncioTarget(Target):
+class AsyncioTarget(ScriptTarget):
     name = "asyncio"
     label = "asyncio"
-
-    def command(self, ports, workdir):
-        return [sys.executable, os.path.join(BENCH, "servers", "asyncio_echo.py"),
-                "--echo", str(ports["echo"]), "--discard", str(ports["discard"])]
+    script = "asyncio_echo.py"
 
 
 class UvloopTarget(AsyncioTarget):
     name = "uvloop"
     label = "uvloop"
+    arguments = ("--uvloop",)
 
     def available(self):
         import importlib.util
@@ -279,9 +296,6 @@ class UvloopTarget(AsyncioTarget):
         if importlib.util.find_spec("uvloop") is None:
             return "uvloop is not installed (pip install '.[bench]')"
         return None
-
-    def command(self, ports, workdir):
-        return super().command(ports, workdir) + ["--uvloop"]
 
 
 XINETD_CONFIG = """\
@@ -471,7 +485,7 @@ class Settings:
     serviceCounts: tuple = SERVICE_COUNTS
 
 
-def measure(target: Target, running: Running, scenario: Scenario, settings: Settings) -> dict:
+def measure(running: Running, scenario: Scenario, settings: Settings) -> dict:
     port = running.ports[scenario.port]
     result = runLoadgen(scenario.mode, [port], scenario.concurrency, scenario.size,
                         settings.duration, settings.warmup)
@@ -578,8 +592,7 @@ def inspectStatus(running: Running, held: int) -> dict:
     fetches = [fetchTimed(running.statusURL + "/api/connections") for _ in range(3)]
     wall, timing, body = sorted(fetches, key=lambda f: f[0])[1]
     listed = len(json.loads(body)["connections"])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    env = checkoutEnvironment()
     started = time.perf_counter()
     cli = subprocess.run([sys.executable, "-c",
                           "import sys; from portserver.status.cli import main; sys.exit(main())",
@@ -631,7 +644,7 @@ def runRound(index: int, targets: list[Target], settings: Settings, workdir: str
         try:
             for scenario in scenarios:
                 try:
-                    figure = measure(target, running, scenario, settings)
+                    figure = measure(running, scenario, settings)
                 except LoadgenError as e:
                     results["failures"].append(f"round {index + 1}: {target.name} "
                                                f"{scenario.name}: {e}")

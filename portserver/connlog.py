@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.logfile import LogFile
 
 from portserver.registry import CLOSED, ConnectionRecord, Registry
+from portserver.service import StartupError
 
 log = Logger()
 
@@ -83,8 +84,6 @@ class ConnectionLog(Service):
         """
         if self.file is not None:
             return
-        from portserver.service import StartupError
-
         try:
             self.file = self.opener(self.path)
         except OSError as e:

@@ -72,10 +72,6 @@ class Tracker:
         self.closer = None
         self.connected = 0
 
-    @property
-    def registry(self) -> Registry:
-        return self.factory.registry
-
     def logPrefix(self) -> str:
         wrapped = self.wrapped
         if ILoggingContext.providedBy(wrapped):
