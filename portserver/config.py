@@ -307,8 +307,9 @@ class _ServiceParser:
                             rawOptions, MarkedMap) else item.valueMark("options")
                         add(mark, f"option {p.option!r}: {p.message}", label)
                     else:
+                        about = f"option {p.option!r}: " if p.option is not None else ""
                         add(item.valueMark("options") if "options" in item else item.mark,
-                            f"options: {p.message}", label)
+                            f"options: {about}{p.message}", label)
             except Exception as e:  # a plugin bug must not become a traceback
                 problem("options" if "options" in item else None,
                         f"protocol {protocolName!r} failed to check its options: "

@@ -47,6 +47,10 @@ def formatLine(record: ConnectionRecord, stamp: str) -> str:
             f"in={record.bytesIn} out={record.bytesOut}")
     if record.transport == "udp":
         line += f" datagrams={record.datagramsIn}/{record.datagramsOut}"
+    outbound = record.outbound
+    if outbound is not None:
+        line += (f" via={outbound.local}->{outbound.remote} {outbound.reason or 'open'} "
+                 f"in={outbound.bytesIn} out={outbound.bytesOut}")
     return line + "\n"
 
 

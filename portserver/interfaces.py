@@ -46,3 +46,31 @@ class IPortProtocol(Interface):
         @param reactor: as for L{buildFactory}.
         @return: a L{twisted.internet.protocol.DatagramProtocol}.
         """
+
+
+class ITrackedTransport(Interface):
+    """
+    What the tracking layer adds to the transport a plugin's TCP protocol is given: the
+    connection's registry record, and a way to show a connection the plugin opens on its
+    behalf (as C{forward} does) linked to it.
+
+    A plugin should test C{ITrackedTransport.providedBy(self.transport)}: under a bare
+    transport (a plugin's own unit tests) there is nothing to record into.
+    """
+
+    record = Attribute("The L{portserver.registry.ConnectionRecord} of this connection.")
+
+    def openOutbound(local, remote):
+        """
+        Record that the plugin opened a connection from C{local} to C{remote} (each an
+        C{(ip, port)} pair) for this connection.
+
+        @return: the L{portserver.registry.OutboundRecord}; count its traffic into its
+            C{bytesIn} and C{bytesOut} and end it with L{closeOutbound}.
+        """
+
+    def closeOutbound(record, reason):
+        """
+        Record that the outbound connection C{record} ended, for C{reason} (one of the
+        close reasons of L{portserver.registry}, e.g. C{"server-closed"}).
+        """

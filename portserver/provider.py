@@ -12,7 +12,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from portserver.interfaces import IPortProtocol
-from portserver.options import Option, checkOptions
+from portserver.options import Option, OptionProblem, OptionsError, checkOptions
 
 
 @implementer(IPlugin, IPortProtocol)
@@ -27,6 +27,10 @@ class PortProtocol:
         L{None} when the protocol has no UDP side.
     @ivar options: the schema of the C{options:} mapping, checked by
         L{portserver.options.checkOptions}.
+    @ivar validate: C{validate(options)}, called with the options once each has passed
+        its own check, for rules between options ("either C{target}, or C{host} and
+        C{port}"); returns a list of L{portserver.options.OptionProblem} (empty when all
+        is well).
     """
 
     name: str
@@ -35,6 +39,7 @@ class PortProtocol:
     factory: Callable[[Any, Any], Any] | None = None
     datagram: Callable[[Any, Any], Any] | None = None
     options: Mapping[str, Option] = attrs.field(factory=dict)
+    validate: Callable[[dict], list[OptionProblem]] | None = None
 
     @property
     def transports(self) -> frozenset[str]:
@@ -50,7 +55,12 @@ class PortProtocol:
         """
         Check C{options} against the declared schema.
         """
-        return checkOptions(options, self.options)
+        result = checkOptions(options, self.options)
+        if self.validate is not None:
+            problems = self.validate(result)
+            if problems:
+                raise OptionsError(problems)
+        return result
 
     def buildFactory(self, service, reactor):
         """

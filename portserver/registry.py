@@ -70,10 +70,12 @@ class ConnectionRecord:
     @ivar opened: when the connection was accepted (UDP: first datagram), in seconds since
         the epoch.
     @ivar closed: when it closed (UDP: expired), or L{None} while live; C{reason}: why.
+    @ivar outbound: the L{OutboundRecord} of the connection the server opened on this
+        one's behalf (a forward's), or L{None}.
     """
 
     __slots__ = ("serial", "service", "protocol", "local", "remoteHost", "remotePort",
-                 "opened", "bytesIn", "bytesOut", "closed", "reason")
+                 "opened", "bytesIn", "bytesOut", "closed", "reason", "outbound")
 
     transport = "tcp"
 
@@ -88,6 +90,7 @@ class ConnectionRecord:
         self.bytesOut = 0
         self.closed = None
         self.reason = None
+        self.outbound = None
 
     @property
     def id(self) -> str:
@@ -125,6 +128,32 @@ class ConnectionRecord:
             result["closed"] = self.closed
             result["duration"] = self.closed - self.opened
             result["reason"] = self.reason
+        if self.outbound is not None:
+            result["outbound"] = self.outbound.asDict(describePort)
+        return result
+
+
+class OutboundRecord(ConnectionRecord):
+    """
+    A TCP connection the server opened on behalf of an inbound one (a forward's connection
+    to its target): C{local} is the server's end, C{remote} the target's. It hangs from
+    the inbound record's C{outbound} and is not one of the registry's live connections;
+    C{inbound} is the inbound record's id.
+    """
+
+    __slots__ = ("inbound",)
+
+    def __init__(self, serial: int, service, protocol, local, remote, opened, inbound: str):
+        super().__init__(serial, service, protocol, local, remote, opened)
+        self.inbound = inbound
+
+    @property
+    def id(self) -> str:
+        return f"out-{self.serial}"
+
+    def asDict(self, describePort: Callable[[int], tuple[str, bool]]) -> dict:
+        result = super().asDict(describePort)
+        result["inbound"] = self.inbound
         return result
 
 
@@ -175,6 +204,7 @@ class Registry:
         self.closedTotal: Counter = Counter()  # (service, transport, reason) -> count
         self.bytesIn: Counter = Counter()  # (service, transport) -> bytes of closed ones
         self.bytesOut: Counter = Counter()
+        self.outboundOpened: Counter = Counter()  # service -> outbound connections opened
         self.describePort = lru_cache(maxsize=None)(self._describePort)
         self.shuttingDown = False
 
@@ -218,6 +248,19 @@ class Registry:
         self._opened(record)
         return record
 
+    def openOutbound(self, inbound: ConnectionRecord, local: Endpoint,
+                     remote: Endpoint) -> OutboundRecord:
+        """
+        Record a connection from C{local} to C{remote} that the server opened for the
+        live connection C{inbound}; it is shown with C{inbound} (and replaces an earlier
+        outbound connection of it). Close it with L{close}.
+        """
+        record = OutboundRecord(next(self._serials), inbound.service, inbound.protocol,
+                                local, remote, self.clock.seconds(), inbound.id)
+        inbound.outbound = record
+        self.outboundOpened[inbound.service] += 1
+        return record
+
     def _opened(self, record: ConnectionRecord) -> None:
         """
         Count and announce a record just added (a connection or a flow).
@@ -234,6 +277,8 @@ class Registry:
             return
         record.closed = self.clock.seconds()
         record.reason = reason
+        if isinstance(record, OutboundRecord):
+            return  # shown with its inbound connection; not counted as one of the server's
         if record.transport == "udp":
             self._flows.pop((record.service, record.remote), None)
         else:

@@ -25,6 +25,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import DatagramProtocol, ServerFactory
 from zope.interface import implementer
 
+from portserver.interfaces import ITrackedTransport
 from portserver.registry import (
     ABORTED,
     CLIENT_CLOSED,
@@ -53,7 +54,8 @@ def endpointOf(address) -> Endpoint:
     return Endpoint(hostOf(address.host), address.port)
 
 
-@implementer(IProtocol, ILoggingContext, ITCPTransport, IConsumer, IPushProducer)
+@implementer(IProtocol, ILoggingContext, ITCPTransport, IConsumer, IPushProducer,
+             ITrackedTransport)
 class Tracker:
     """
     Sits between a TCP transport and a plugin's protocol: to the transport it is the
@@ -145,12 +147,20 @@ class Tracker:
         self.transport.loseConnection()
 
     def abortConnection(self) -> None:
-        if self.closer is None or self.closer == SERVER_CLOSED:
+        if self.closer in (None, SERVER_CLOSED, CLIENT_CLOSED):
             self.closer = ABORTED
         self.transport.abortConnection()
 
     def getPeer(self):
         return self.transport.getPeer()
+
+    def openOutbound(self, local, remote):
+        return self.factory.registry.openOutbound(
+            self.record, Endpoint(hostOf(local[0]), local[1]),
+            Endpoint(hostOf(remote[0]), remote[1]))
+
+    def closeOutbound(self, record, reason: str) -> None:
+        self.factory.registry.close(record, reason)
 
     def getHost(self):
         return self.transport.getHost()
@@ -208,6 +218,8 @@ class HalfCloseableTracker(Tracker):
     __slots__ = ()
 
     def readConnectionLost(self) -> None:
+        if self.closer is None:
+            self.closer = CLIENT_CLOSED  # the client ended first, whoever closes now
         self.wrapped.readConnectionLost()
 
     def writeConnectionLost(self) -> None:

@@ -346,6 +346,29 @@ class RenderTests(SynchronousTestCase):
             "summary:",
         ] + SUMMARY_LINES)
 
+    def test_outbound(self):
+        """
+        A connection the server relays (forward) shows the outbound endpoint pair on a
+        line of its own under it, with its bytes.
+        """
+        forwarded = copy.deepcopy(TCP)
+        forwarded[1]["outbound"] = {
+            "id": "out-9", "inbound": "tcp-4", "service": "web", "protocol": "forward",
+            "transport": "tcp", "local": end("127.0.0.1", 52000, "dynamic", False),
+            "remote": end("127.0.0.1", 8081, "registered", False),
+            "opened": NOW - 191, "bytes_in": 2048, "bytes_out": 100}
+
+        def fetch(url):
+            answer = reply(url)
+            if url.endswith("/api/connections"):
+                answer["connections"] = forwarded
+            return answer
+
+        lines = run("status", "--url", URL, fetch=fetch).stdout.splitlines()
+        at = lines.index("    web   tcp  [::1]:8080   [::1]:51234      3m12s  in 100  out 2048")
+        self.assertEqual(lines[at + 1],
+                         "      via 127.0.0.1:52000 -> 127.0.0.1:8081  in 2048  out 100")
+
     def test_fetches(self):
         """
         Live mode asks for the listeners, TCP connections, UDP flows and the summary,

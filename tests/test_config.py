@@ -866,3 +866,48 @@ class StatusAndRegistrySettingsTests(SynchronousTestCase):
                                             "a Twisted server endpoint string"), found[0])
         self.assertEqual(found[1], "test.yaml:5:3: registry: 'closed_limit' must be 0 or more")
         self.assertTrue(found[2].startswith("test.yaml:6:3: registry: 'udp_idle' must be"))
+
+
+class BundledExamplesTests(SynchronousTestCase):
+    """
+    The commented examples in the bundled config are valid configuration.
+    """
+
+    def test_commentedExamplesValid(self):
+        """
+        Uncommenting every commented-out service of C{etc/portserver.yaml} (with an
+        existing directory for C{http}'s root) gives a config that loads, with the four
+        non-classic protocols in it.
+        """
+        import re
+
+        from portserver.plugins import discover
+
+        root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+            tests.__file__))), "etc", "portserver.yaml")
+        www = os.path.abspath(self.mktemp())
+        os.makedirs(www)
+        lines = []
+        with open(root) as f:
+            for line in f.read().splitlines():
+                line = re.sub(r"^  # - name", "  - name", line)
+                match = re.match(r"^  #   (.*)$", line)
+                lines.append("    " + match.group(1) if match else line)
+        text = "\n".join(lines).replace("/srv/www", www)
+        plan = loadPlan(root, discover().providers, portOffset=10000,
+                        rule=PrivilegeRule(1024, "test"), dualStack=True, text=text)
+        protocols = {spec.protocol for spec in plan.config.services}
+        self.assertLessEqual({"http", "smtp", "exec", "forward"}, protocols)
+
+    def test_missingOptionNamed(self):
+        """
+        A required option that is missing is reported by name, at the service's options.
+        """
+        from portserver.protocols.smtp import smtp
+
+        _, problems = parseServices(
+            "services:\n  - name: mail\n    protocol: smtp\n    options: {domains: [a.b]}\n",
+            "m.yaml", {"smtp": smtp})
+        self.assertEqual([str(p) for p in problems],
+                         ["m.yaml:4:14: service 'mail': options: option 'maildir': "
+                          "is required"])

@@ -81,6 +81,24 @@ class FormatTests(SynchronousTestCase):
                          "STAMP tcp-1 echo tcp 127.0.0.2:51234 -> 127.0.0.1:7 client-closed "
                          "1.500s in=64 out=65\n")
 
+    def test_outbound(self):
+        """
+        A relayed connection's line ends with the outbound endpoint pair, how it ended
+        and its bytes.
+        """
+        reactor = MemoryReactorClock()
+        registry = Registry(reactor, PrivilegeRule(1024, "test"))
+        record = registry.open("web", "forward", "tcp", LOCAL, REMOTE)
+        outbound = registry.openOutbound(record, Endpoint("127.0.0.1", 52000),
+                                         Endpoint("127.0.0.1", 8080))
+        outbound.bytesIn, outbound.bytesOut = 10, 20
+        registry.close(outbound, "target-closed")
+        registry.close(record, CLIENT_CLOSED)
+        self.assertEqual(formatLine(record, "S"),
+                         "S tcp-1 web tcp 127.0.0.2:51234 -> 127.0.0.1:7 client-closed "
+                         "0.000s in=0 out=0 via=127.0.0.1:52000->127.0.0.1:8080 "
+                         "target-closed in=10 out=20\n")
+
     def test_udpAndIPv6(self):
         """
         A UDP line adds the datagram counts; IPv6 endpoints are bracketed.

@@ -44,6 +44,10 @@ BUILTINS = {
     "qotd": "qotd",
     "chargen": "chargen",
     "time": "timeProtocol",
+    "smtp": "smtp",
+    "http": "http",
+    "exec": "execute",
+    "forward": "forward",
 }
 
 #: A third-party protocol plugin, written the way a plugin author would write one.
@@ -471,5 +475,7 @@ class FormatProtocolsTests(SynchronousTestCase):
         self.assertEqual(rows["rot13"].split(None, 3)[1:],
                          ["10013", "tcp", "Rot13: sends back each line rot13-ed"])
         order = [line.split()[0] for line in lines[1:]]
-        self.assertEqual(order[:6], ["echo", "discard", "daytime", "qotd", "chargen", "time"])
+        self.assertEqual(order[:5], ["echo", "discard", "daytime", "qotd", "chargen"])
+        self.assertEqual(order, sorted(order[:-1], key=lambda n: (
+            discovery.providers[n].wellKnownPort, n)) + ["rot13"])
         self.assertEqual(order[-1], "rot13")

@@ -112,6 +112,25 @@ class ClassicTCPTests(ServingTestCase):
         received = yield self.tcp(self.server, "echo", send=payload, want=len(payload))
         self.assertEqual(received, payload)
 
+    def test_echoAfterHalfClose(self):
+        """
+        echo sends back everything sent before the client's half-close, then closes
+        (C{nc -N} style clients get their whole echo).
+        """
+        payload = bytes(range(256)) * 1024
+        port = self.server.addressOf("echo", "tcp").port
+
+        def client():
+            with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as s:
+                s.sendall(payload)
+                s.shutdown(socket.SHUT_WR)
+                received = bytearray()
+                while data := s.recv(65536):
+                    received += data
+                return bytes(received)
+
+        return deferToThread(client).addCallback(self.assertEqual, payload)
+
     def test_transportClassPerListener(self):
         """
         Each TCP listener's connections get a transport class of their own, a subclass of

@@ -28,7 +28,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEADLINE = 120
 
 #: The built-in protocols, in the order C{--list-protocols} gives them (by port).
-BUILTINS = ["echo", "discard", "daytime", "qotd", "chargen", "time"]
+BUILTINS = ["echo", "discard", "daytime", "qotd", "chargen", "smtp", "time", "http",
+            "exec", "forward"]
 
 #: Run C{twistd} as its console script does: its C{console_scripts} entry point, run by
 #: the given interpreter. (With C{--system-site-packages}, Twisted is the system's, so its
@@ -267,7 +268,7 @@ class InstalledTests(SynchronousTestCase):
 
     def test_listProtocols(self):
         """
-        C{twistd portserver --list-protocols} lists the six built-ins, in port order, and
+        C{twistd portserver --list-protocols} lists the built-ins, in port order, and
         exits 0.
         """
         result = self.twistd("portserver", "--list-protocols")

@@ -195,8 +195,9 @@ class LiveRegistryTests(TestCase):
     @inlineCallbacks
     def test_halfClose(self):
         """
-        A client's half-close (shutdown of its write side) ends the echo connection,
-        which does not take half-closes: the pair goes, the record says "client-closed".
+        A client's half-close (shutdown of its write side) ends the echo connection (echo
+        sends what it owes, then closes): the pair goes, and the record says
+        "client-closed", since the client ended first.
         """
         record = yield self.closedBy(lambda c: c.transport.loseWriteConnection())
         self.assertEqual(record.reason, CLIENT_CLOSED)

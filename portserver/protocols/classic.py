@@ -2,7 +2,7 @@
 The classic inetd "internal" services, over TCP and UDP: echo (RFC 862), discard (RFC 863),
 daytime (RFC 867), qotd (RFC 865), chargen (RFC 864) and time (RFC 868).
 
-TCP echo, discard and qotd reuse L{twisted.protocols.wire}. Its C{Daytime} and C{Time}
+TCP echo, discard and qotd reuse L{twisted.protocols.wire} (echo made half-closeable). Its C{Daytime} and C{Time}
 read C{time.time()} directly (so they cannot be driven by a test clock), C{Daytime} concatenates
 C{str} and C{bytes} and C{Time} counts from 1970 instead of 1900 as RFC 868 asks, and its
 C{Chargen} writes a fixed 72-byte string instead of RFC 864's rotating lines: those four are
@@ -16,7 +16,7 @@ import struct
 import time
 from functools import partial
 
-from twisted.internet.interfaces import IPullProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPullProducer
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.protocols import wire
 from zope.interface import implementer
@@ -93,6 +93,22 @@ class AnnounceDatagram(ReplyDatagram):
 
 
 # -- echo ------------------------------------------------------------------------------
+
+
+@implementer(IHalfCloseableProtocol)
+class Echo(wire.Echo):
+    """
+    RFC 862 over TCP: L{wire.Echo}, which also sends back everything received before the
+    client's half-close (C{shutdown(SHUT_WR)}, C{nc -N}) and then closes. Plain
+    C{wire.Echo} is closed at once by Twisted on the end of input, dropping the echo it
+    has not sent yet.
+    """
+
+    def readConnectionLost(self):
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        pass
 
 
 class EchoDatagram(ReplyDatagram):
@@ -256,7 +272,7 @@ echo = PortProtocol(
     name="echo",
     description="Echo: sends back what it receives (RFC 862)",
     wellKnownPort=7,
-    factory=lambda service, reactor: _factory(wire.Echo),
+    factory=lambda service, reactor: _factory(Echo),
     datagram=lambda service, reactor: EchoDatagram(),
 )
 

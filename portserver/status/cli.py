@@ -361,16 +361,35 @@ def renderTable(status: dict, now: float, closed: bool = False,
     connectionLines = dict(zip(map(id, status["connections"]),
                                _columns(connectionRows, right=numbers, indent="    ")))
 
+    def connectionLinesOf(connections):
+        for c in connections:
+            yield connectionLines[id(c)]
+            outbound = c.get("outbound")
+            if isinstance(outbound, dict):
+                yield _outboundLine(outbound)
+
     lines = []
     if not listeners:
         lines.append("no listeners match" if filtered else "no listeners")
     for listener, line in zip(listeners, listenerLines):
         lines.append(line)
-        lines += [connectionLines[id(c)] for c in groups[_listenerKey(listener, listener.get("port"))]]
+        lines += connectionLinesOf(groups[_listenerKey(listener, listener.get("port"))])
     if orphans:
         lines.append("(no listener)")
-        lines += [connectionLines[id(c)] for c in orphans]
+        lines += connectionLinesOf(orphans)
     return lines
+
+
+def _outboundLine(outbound: dict) -> str:
+    """
+    The line under a connection for the connection the server opened on its behalf.
+    """
+    line = (f"      via {_endpoint(outbound.get('local'))} -> "
+            f"{_endpoint(outbound.get('remote'))}  in {outbound.get('bytes_in', 0)}  "
+            f"out {outbound.get('bytes_out', 0)}")
+    if outbound.get("reason"):
+        line += f"  {outbound['reason']}"
+    return line
 
 
 def _classCounts(counts: dict) -> str:

@@ -1,0 +1,3 @@
+"""
+Tests for portserver-rot13, written with L{portserver.testing}: no sockets, no server.
+"""

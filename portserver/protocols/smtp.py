@@ -1,0 +1,682 @@
+"""
+smtp: a receiving-only ESMTP server (RFC 5321) that files mail for configured domains
+into one Maildir per recipient, built on L{twisted.mail.smtp.ESMTP}.
+
+It never relays: a recipient outside C{domains} (or, when C{recipients} is given, not
+listed) is refused with 550. The message size is limited (RFC 1870 C{SIZE}), and a message
+is streamed to C{tmp/} files as it arrives, never held in memory.
+
+Delivery is all or nothing for one message: each recipient's copy is written to
+C{<maildir>/<domain>/<localpart>/tmp/}, flushed, C{fsync}ed and closed; only when every copy
+is on disk are they renamed into C{new/} (and C{new/} itself synced), and only then is the
+C{250} sent. Any failure on the way removes every copy (renamed ones too) and answers 451,
+so the client keeps the message and tries again later.
+
+Twisted's L{ESMTP} is used as is except where it falls short here: it answers a failed
+delivery with 550 (a permanent failure, so the sender would bounce the message) instead of
+451; it ignores the C{SIZE=} parameter of C{MAIL FROM}; on an overlong line in the middle
+of a message it goes back to reading commands (so the rest of the message would be taken as
+commands); and its timeout uses the global reactor.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import re
+import socket
+import time
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+from twisted.mail import smtp as tsmtp
+from twisted.mail.interfaces import IMessageSMTP
+from zope.interface import implementer
+
+from portserver.options import Option, OptionProblem, OptionsError, checkOptions
+from portserver.provider import PortProtocol
+
+log = Logger()
+
+#: The default C{max_size}: 10 MiB.
+DEFAULT_MAX_SIZE = 10 * 1024 * 1024
+
+#: The default idle timeout, in seconds: RFC 5321 4.5.3.2.7 asks a server to wait at
+#: least five minutes for the next command.
+DEFAULT_TIMEOUT = 300
+
+#: Recipients one message may have (RFC 5321 4.5.3.1.8 asks for at least 100). Each one
+#: holds an open file while the message comes in.
+MAX_RECIPIENTS = 100
+
+#: The reply to a delivery that failed for a local reason; the client tries again later.
+LOCAL_ERROR = b"Requested action aborted: local error in processing"
+
+#: A domain name: dot-separated labels of letters, digits, hyphens (and underscores).
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\Z")
+
+#: A local part that is safe as a directory name: RFC 5322's dot-atom without C{/}
+#: (no quoted strings, no leading, trailing or doubled dots, so never C{.} or C{..}).
+_ATEXT = r"[A-Za-z0-9!#$%&'*+=?^_`{|}~-]"
+_LOCAL = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*\Z")
+MAX_LOCAL = 64
+
+#: A HELO name as written into the Received header: anything else becomes C{?}.
+_UNSAFE_HELO = re.compile(rb"[^A-Za-z0-9.:_\[\]-]")
+
+
+def peerOf(address) -> tuple[str, int]:
+    """
+    The host and port of a transport's peer address; IPv4-mapped IPv6 as IPv4.
+    """
+    host = getattr(address, "host", None) or str(address)
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return host, getattr(address, "port", 0)
+
+
+# -- options ---------------------------------------------------------------------------
+
+
+def normaliseDomain(value: str) -> str:
+    """
+    A domain as compared and used as a directory name: lower case, no trailing dot.
+    """
+    return value.strip().lower().rstrip(".")
+
+
+def _domainProblem(value) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return "must be a non-empty string"
+    domain = normaliseDomain(value)
+    if len(domain) > 253 or not _DOMAIN.match(domain):
+        return f"{value!r} is not a domain name"
+    return None
+
+
+def _checkDomains(domains) -> str | None:
+    if not domains:
+        return "must list at least one domain"
+    for index, domain in enumerate(domains):
+        problem = _domainProblem(domain)
+        if problem:
+            return f"domain {index + 1}: {problem}"
+    return None
+
+
+def _localProblem(local: str) -> str | None:
+    if len(local) > MAX_LOCAL or not _LOCAL.match(local):
+        return (f"local part {local!r} is not allowed (a dot-atom of at most {MAX_LOCAL} "
+                "characters, without '/')")
+    return None
+
+
+def _checkRecipients(recipients) -> str | None:
+    if recipients is None:
+        return None
+    if not recipients:
+        return "must list at least one address (leave it out to accept any local part)"
+    for index, address in enumerate(recipients):
+        if not isinstance(address, str) or address.count("@") != 1:
+            return f"address {index + 1} must be a string of the form local@domain"
+        local, domain = address.strip().split("@")
+        problem = _localProblem(local) or _domainProblem(domain)
+        if problem:
+            return f"address {index + 1}: {problem}"
+    return None
+
+
+def _checkMaxSize(value) -> str | None:
+    return None if value > 0 else "must be a number of bytes greater than 0"
+
+
+def _checkTimeout(value) -> str | None:
+    return None if value > 0 else "must be a number of seconds greater than 0"
+
+
+def _checkMaildir(value) -> str | None:
+    return None if value.strip() and "\0" not in value else "must be a directory path"
+
+
+def _checkHostname(value) -> str | None:
+    if not value or len(value) > 255 or not value.isascii() or any(
+            not c.isprintable() or c.isspace() or c in "();<>" for c in value):
+        return "must be a host name (printable ASCII, no spaces)"
+    return None
+
+
+def defaultHostname() -> str:
+    """
+    The host's name, as the greeting and Received headers give it (no DNS lookup).
+    """
+    name = socket.gethostname()
+    return name if _checkHostname(name) is None else "localhost"
+
+
+OPTIONS = {
+    "domains": Option(list, check=_checkDomains, describe="a list of domain names"),
+    "recipients": Option((list, type(None)), default=None, check=_checkRecipients,
+                         describe="a list of addresses"),
+    "max_size": Option(int, default=DEFAULT_MAX_SIZE, check=_checkMaxSize),
+    "maildir": Option(str, check=_checkMaildir, describe="a directory path"),
+    "hostname": Option(str, default=None, check=_checkHostname),
+    "timeout": Option((int, float), default=DEFAULT_TIMEOUT, check=_checkTimeout,
+                      describe="a number of seconds"),
+}
+
+#: Options without a usable default.
+REQUIRED = ("domains", "maildir")
+
+
+def validateOptions(options) -> dict:
+    """
+    Check an smtp service's options: the schema, the required ones, and that every listed
+    recipient is in one of the domains. Returns them normalised: domains and recipients
+    in lower case, C{maildir} absolute, C{hostname} filled in.
+
+    @raise OptionsError: listing every problem.
+    """
+    problems = []
+    try:
+        result = checkOptions(options, OPTIONS)
+    except OptionsError as e:
+        problems.extend(e.problems)
+        result = None
+    if hasattr(options, "keys"):  # checkOptions reported a non-mapping already
+        for key in REQUIRED:
+            if key not in options:
+                problems.append(OptionProblem(key, "is required"))
+    if problems or result is None:
+        raise OptionsError(problems)
+    domains = list(dict.fromkeys(normaliseDomain(d) for d in result["domains"]))
+    result["domains"] = domains
+    if result["recipients"] is not None:
+        recipients = []
+        for address in result["recipients"]:
+            local, domain = address.strip().split("@")
+            domain = normaliseDomain(domain)
+            if domain not in domains:
+                problems.append(OptionProblem(
+                    "recipients", f"address {address!r} is not in one of the domains"))
+            recipients.append(f"{local.lower()}@{domain}")
+        result["recipients"] = list(dict.fromkeys(recipients))
+    if problems:
+        raise OptionsError(problems)
+    result["maildir"] = os.path.abspath(result["maildir"])
+    if result["hostname"] is None:
+        result["hostname"] = defaultHostname()
+    return result
+
+
+# -- the Maildirs ----------------------------------------------------------------------
+
+
+_counter = itertools.count(1)
+
+
+class MaildirStore:
+    """
+    Where mail goes: C{<base>/<domain>/<localpart>/}, a Maildir made on first delivery.
+
+    The file system calls used to commit a message are attributes, so that a test can make
+    them fail.
+    """
+
+    fsync = staticmethod(os.fsync)
+    rename = staticmethod(os.rename)
+
+    def __init__(self, base: str, hostname: str, clock):
+        self.base = base
+        self.clock = clock
+        # The Maildir convention's escapes for the two characters a name cannot hold.
+        self.host = hostname.replace("/", r"\057").replace(":", r"\072")
+
+    def directory(self, domain: str, local: str) -> str:
+        return os.path.join(self.base, domain, local)
+
+    def uniqueName(self) -> str:
+        """
+        A Maildir file name, unique in this process and across processes and restarts:
+        C{<seconds>.M<microseconds>P<pid>Q<counter>.<hostname>}.
+        """
+        now = self.clock.seconds()
+        seconds = int(now)
+        micro = int((now - seconds) * 1_000_000)
+        return f"{seconds}.M{micro:06d}P{os.getpid()}Q{next(_counter)}.{self.host}"
+
+    def create(self, domain: str, local: str):
+        """
+        Create a new file in the recipient's C{tmp/} (making the Maildir if needed).
+
+        @return: C{(directory, name, file)}, the file open for binary writing.
+        """
+        directory = self.directory(domain, local)
+        name = self.uniqueName()
+        path = os.path.join(directory, "tmp", name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileNotFoundError:
+            for sub in ("tmp", "new", "cur"):
+                os.makedirs(os.path.join(directory, sub), mode=0o700, exist_ok=True)
+            fd = os.open(path, flags, 0o600)
+        return directory, name, os.fdopen(fd, "wb")
+
+    def syncDirectory(self, path: str) -> None:
+        """
+        Make a rename into C{path} durable, where the platform can (best effort).
+        """
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError:
+            return
+        try:
+            self.fsync(fd)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+                raise
+        finally:
+            os.close(fd)
+
+
+@implementer(IMessageSMTP)
+class MaildirMessage:
+    """
+    One recipient's copy of a message: streamed to C{tmp/}, synced on the final dot,
+    renamed into C{new/} by L{commit} (called only when every copy is synced).
+    """
+
+    def __init__(self, store: MaildirStore, transaction: "Transaction", address: str,
+                 directory: str, name: str, file):
+        self.store = store
+        self.transaction = transaction
+        self.address = address
+        self.directory = directory
+        self.name = name
+        self.file = file
+        self.tmpPath = os.path.join(directory, "tmp", name)
+        self.newPath = os.path.join(directory, "new", name)
+        self.state = "writing"  # then "synced", "committed" or "discarded"
+
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            self.file.write(line + b"\n")
+        except (OSError, ValueError) as e:
+            log.error("smtp {service}: writing {path} failed: {error}",
+                      service=self.transaction.service, path=self.tmpPath, error=e)
+            raise tsmtp.SMTPServerError(451, LOCAL_ERROR)
+
+    def eomReceived(self):
+        """
+        Flush, C{fsync} and close the C{tmp/} file. The L{Deferred} fires with this
+        message (see L{MaildirSMTP._messageHandled}), or fails, the file removed.
+        """
+        try:
+            self.file.flush()
+            self.store.fsync(self.file.fileno())
+            self.file.close()
+        except OSError:
+            failure = defer.fail()
+            self.discard()
+            return failure
+        self.state = "synced"
+        return defer.succeed(self)
+
+    def connectionLost(self) -> None:
+        """
+        The message was abandoned (client gone, too big, write failed): remove the copy.
+        """
+        self.discard()
+
+    def commit(self) -> None:
+        """
+        Move the synced file into C{new/}.
+        """
+        self.store.rename(self.tmpPath, self.newPath)
+        self.state = "committed"
+
+    def discard(self) -> None:
+        """
+        Remove this copy, wherever it is; never raises.
+        """
+        if self.state == "discarded":
+            return
+        path = self.newPath if self.state == "committed" else self.tmpPath
+        self.state = "discarded"
+        try:
+            self.file.close()
+        except (OSError, ValueError):
+            pass
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.error("smtp {service}: could not remove {path}: {error}",
+                      service=self.transaction.service, path=path, error=e)
+
+
+@implementer(IMessageSMTP)
+class DuplicateMessage:
+    """
+    A recipient given twice in one transaction: the first copy is the one delivered.
+    """
+
+    def lineReceived(self, line):
+        pass
+
+    def eomReceived(self):
+        return defer.succeed(None)
+
+    def connectionLost(self):
+        pass
+
+
+@attrs.define
+class Transaction:
+    """
+    One message (from C{DATA} to the final dot) and its copies, by recipient address.
+    """
+
+    service: str
+    store: MaildirStore
+    id: str
+    seconds: float
+    size: int = 0
+    copies: dict = attrs.field(factory=dict)
+
+    def messageFor(self, domain: str, local: str):
+        """
+        The L{IMessageSMTP} for one recipient; C{tmp/} trouble is a 451.
+        """
+        address = f"{local}@{domain}"
+        if address in self.copies:
+            return DuplicateMessage()
+        try:
+            directory, name, file = self.store.create(domain, local)
+        except OSError as e:
+            log.error("smtp {service}: cannot create a file in the Maildir of {address}: "
+                      "{error}", service=self.service, address=address, error=e)
+            raise tsmtp.SMTPServerError(451, LOCAL_ERROR)
+        message = MaildirMessage(self.store, self, address, directory, name, file)
+        self.copies[address] = message
+        return message
+
+    def abort(self) -> None:
+        for message in self.copies.values():
+            message.discard()
+
+
+# -- the protocol ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class Settings:
+    """
+    An smtp service's validated options, as the protocol uses them.
+    """
+
+    service: str
+    domains: frozenset
+    recipients: frozenset | None
+    maxSize: int
+    hostname: bytes
+    timeout: float
+
+    @classmethod
+    def fromService(cls, service) -> "Settings":
+        options = service.options
+        recipients = options["recipients"]
+        return cls(
+            service=service.name,
+            domains=frozenset(options["domains"]),
+            recipients=None if recipients is None else frozenset(recipients),
+            maxSize=options["max_size"],
+            hostname=options["hostname"].encode("ascii"),
+            timeout=options["timeout"],
+        )
+
+
+_transactionIds = itertools.count(1)
+
+
+class MaildirSMTP(tsmtp.ESMTP):
+    """
+    The ESMTP server side: accepts mail for the configured domains (and recipients) and
+    delivers each message to the recipients' Maildirs.
+    """
+
+    noisy = False
+
+    def __init__(self, settings: Settings, store: MaildirStore, clock):
+        super().__init__()
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.host = settings.hostname
+        self.timeout = settings.timeout
+        self.callLater = clock.callLater  # TimeoutMixin's, not the global reactor's
+        self.transaction = None
+        self.extended = False
+
+    def greeting(self) -> bytes:
+        return self.host + b" ESMTP portserver"
+
+    def extensions(self) -> dict:
+        extensions = super().extensions()
+        extensions[b"SIZE"] = [b"%d" % self.settings.maxSize]
+        return extensions
+
+    def do_HELO(self, rest):
+        self.extended = False
+        super().do_HELO(rest)
+
+    def do_EHLO(self, rest):
+        self.extended = True
+        super().do_EHLO(rest)
+
+    def do_NOOP(self, rest):
+        """
+        RFC 5321's NOOP (Twisted's SMTP lacks it).
+        """
+        self.sendCode(250, b"OK")
+
+    def do_VRFY(self, rest):
+        """
+        RFC 5321's VRFY, answered without revealing who exists (3.5.3).
+        """
+        self.sendCode(252, b"Cannot VRFY user, but will accept message and attempt delivery")
+
+    def lineLengthExceeded(self, line):
+        """
+        A line longer than C{MAX_LENGTH}: refuse it and close. (Twisted's would carry on,
+        taking the rest of a message as commands, and keep the partial line buffered.)
+        """
+        self.sendCode(500, b"Line too long")
+        self.transport.loseConnection()
+
+    # -- the envelope --------------------------------------------------------------------
+
+    def do_MAIL(self, rest):
+        """
+        C{MAIL FROM}, checking RFC 1870's C{SIZE=} parameter against C{max_size} first.
+        """
+        match = None if self._from else self.mail_re.match(rest)
+        if match is not None and match.group("opts"):
+            for parameter in match.group("opts").split():
+                key, _, value = parameter.partition(b"=")
+                if key.upper() != b"SIZE":
+                    continue
+                if not value.isdigit():
+                    self.sendCode(501, b"Syntax error in SIZE parameter")
+                    return
+                if int(value) > self.settings.maxSize:
+                    self.sendCode(552, b"Message size exceeds fixed maximum message size")
+                    return
+        super().do_MAIL(rest)
+
+    def validateFrom(self, helo, origin):
+        """
+        Any sender (even C{<>}): this server only receives.
+        """
+        return origin
+
+    def validateTo(self, user):
+        """
+        Accept a recipient in one of the domains (and listed, when C{recipients} is set).
+
+        @return: a callable making the recipient's L{MaildirMessage} for the current
+            transaction.
+        @raise SMTPBadRcpt: 550 for any other domain (no relaying) or an unlisted
+            address, 553 for a local part that cannot be a Maildir's name.
+        """
+        settings = self.settings
+        domain = normaliseDomain(user.dest.domain.decode("ascii", "replace"))
+        if domain not in settings.domains:
+            raise tsmtp.SMTPBadRcpt(user, 550, "Relaying denied: not a local domain")
+        local = user.dest.local.decode("ascii", "replace")
+        if _localProblem(local) is not None:
+            raise tsmtp.SMTPBadRcpt(user, 553, "Mailbox name not allowed")
+        local = local.lower()
+        if settings.recipients is not None and f"{local}@{domain}" not in settings.recipients:
+            raise tsmtp.SMTPBadRcpt(user, 550, "No such user here")
+        if len(self._to) >= MAX_RECIPIENTS:
+            raise tsmtp.SMTPServerError(452, "Too many recipients")
+        return lambda: self.transaction.messageFor(domain, local)
+
+    # -- the message ---------------------------------------------------------------------
+
+    def do_DATA(self, rest):
+        if self._from is not None and self._to:
+            now = self.clock.seconds()
+            self.transaction = Transaction(
+                service=self.settings.service, store=self.store,
+                id=f"{int(now):X}.{os.getpid():X}.{next(_transactionIds)}", seconds=now)
+        super().do_DATA(rest)
+
+    def receivedHeader(self, helo, origin, recipients) -> bytes:
+        """
+        The trace header (RFC 5321 4.4) put before each copy: the HELO name, the client's
+        address and port, this host, the transaction's id and date (from the clock).
+        """
+        transaction = self.transaction
+        name = _UNSAFE_HELO.sub(b"?", (helo[0] or b"")[:255]) or b"unknown"
+        host, port = peerOf(self.transport.getPeer())
+        literal = f"IPv6:{host}" if ":" in host else host
+        date = tsmtp.rfc822date(time.gmtime(transaction.seconds), local=False)
+        return (b"Received: from %s ([%s]:%d)\n\tby %s with %s id %s;\n\t%s" % (
+            name, literal.encode("ascii", "replace"), port, self.host,
+            b"ESMTP" if self.extended else b"SMTP", transaction.id.encode("ascii"), date))
+
+    def dataLineReceived(self, line):
+        """
+        A line of the message: counted against C{max_size} (as transmitted, CRLF
+        included); over it, every copy is removed and the rest is read and dropped, to be
+        answered 552 after the final dot.
+        """
+        transaction = self.transaction
+        if line != b"." and not self.datafailed and transaction is not None:
+            transaction.size += len(line) + 2 - (line[:1] == b".")
+            if transaction.size > self.settings.maxSize:
+                self.datafailed = tsmtp.SMTPServerError(
+                    552, b"Message size exceeds fixed maximum message size")
+                transaction.abort()
+                return
+        super().dataLineReceived(line)
+
+    state_DATA = dataLineReceived
+
+    def _messageHandled(self, resultList):
+        """
+        Every copy's C{eomReceived} has answered: commit them all and say 250, or, if any
+        failed, remove them all and say 451 (Twisted's would say 550, a permanent failure,
+        having left the successful copies delivered).
+        """
+        if not isinstance(resultList, list):  # no copies at all: nothing to deliver
+            self.sendCode(250, b"Message accepted")
+            return
+        copies = [result for ok, result in resultList if ok and result is not None]
+        failures = [result for ok, result in resultList if not ok]
+        service = self.settings.service
+        for failure in failures:
+            log.failure("smtp {service}: delivery failed", failure, service=service)
+        if not failures:
+            try:
+                for copy in copies:
+                    copy.commit()
+                for directory in {os.path.join(copy.directory, "new") for copy in copies}:
+                    self.store.syncDirectory(directory)
+            except OSError:
+                log.failure("smtp {service}: delivery failed", service=service)
+                failures.append(True)
+        if failures:
+            for copy in copies:
+                copy.discard()
+            self.sendCode(451, LOCAL_ERROR)
+            return
+        transaction = copies[0].transaction if copies else self.transaction
+        host, port = peerOf(self.transport.getPeer())
+        client = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        log.info("smtp {service}: delivered message {id} ({size} bytes) from {client} "
+                 "to {recipients}", service=service, id=transaction.id,
+                 size=transaction.size, client=client,
+                 recipients=", ".join(copy.address for copy in copies))
+        self.sendCode(250, b"Message accepted for delivery, id " + transaction.id.encode())
+
+
+class MaildirSMTPFactory(ServerFactory):
+    """
+    Builds L{MaildirSMTP} protocols sharing one L{MaildirStore}.
+    """
+
+    noisy = False
+
+    def __init__(self, settings: Settings, store: MaildirStore, clock):
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+
+    def buildProtocol(self, addr):
+        protocol = MaildirSMTP(self.settings, self.store, self.clock)
+        protocol.factory = self
+        return protocol
+
+
+def buildFactory(service, reactor) -> MaildirSMTPFactory:
+    """
+    The smtp factory for C{service}. Nothing is created on disk here (this may run before
+    privileges are dropped): Maildirs are made, as needed, at delivery.
+
+    @raise ValueError: C{maildir} exists and is not a directory.
+    """
+    options = service.options
+    base = options["maildir"]
+    if os.path.exists(base) and not os.path.isdir(base):
+        raise ValueError(f"maildir {base!r} is not a directory")
+    settings = Settings.fromService(service)
+    store = MaildirStore(base, options["hostname"], reactor)
+    return MaildirSMTPFactory(settings, store, reactor)
+
+
+@attrs.frozen
+class SMTPPortProtocol(PortProtocol):
+    """
+    A L{PortProtocol} whose validation also checks required options and how they fit
+    together.
+    """
+
+    def validateOptions(self, options):
+        return validateOptions(options)
+
+
+smtp = SMTPPortProtocol(
+    name="smtp",
+    description="SMTP: receives mail for local domains into Maildirs (RFC 5321)",
+    wellKnownPort=25,
+    factory=buildFactory,
+    options=OPTIONS,
+)

@@ -1,0 +1,1088 @@
+"""
+Tests for L{portserver.protocols.execute}, the C{exec} protocol: option checks, the
+protocol against a fake reactor, and real programs behind a real listener.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import socket
+from types import SimpleNamespace
+
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.interfaces import IProcessTransport
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.threads import deferToThread
+from twisted.logger import capturedLogs, globalLogPublisher
+from twisted.plugin import IPlugin
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from portserver.interfaces import IPortProtocol
+from portserver.options import OptionsError
+from portserver.protocols import execute as module
+from portserver.protocols.execute import (
+    CHILD_FDS,
+    DEFAULT_PATH,
+    PrivilegeError,
+    StderrLines,
+    execute,
+)
+from portserver.service import PortServer, StartupError
+from tests.support import makePlan, spec
+
+DEADLINE = 10  # seconds a real program may take on a loaded machine
+PROVIDERS = {execute.name: execute}
+HOST = IPv4Address("TCP", "10.0.0.1", 8023)
+PEER = IPv4Address("TCP", "192.0.2.7", 40001)
+CAT = ["/bin/cat"]
+
+
+def problemsOf(test, options) -> dict:
+    """
+    The problems C{exec} finds in C{options}, as C{{option: message}}.
+    """
+    error = test.assertRaises(OptionsError, execute.validateOptions, options)
+    return {p.option: p.message for p in error.problems}
+
+
+def executableFile(test, name="prog", mode=0o755) -> str:
+    """
+    A new file C{name} in a new directory, with permissions C{mode}.
+    """
+    directory = test.mktemp()
+    os.mkdir(directory)
+    path = os.path.abspath(os.path.join(directory, name))
+    with open(path, "w") as f:
+        f.write("#!/bin/sh\nexit 0\n")
+    os.chmod(path, mode)
+    return path
+
+
+# -- a fake process for a fake reactor ---------------------------------------------------
+
+
+@implementer(IProcessTransport)
+class FakeProcess:
+    """
+    The L{IProcessTransport} side of a spawned program, recording what it is asked.
+    """
+
+    pid = 4242
+
+    def __init__(self, proto):
+        self.proto = proto
+        self.written = []
+        self.signals = []
+        self.closed = set()
+        self.producer = None
+        self.streaming = None
+        self.paused = False
+        self.exited = False
+        proto.makeConnection(self)
+
+    # what ExecProtocol uses
+    def write(self, data):
+        self.written.append(data)
+
+    def writeSequence(self, data):
+        self.written.extend(data)
+
+    def closeStdin(self):
+        self.closeChildFD(0)
+
+    def closeStdout(self):
+        self.closeChildFD(1)
+
+    def closeStderr(self):
+        self.closeChildFD(2)
+
+    def closeChildFD(self, descriptor):
+        self.closed.add(descriptor)
+
+    def writeToChild(self, childFD, data):
+        self.written.append(data)
+
+    def loseConnection(self):
+        self.closed.update({0, 1, 2})
+
+    def signalProcess(self, signalID):
+        if self.exited:
+            raise ProcessExitedAlready()
+        self.signals.append(signalID)
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+
+    def registerProducer(self, producer, streaming):
+        assert self.producer is None, "a producer is registered already"
+        self.producer, self.streaming = producer, streaming
+
+    def unregisterProducer(self):
+        self.producer = self.streaming = None
+
+    def getPeer(self):
+        return object()
+
+    def getHost(self):
+        return object()
+
+    # what a test drives
+    def exit(self, reason):
+        """
+        The program exits with C{reason}; its pipes close, as Twisted reports it.
+        """
+        self.exited = True
+        self.proto.processExited(Failure(reason))
+        for fd in (0, 1, 2):
+            self.proto.childConnectionLost(fd)
+        self.proto.processEnded(Failure(reason))
+
+
+class ProcessReactor(MemoryReactorClock):
+    """
+    A L{MemoryReactorClock} that records C{spawnProcess} calls and answers with a
+    L{FakeProcess}, or raises C{self.spawnError} when set.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.spawned = []
+        self.spawnError = None
+
+    def spawnProcess(self, processProtocol, executable, args=(), env={}, path=None,
+                     uid=None, gid=None, usePTY=0, childFDs=None):
+        if self.spawnError is not None:
+            raise self.spawnError
+        process = FakeProcess(processProtocol)
+        self.spawned.append(SimpleNamespace(
+            protocol=processProtocol, executable=executable, args=list(args),
+            env=dict(env), path=path, uid=uid, gid=gid, usePTY=usePTY,
+            childFDs=childFDs, process=process))
+        return process
+
+
+def service(options, name="svc"):
+    """
+    A stand-in for a configured service: the builder reads C{name} and C{options}.
+    """
+    return SimpleNamespace(name=name, options=execute.validateOptions(options))
+
+
+class Transport(StringTransport):
+    """
+    A L{StringTransport} that can half-close, as a TCP connection's (or a Tracker's) can.
+    """
+
+    writeClosed = False
+
+    def loseWriteConnection(self):
+        self.writeClosed = True
+
+
+def connect(options=None, reactor=None, host=HOST, peer=PEER):
+    """
+    Build the C{exec} factory on a L{ProcessReactor} and connect one protocol to a
+    L{StringTransport} from C{peer} to C{host}.
+
+    @return: C{(reactor, protocol, transport)}.
+    """
+    reactor = reactor or ProcessReactor()
+    factory = execute.buildFactory(service(options or {"argv": CAT}), reactor)
+    protocol = factory.buildProtocol(peer)
+    transport = Transport(hostAddress=host, peerAddress=peer)
+    protocol.makeConnection(transport)
+    return reactor, protocol, transport
+
+
+class ProviderTests(SynchronousTestCase):
+    """
+    The C{exec} provider's declaration.
+    """
+
+    def test_declaration(self):
+        """
+        C{exec} is a TCP-only L{IPortProtocol} plugin on unprivileged port 8023.
+        """
+        verifyObject(IPortProtocol, execute)
+        verifyObject(IPlugin, execute)
+        self.assertEqual(execute.name, "exec")
+        self.assertEqual(execute.wellKnownPort, 8023)
+        self.assertEqual(execute.transports, frozenset({"tcp"}))
+        self.assertTrue(execute.description)
+
+
+class OptionTests(SynchronousTestCase):
+    """
+    C{exec}'s options are checked, each problem naming its option.
+    """
+
+    def test_defaults(self):
+        """
+        With only C{argv}, the defaults are filled in and the program is resolved to
+        its absolute path.
+        """
+        options = execute.validateOptions({"argv": CAT})
+        self.assertEqual(options, {
+            "argv": CAT, "executable": "/bin/cat", "env": {}, "user": None,
+            "group": None, "cwd": None, "kill_grace": 5, "local_host": None})
+
+    def test_revalidate(self):
+        """
+        Checked options pass the check again unchanged (C{executable} is an option).
+        """
+        options = execute.validateOptions({"argv": ["cat", "-u"]})
+        self.assertEqual(execute.validateOptions(options), options)
+
+    def test_argvRequired(self):
+        """
+        C{argv} is required.
+        """
+        self.assertIn("is required", problemsOf(self, {})["argv"])
+
+    def test_argvNotEmpty(self):
+        """
+        An empty C{argv}, or an empty program name, is refused.
+        """
+        self.assertIn("argv", problemsOf(self, {"argv": []}))
+        self.assertIn("argv", problemsOf(self, {"argv": [""]}))
+
+    def test_argvNotAString(self):
+        """
+        C{argv} is a list, never a shell command string; and each item is a string.
+        """
+        self.assertIn("must be a list", problemsOf(self, {"argv": "/bin/cat -u"})["argv"])
+        self.assertIn("item 2", problemsOf(self, {"argv": ["/bin/sleep", 5]})["argv"])
+
+    def test_missingProgram(self):
+        """
+        An absolute program that does not exist is refused, naming it.
+        """
+        message = problemsOf(self, {"argv": ["/nonexistent/program"]})["argv"]
+        self.assertIn("'/nonexistent/program' does not exist", message)
+
+    def test_nonExecutableProgram(self):
+        """
+        A file without execute permission is refused, and so is a directory.
+        """
+        path = executableFile(self, mode=0o644)
+        self.assertIn("is not an executable file", problemsOf(self, {"argv": [path]})["argv"])
+        self.assertIn("is not an executable file",
+                      problemsOf(self, {"argv": [os.path.dirname(path)]})["argv"])
+
+    def test_relativePathRefused(self):
+        """
+        A program path with a slash that is not absolute is refused: it would depend on
+        the directory the server was started in.
+        """
+        self.assertIn("absolute path", problemsOf(self, {"argv": ["bin/prog"]})["argv"])
+
+    def test_bareNameOnDefaultPath(self):
+        """
+        A bare program name is looked up on the default C{PATH}.
+        """
+        options = execute.validateOptions({"argv": ["sh", "-c", "true"]})
+        self.assertTrue(os.path.isabs(options["executable"]))
+        self.assertEqual(os.path.basename(options["executable"]), "sh")
+        self.assertEqual(options["argv"], ["sh", "-c", "true"])
+
+    def test_bareNameOnConfiguredPath(self):
+        """
+        A bare program name is looked up on the C{PATH} that C{env} gives the program,
+        not on the server's.
+        """
+        path = executableFile(self, name="portserver-test-prog")
+        options = execute.validateOptions(
+            {"argv": ["portserver-test-prog"], "env": {"PATH": os.path.dirname(path)}})
+        self.assertEqual(options["executable"], path)
+
+    def test_bareNameNotFound(self):
+        """
+        A bare name found nowhere on the C{PATH} is refused, naming the C{PATH}.
+        """
+        message = problemsOf(self, {"argv": ["no-such-program-for-portserver"]})["argv"]
+        self.assertIn("no executable 'no-such-program-for-portserver'", message)
+        self.assertIn(DEFAULT_PATH, message)
+
+    def test_executable(self):
+        """
+        C{executable} runs another file than C{argv[0]} names, as inetd's server-program
+        field does; it is checked like the program.
+        """
+        options = execute.validateOptions({"argv": ["-sh"], "executable": "/bin/sh"})
+        self.assertEqual((options["executable"], options["argv"]), ("/bin/sh", ["-sh"]))
+        self.assertIn("executable", problemsOf(
+            self, {"argv": ["x"], "executable": "/nonexistent/sh"}))
+
+    def test_badUser(self):
+        """
+        A user or group that does not exist on this host is refused.
+        """
+        self.assertIn("no user", problemsOf(
+            self, {"argv": CAT, "user": "no-such-user-for-portserver"})["user"])
+        self.assertIn("no group", problemsOf(
+            self, {"argv": CAT, "group": "no-such-group-for-portserver"})["group"])
+        self.assertIn("user", problemsOf(self, {"argv": CAT, "user": -1}))
+        self.assertIn("user", problemsOf(self, {"argv": CAT, "user": True}))
+
+    def test_goodUser(self):
+        """
+        A user and group are accepted by name or number.
+        """
+        nobody = pwd.getpwnam("nobody")
+        execute.validateOptions({"argv": CAT, "user": "nobody", "group": nobody.pw_gid})
+        execute.validateOptions({"argv": CAT, "user": nobody.pw_uid})
+
+    def test_badKillGrace(self):
+        """
+        C{kill_grace} is a finite number of seconds, 0 or more.
+        """
+        for value in (-1, "soon", True, float("nan"), float("inf")):
+            self.assertIn("kill_grace", problemsOf(self, {"argv": CAT, "kill_grace": value}),
+                          value)
+        self.assertEqual(
+            execute.validateOptions({"argv": CAT, "kill_grace": 0.5})["kill_grace"], 0.5)
+
+    def test_env(self):
+        """
+        C{env} maps names to strings, and may not set a per-connection variable.
+        """
+        self.assertIn("string", problemsOf(
+            self, {"argv": CAT, "env": {"DEBUG": 1}})["env"])
+        self.assertIn("set by portserver", problemsOf(
+            self, {"argv": CAT, "env": {"TCPREMOTEIP": "1.2.3.4"}})["env"])
+        self.assertIn("local_host", problemsOf(
+            self, {"argv": CAT, "env": {"TCPLOCALHOST": "x"}})["env"])
+        self.assertIn("env", problemsOf(self, {"argv": CAT, "env": {"A=B": "c"}}))
+
+    def test_cwd(self):
+        """
+        C{cwd} is an existing directory, given as an absolute path.
+        """
+        self.assertIn("not a directory", problemsOf(
+            self, {"argv": CAT, "cwd": "/nonexistent/dir"})["cwd"])
+        self.assertIn("absolute", problemsOf(self, {"argv": CAT, "cwd": "tmp"})["cwd"])
+        self.assertEqual(execute.validateOptions({"argv": CAT, "cwd": "/"})["cwd"], "/")
+
+    def test_everyProblem(self):
+        """
+        Every problem is reported at once: an unknown option, a bad C{env} and a missing
+        program together.
+        """
+        problems = problemsOf(self, {"argv": ["/nonexistent/x"], "env": {"X": 1},
+                                     "shell": "yes"})
+        self.assertEqual(set(problems), {"argv", "env", "shell"})
+
+    def test_notAMapping(self):
+        """
+        Options that are not a mapping are refused as a whole.
+        """
+        self.assertEqual(problemsOf(self, ["argv"]), {None: "options must be a mapping"})
+
+
+class CredentialTests(SynchronousTestCase):
+    """
+    Running the program as another user or group.
+    """
+
+    def setUp(self):
+        self.nobody = pwd.getpwnam("nobody")
+
+    def asUid(self, uid, gid=None):
+        self.patch(os, "geteuid", lambda: uid)
+        self.patch(os, "getegid", lambda: uid if gid is None else gid)
+
+    def test_userAndPrimaryGroup(self):
+        """
+        As root, C{user} alone runs the program as the user and the user's primary group.
+        """
+        self.asUid(0)
+        reactor, protocol, transport = connect({"argv": CAT, "user": "nobody"})
+        spawned = reactor.spawned[0]
+        self.assertEqual((spawned.uid, spawned.gid),
+                         (self.nobody.pw_uid, self.nobody.pw_gid))
+
+    def test_group(self):
+        """
+        C{group} overrides the user's primary group.
+        """
+        self.asUid(0)
+        reactor, protocol, transport = connect({"argv": CAT, "user": "nobody", "group": 0})
+        self.assertEqual((reactor.spawned[0].uid, reactor.spawned[0].gid),
+                         (self.nobody.pw_uid, 0))
+
+    def test_groupNeedsUser(self):
+        """
+        C{group} alone is refused: the group is switched only together with the user.
+        """
+        self.assertIn("needs a user", problemsOf(self, {"argv": CAT, "group": 0})["group"])
+
+    def test_onlyGroupWouldChange(self):
+        """
+        As root, C{user: root} with another group is refused when building (Twisted's
+        child would warn, maybe onto the program's stdout); with root's group it is no
+        switch at all.
+        """
+        self.asUid(0)
+        error = self.assertRaises(
+            PrivilegeError, execute.buildFactory,
+            service({"argv": CAT, "user": "root", "group": self.nobody.pw_gid}),
+            ProcessReactor())
+        self.assertIn("only its group", str(error))
+        reactor, protocol, transport = connect({"argv": CAT, "user": "root", "group": 0})
+        self.assertEqual((reactor.spawned[0].uid, reactor.spawned[0].gid), (None, None))
+
+    def test_noUser(self):
+        """
+        Without C{user} and C{group}, no uid or gid is given: the program runs as the
+        server does.
+        """
+        reactor, protocol, transport = connect()
+        self.assertEqual((reactor.spawned[0].uid, reactor.spawned[0].gid), (None, None))
+
+    def test_otherUserNotRoot(self):
+        """
+        A server that is not root refuses to build a service that runs as another user,
+        with a message saying why.
+        """
+        self.asUid(1000)
+        error = self.assertRaises(
+            PrivilegeError, execute.buildFactory,
+            service({"argv": CAT, "user": "nobody"}), ProcessReactor())
+        self.assertIn(f"uid {self.nobody.pw_uid}", str(error))
+        self.assertIn("not root", str(error))
+
+    def test_sameUserNotRoot(self):
+        """
+        A server already running as the configured user and group needs no switch: no
+        uid or gid is given (Twisted would try to become root first).
+        """
+        self.asUid(self.nobody.pw_uid, self.nobody.pw_gid)
+        reactor, protocol, transport = connect({"argv": CAT, "user": "nobody"})
+        self.assertEqual((reactor.spawned[0].uid, reactor.spawned[0].gid), (None, None))
+
+    def test_privilegesDroppedAfterBuild(self):
+        """
+        Built as root, then running as another user (C{twistd --uid}): a connection is
+        closed and the reason logged, and nothing is spawned.
+        """
+        self.asUid(0)
+        reactor = ProcessReactor()
+        factory = execute.buildFactory(service({"argv": CAT, "user": "nobody"}), reactor)
+        self.asUid(1000)
+        protocol = factory.buildProtocol(PEER)
+        transport = StringTransport(hostAddress=HOST, peerAddress=PEER)
+        with capturedLogs() as events:
+            protocol.makeConnection(transport)
+        self.assertEqual(reactor.spawned, [])
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(any("not root" in e.get("error", "") for e in events))
+
+
+class ProtocolTests(SynchronousTestCase):
+    """
+    One connection against a fake reactor and a fake process.
+    """
+
+    def test_spawn(self):
+        """
+        The program is spawned with the resolved executable, C{argv} as given, pipes for
+        stdin, stdout and stderr, and C{cwd}.
+        """
+        reactor, protocol, transport = connect(
+            {"argv": ["cat", "-u"], "cwd": "/", "kill_grace": 1})
+        [spawned] = reactor.spawned
+        self.assertEqual(spawned.executable, module.resolveProgram("cat", DEFAULT_PATH)[0])
+        self.assertEqual(spawned.args, ["cat", "-u"])
+        self.assertEqual(spawned.childFDs, {0: "w", 1: "r", 2: "r"})
+        self.assertEqual(spawned.childFDs, CHILD_FDS)
+        self.assertEqual(spawned.path, "/")
+        self.assertFalse(spawned.usePTY)
+
+    def test_environment(self):
+        """
+        The program's environment is exactly C{PATH} and tcpserver -H's variables: no
+        TCPREMOTEHOST, no TCPLOCALHOST, and nothing of the server's environment.
+        """
+        reactor, protocol, transport = connect()
+        self.assertEqual(reactor.spawned[0].env, {
+            "PATH": DEFAULT_PATH, "PROTO": "TCP",
+            "TCPLOCALIP": "10.0.0.1", "TCPLOCALPORT": "8023",
+            "TCPREMOTEIP": "192.0.2.7", "TCPREMOTEPORT": "40001",
+        })
+
+    def test_environmentConfigured(self):
+        """
+        C{env} adds variables and may replace C{PATH}; C{local_host} sets TCPLOCALHOST.
+        """
+        reactor, protocol, transport = connect({
+            "argv": CAT, "env": {"PATH": "/bin", "LANG": "C.UTF-8"},
+            "local_host": "ports.example"})
+        env = reactor.spawned[0].env
+        self.assertEqual(env["PATH"], "/bin")
+        self.assertEqual(env["LANG"], "C.UTF-8")
+        self.assertEqual(env["TCPLOCALHOST"], "ports.example")
+
+    def test_environmentMappedIPv6(self):
+        """
+        On a dual-stack listener, IPv4 peers (IPv4-mapped IPv6 addresses) are shown as
+        IPv4; IPv6 peers as they are.
+        """
+        reactor, protocol, transport = connect(
+            host=IPv6Address("TCP", "::ffff:10.0.0.1", 8023),
+            peer=IPv6Address("TCP", "::ffff:192.0.2.7", 40001))
+        env = reactor.spawned[0].env
+        self.assertEqual((env["TCPLOCALIP"], env["TCPREMOTEIP"]), ("10.0.0.1", "192.0.2.7"))
+        reactor, protocol, transport = connect(
+            host=IPv6Address("TCP", "::1", 8023), peer=IPv6Address("TCP", "2001:db8::7", 5))
+        env = reactor.spawned[0].env
+        self.assertEqual((env["TCPLOCALIP"], env["TCPREMOTEIP"], env["TCPREMOTEPORT"]),
+                         ("::1", "2001:db8::7", "5"))
+        self.assertEqual(protocol.peer, "[2001:db8::7]:5")
+
+    def test_relay(self):
+        """
+        What the client sends is written to the program's stdin; what the program writes
+        to stdout goes to the client.
+        """
+        reactor, protocol, transport = connect()
+        process = reactor.spawned[0].process
+        protocol.dataReceived(b"hello ")
+        protocol.dataReceived(b"world")
+        self.assertEqual(b"".join(process.written), b"hello world")
+        process.proto.childDataReceived(1, b"HELLO")
+        self.assertEqual(transport.value(), b"HELLO")
+
+    def test_halfClose(self):
+        """
+        The client's half-close closes the program's stdin (and no longer lets the stdin
+        pipe pause the client); the program's output still reaches the client, and its end
+        closes the connection.
+        """
+        reactor, protocol, transport = connect()
+        process = reactor.spawned[0].process
+        protocol.readConnectionLost()
+        protocol.readConnectionLost()  # a second notice changes nothing
+        self.assertEqual(process.closed, {0})
+        self.assertIsNone(process.producer)
+        process.proto.childDataReceived(1, b"late output")
+        self.assertEqual(transport.value(), b"late output")
+        self.assertFalse(transport.disconnecting)
+        process.exit(ProcessDone(0))
+        self.assertTrue(transport.disconnecting)
+        self.assertIsNone(transport.producer)
+
+    def test_outputEndHalfCloses(self):
+        """
+        When the program closes its stdout but runs on, the client gets what was written
+        and then a half-close (end of output), with the program's producer unregistered;
+        the program still gets what the client sends, and its exit closes the connection.
+        """
+        reactor, protocol, transport = connect()
+        process = reactor.spawned[0].process
+        self.assertIsNotNone(transport.producer)
+        process.proto.childDataReceived(1, b"bye")
+        process.proto.childConnectionLost(1)
+        self.assertEqual(transport.value(), b"bye")
+        self.assertTrue(transport.writeClosed)
+        self.assertFalse(transport.disconnecting)
+        self.assertIsNone(transport.producer)
+        protocol.dataReceived(b"more")
+        self.assertEqual(process.written, [b"more"])
+        process.proto.processExited(Failure(ProcessDone(0)))
+        self.assertTrue(transport.disconnecting)
+
+    def test_exitThenOutputEnd(self):
+        """
+        When the program has exited, the end of its stdout closes the connection (after
+        what was written); the exit alone does not, as output may still be in the pipe.
+        """
+        reactor, protocol, transport = connect()
+        process = reactor.spawned[0].process
+        process.proto.processExited(Failure(ProcessDone(0)))
+        self.assertFalse(transport.disconnecting)
+        process.proto.childDataReceived(1, b"last words")
+        process.proto.childConnectionLost(1)
+        self.assertEqual(transport.value(), b"last words")
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.writeClosed)
+        self.assertIsNone(transport.producer)
+
+    def test_clientPausesOutput(self):
+        """
+        The program's output is a streaming producer for the client's connection: when
+        the client stops reading, reading the program's stdout is paused, and resumed.
+        """
+        reactor, protocol, transport = connect()
+        process = reactor.spawned[0].process
+        self.assertTrue(transport.streaming)
+        transport.producer.pauseProducing()
+        self.assertTrue(process.paused)
+        transport.producer.resumeProducing()
+        self.assertFalse(process.paused)
+
+    def test_stdinPausesClient(self):
+        """
+        The client's connection is a streaming producer for the program's stdin: when the
+        stdin pipe is full the client is paused, and resumed when it drains.
+        """
+        reactor, protocol, transport = connect()
+        process = reactor.spawned[0].process
+        self.assertTrue(process.streaming)
+        process.producer.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+        process.producer.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_stdinGone(self):
+        """
+        When the program's stdin pipe closes, the client is resumed (what it sends now
+        is dropped) and the connection is not closed: the program may write on.
+        """
+        reactor, protocol, transport = connect()
+        process = reactor.spawned[0].process
+        process.producer.pauseProducing()
+        process.producer.stopProducing()
+        process.proto.childConnectionLost(0)
+        self.assertEqual(transport.producerState, "producing")
+        self.assertFalse(transport.disconnecting)
+
+    def test_termThenKill(self):
+        """
+        When the client goes away, the program gets SIGTERM, then SIGKILL once
+        C{kill_grace} seconds have passed and it is still running.
+        """
+        reactor, protocol, transport = connect({"argv": CAT, "kill_grace": 2})
+        process = reactor.spawned[0].process
+        protocol.connectionLost(Failure(Exception("gone")))
+        self.assertEqual(process.signals, ["TERM"])
+        self.assertEqual(process.closed, {0, 1})  # stdin and stdout; stderr still read
+        reactor.advance(1.9)
+        self.assertEqual(process.signals, ["TERM"])
+        with capturedLogs() as events:
+            reactor.advance(0.1)
+        self.assertEqual(process.signals, ["TERM", "KILL"])
+        self.assertTrue(any("SIGKILL" in e["log_format"] for e in events))
+        process.exit(ProcessTerminated(None, signal.SIGKILL, signal.SIGKILL))
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_noKillAfterExit(self):
+        """
+        A program that exits on SIGTERM is not sent SIGKILL: the timer is cancelled.
+        """
+        reactor, protocol, transport = connect({"argv": CAT, "kill_grace": 2})
+        process = reactor.spawned[0].process
+        protocol.connectionLost(Failure(Exception("gone")))
+        process.exit(ProcessTerminated(None, signal.SIGTERM, signal.SIGTERM))
+        self.assertEqual(reactor.getDelayedCalls(), [])
+        reactor.advance(10)
+        self.assertEqual(process.signals, ["TERM"])
+
+    def test_noSignalAfterEnd(self):
+        """
+        A program that ended before the client went away gets no signal.
+        """
+        reactor, protocol, transport = connect()
+        process = reactor.spawned[0].process
+        process.exit(ProcessDone(0))
+        protocol.connectionLost(Failure(Exception("closed")))
+        self.assertEqual(process.signals, [])
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_exitedAlready(self):
+        """
+        A program that exited just before SIGTERM (L{ProcessExitedAlready}) gets no
+        SIGKILL timer.
+        """
+        reactor, protocol, transport = connect()
+        process = reactor.spawned[0].process
+        process.exited = True
+        protocol.connectionLost(Failure(Exception("gone")))
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_endLogged(self):
+        """
+        The end of the program is logged with the service, pid, client, exit status and
+        run time by the reactor's clock.
+        """
+        reactor, protocol, transport = connect()
+        process = reactor.spawned[0].process
+        reactor.advance(2.5)
+        with capturedLogs() as events:
+            process.exit(ProcessTerminated(3, None, 3 << 8))
+        [event] = [e for e in events if "elapsed" in e]
+        self.assertEqual((event["service"], event["pid"], event["peer"], event["status"],
+                          event["elapsed"], event["exitCode"]),
+                         ("svc", 4242, "192.0.2.7:40001", "exit code 3", 2.5, 3))
+
+        reactor, protocol, transport = connect()
+        with capturedLogs() as events:
+            reactor.spawned[0].process.exit(
+                ProcessTerminated(None, signal.SIGKILL, signal.SIGKILL))
+        [event] = [e for e in events if "elapsed" in e]
+        self.assertEqual(event["status"], "killed by signal SIGKILL")
+
+    def test_stderrLogged(self):
+        """
+        Each line of the program's stderr is logged with the service, pid and client; a
+        last line without a newline is logged when the program ends.
+        """
+        reactor, protocol, transport = connect()
+        process = reactor.spawned[0].process
+        with capturedLogs() as events:
+            process.proto.childDataReceived(2, b"first li")
+            process.proto.childDataReceived(2, b"ne\r\nsecond\nlast")
+            process.exit(ProcessDone(0))
+        lines = [(e["service"], e["pid"], e["peer"], e["line"]) for e in events
+                 if "line" in e]
+        self.assertEqual([line for _, _, _, line in lines], ["first line", "second", "last"])
+        self.assertEqual(lines[0][:3], ("svc", 4242, "192.0.2.7:40001"))
+        self.assertEqual(transport.value(), b"")
+
+    def test_spawnFailure(self):
+        """
+        A failed spawn is logged and the connection closed, with nothing sent to the
+        client.
+        """
+        reactor = ProcessReactor()
+        reactor.spawnError = OSError(2, "No such file or directory")
+        with capturedLogs() as events:
+            reactor, protocol, transport = connect(reactor=reactor)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(any("No such file" in e.get("error", "") for e in events))
+        protocol.dataReceived(b"ignored")
+        protocol.connectionLost(Failure(Exception("closed")))
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+
+class StderrLinesTests(SynchronousTestCase):
+    """
+    L{StderrLines} splits and bounds stderr lines.
+    """
+
+    def test_longLine(self):
+        """
+        A line longer than the limit is logged truncated, once, and the rest of it is
+        dropped, even when it comes in many pieces.
+        """
+        lines = []
+        splitter = StderrLines(lines.append, limit=10)
+        splitter.feed(b"a" * 25)
+        splitter.feed(b"b" * 25)
+        splitter.feed(b"c\nnext\n")
+        splitter.flush()
+        self.assertEqual(lines, ["a" * 10 + " [truncated]", "next"])
+
+    def test_undecodable(self):
+        """
+        Bytes that are not UTF-8 are logged as replacement characters, not an error.
+        """
+        lines = []
+        StderrLines(lines.append).feed(b"caf\xe9\n")
+        self.assertEqual(lines, ["caf\ufffd"])
+
+
+# -- real programs -----------------------------------------------------------------------
+
+
+class Collect(Protocol):
+    """
+    A client that sends C{send}, then collects what comes back until the server closes,
+    or until it has C{want} bytes (then it closes).
+    """
+
+    def __init__(self, send=b"", want=None, onData=None):
+        self.send, self.want, self.onData = send, want, onData
+        self.received = bytearray()
+        self.hostKnown = Deferred()
+        self.done = Deferred()
+
+    def connectionMade(self):
+        self.hostKnown.callback(self.transport.getHost())
+        if self.send:
+            self.transport.write(self.send)
+
+    def dataReceived(self, data):
+        self.received += data
+        if self.onData is not None:
+            self.onData(self)
+        if self.want is not None and len(self.received) >= self.want:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        self.done.callback(bytes(self.received))
+
+
+class EndWatcher:
+    """
+    Fires C{ended} with the log event of the end of a program of service C{service}.
+    """
+
+    def __init__(self, test, service):
+        self.service = service
+        self.ended = Deferred()
+        globalLogPublisher.addObserver(self)
+        test.addCleanup(globalLogPublisher.removeObserver, self)
+
+    def __call__(self, event):
+        if (event.get("service") == self.service and "elapsed" in event
+                and not self.ended.called):
+            self.ended.callback(event)
+
+
+class RealProgramTests(TestCase):
+    """
+    Real programs behind a real listener on 127.0.0.1, through L{PortServer}.
+
+    Each test waits for the end of the programs it started (logged by the protocol), so
+    that no process or pipe outlives it.
+    """
+
+    timeout = 60
+
+    def serve(self, name, **options):
+        server = PortServer(makePlan(spec(name, protocol="exec", port=0, options=options,
+                                          providers=PROVIDERS)), reactor)
+        server.startService()
+        self.addCleanup(server.stopService)
+        return server.addressOf(name, "tcp").port
+
+    def client(self, port, **kwargs):
+        protocol = Collect(**kwargs)
+        connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), protocol)
+        protocol.done.addTimeout(DEADLINE, reactor)
+        return protocol
+
+    def ended(self, watcher):
+        return watcher.ended.addTimeout(DEADLINE, reactor)
+
+    @inlineCallbacks
+    def test_cat(self):
+        """
+        C{/bin/cat} sends back exactly what it is sent, 256 KiB of it (more than a pipe
+        and a socket buffer hold), and exits when the client closes.
+        """
+        port = self.serve("cat", argv=CAT)
+        watcher = EndWatcher(self, "cat")
+        payload = bytes(range(256)) * 1024
+        received = yield self.client(port, send=payload, want=len(payload)).done
+        self.assertEqual(received, payload)
+        event = yield self.ended(watcher)
+        self.assertEqual(event["exitCode"], 0)
+
+    @inlineCallbacks
+    def test_environment(self):
+        """
+        The program sees the client's address in TCPREMOTEIP and TCPREMOTEPORT, the
+        listener's in TCPLOCALIP and TCPLOCALPORT, PROTO=TCP and no TCPREMOTEHOST; its
+        exit closes the connection.
+        """
+        port = self.serve("env", argv=[
+            "/bin/sh", "-c",
+            "echo $PROTO $TCPREMOTEIP:$TCPREMOTEPORT $TCPLOCALIP:$TCPLOCALPORT "
+            "${TCPREMOTEHOST-nohost}"])
+        watcher = EndWatcher(self, "env")
+        client = self.client(port)
+        host = yield client.hostKnown
+        received = yield client.done
+        self.assertEqual(received.decode(),
+                         f"TCP {host.host}:{host.port} 127.0.0.1:{port} nohost\n")
+        yield self.ended(watcher)
+
+    @inlineCallbacks
+    def test_halfClose(self):
+        """
+        A client that sends, then shuts down its writing side, gets all of cat's output
+        and then the end of the connection: cat saw the end of its input and exited.
+        """
+        port = self.serve("cat", argv=CAT)
+        watcher = EndWatcher(self, "cat")
+        payload = b"line\n" * 20000
+
+        def talk():
+            with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as s:
+                s.sendall(payload)
+                s.shutdown(socket.SHUT_WR)
+                chunks = []
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        return b"".join(chunks)
+                    chunks.append(chunk)
+
+        received = yield deferToThread(talk)
+        self.assertEqual(received, payload)
+        event = yield self.ended(watcher)
+        self.assertEqual(event["exitCode"], 0)
+
+    @inlineCallbacks
+    def test_killAfterGrace(self):
+        """
+        A program that ignores SIGTERM is killed with SIGKILL after C{kill_grace} when
+        the client goes away (here: resets the connection).
+        """
+        port = self.serve("stubborn", kill_grace=0.5, argv=[
+            "/bin/sh", "-c", "trap '' TERM; echo ready; exec sleep 60"])
+        watcher = EndWatcher(self, "stubborn")
+        # Go once the trap is set, so that SIGTERM is really ignored.
+        client = self.client(port, onData=lambda c: c.transport.abortConnection())
+        received = yield client.done
+        self.assertEqual(received, b"ready\n")
+        event = yield self.ended(watcher)
+        self.assertEqual(event["exitSignal"], signal.SIGKILL)
+        self.assertGreaterEqual(event["elapsed"], 0.5)
+
+    @inlineCallbacks
+    def test_termOnDisconnect(self):
+        """
+        A program still running when the client goes away is ended with SIGTERM.
+        """
+        port = self.serve("sleeper", argv=["/bin/sh", "-c", "echo ready; exec sleep 60"])
+        watcher = EndWatcher(self, "sleeper")
+        client = self.client(port, onData=lambda c: c.transport.abortConnection())
+        yield client.done
+        event = yield self.ended(watcher)
+        self.assertEqual(event["exitSignal"], signal.SIGTERM)
+
+    @inlineCallbacks
+    def test_closeWhileStreaming(self):
+        """
+        A client that closes (not resets) while the program streams output: the next
+        writes fail, and the program is ended.
+        """
+        port = self.serve("yes", argv=["yes"])
+        watcher = EndWatcher(self, "yes")
+        client = self.client(port, want=100000)
+        received = yield client.done
+        self.assertGreaterEqual(len(received), 100000)
+        event = yield self.ended(watcher)
+        self.assertIn(event["exitSignal"], (signal.SIGTERM, signal.SIGPIPE))
+
+    @inlineCallbacks
+    def test_sink(self):
+        """
+        A program without a stdout (C{cat >/dev/null}) still gets what the client sends:
+        the client is told the output is over (a half-close), not cut off; the
+        connection closes when the program exits after the client's half-close.
+        """
+        port = self.serve("sink", argv=["/bin/sh", "-c", "exec cat >/dev/null"])
+        watcher = EndWatcher(self, "sink")
+        payload = b"x" * (1 << 20)
+
+        def talk():
+            with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as s:
+                eof = s.recv(1)  # the server's half-close
+                s.sendall(payload)
+                s.shutdown(socket.SHUT_WR)
+                return eof, s.recv(1)
+
+        eof, end = yield deferToThread(talk)
+        self.assertEqual((eof, end), (b"", b""))
+        event = yield self.ended(watcher)
+        self.assertEqual(event["exitCode"], 0)
+
+    @inlineCallbacks
+    def test_stdinBackpressure(self):
+        """
+        A program that never reads its stdin does not make the server buffer what the
+        client sends: the client's connection is paused once the stdin pipe is full.
+        """
+        factory = execute.buildFactory(
+            service({"argv": ["/bin/sh", "-c", "exec sleep 60"]}, name="deaf"), reactor)
+        protocol = factory.buildProtocol(PEER)
+        transport = StringTransport(hostAddress=HOST, peerAddress=PEER)
+        watcher = EndWatcher(self, "deaf")
+        protocol.makeConnection(transport)
+        for _ in range(64):
+            protocol.dataReceived(b"x" * 65536)
+            if transport.producerState == "paused":
+                break
+        self.assertEqual(transport.producerState, "paused")
+        protocol.connectionLost(Failure(Exception("gone")))
+        event = yield self.ended(watcher)
+        self.assertEqual(event["exitSignal"], signal.SIGTERM)
+
+    @inlineCallbacks
+    def test_stdinResumes(self):
+        """
+        A client paused by a full stdin pipe is resumed once the program has read it.
+        """
+        factory = execute.buildFactory(service({"argv": CAT}, name="slow"), reactor)
+        protocol = factory.buildProtocol(PEER)
+        resumed = Deferred()
+
+        class ResumeTransport(Transport):
+            def resumeProducing(self):
+                super().resumeProducing()
+                if not resumed.called:
+                    resumed.callback(None)
+
+        transport = ResumeTransport(hostAddress=HOST, peerAddress=PEER)
+        watcher = EndWatcher(self, "slow")
+        protocol.makeConnection(transport)
+        payload = b"x" * (1 << 20)
+        protocol.dataReceived(payload)
+        self.assertEqual(transport.producerState, "paused")
+        yield resumed.addTimeout(DEADLINE, reactor)
+        self.assertEqual(transport.producerState, "producing")
+        protocol.readConnectionLost()
+        event = yield self.ended(watcher)
+        self.assertEqual(event["exitCode"], 0)
+        self.assertEqual(transport.value(), payload)
+        self.assertTrue(transport.disconnecting)
+
+    @inlineCallbacks
+    def test_spawnFailure(self):
+        """
+        A program that cannot be started (removed after the check) costs the client its
+        connection, with nothing sent, and the server goes on serving.
+        """
+        path = executableFile(self)
+        port = self.serve("gone", argv=[path])
+        os.remove(path)
+        received = yield self.client(port).done
+        self.assertEqual(received, b"")
+        received = yield self.client(port).done
+        self.assertEqual(received, b"")
+
+    def test_buildFailureNamesService(self):
+        """
+        A service that must switch users on a server that is not root fails to start,
+        naming the service.
+        """
+        self.patch(os, "geteuid", lambda: 1000)
+        self.patch(os, "getegid", lambda: 1000)
+        server = PortServer(makePlan(spec(
+            "asnobody", protocol="exec", port=0, providers=PROVIDERS,
+            options={"argv": CAT, "user": "nobody"})), reactor)
+        error = self.assertRaises(StartupError, server.startService)
+        self.assertIn("'asnobody'", str(error))
+        self.assertIn("not root", str(error))
+
+    @inlineCallbacks
+    def test_user(self):
+        """
+        As root, C{user: nobody} runs the program as nobody and nobody's primary group.
+        """
+        if os.geteuid() != 0:
+            raise SkipTest("switching users needs root")
+        nobody = pwd.getpwnam("nobody")
+        port = self.serve("id", user="nobody", argv=["/bin/sh", "-c", "id -u; id -g"])
+        watcher = EndWatcher(self, "id")
+        received = yield self.client(port).done
+        self.assertEqual(received.decode().split(), [str(nobody.pw_uid), str(nobody.pw_gid)])
+        yield self.ended(watcher)

@@ -1,0 +1,755 @@
+"""
+Tests for L{portserver.protocols.smtp}: options, an in-memory SMTP conversation, and real
+deliveries through L{PortServer} with Python's C{smtplib} as the client.
+"""
+
+from __future__ import annotations
+
+import errno
+import mailbox
+import os
+import smtplib
+import socket
+import stat
+from email.message import EmailMessage
+from types import SimpleNamespace
+
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from portserver.interfaces import IPortProtocol
+from portserver.options import OptionsError
+from portserver.protocols import smtp as smtpModule
+from portserver.protocols.smtp import smtp
+from portserver.provider import PortProtocol
+from portserver.service import PortServer
+from tests.support import makePlan, spec
+
+PEER = IPv4Address("TCP", "203.0.113.7", 40001)
+HOST = IPv4Address("TCP", "192.0.2.25", 25)
+#: 2023-11-14 22:13:20.25 UTC.
+NOW = 1700000000.25
+DEADLINE = 10  # seconds smtplib may wait on a loaded CI machine
+
+
+def options(base, **extra):
+    """
+    Valid smtp options delivering under C{base} for example.com and example.org.
+    """
+    result = {"domains": ["example.com", "Example.ORG"], "maildir": base,
+              "hostname": "mx.example.com"}
+    result.update(extra)
+    return result
+
+
+def files(directory):
+    """
+    The names of the files in C{directory} (none if it does not exist).
+    """
+    if not os.path.isdir(directory):
+        return []
+    return sorted(os.listdir(directory))
+
+
+def replyCodes(output: bytes) -> list[int]:
+    """
+    The codes of the final lines of the replies in C{output}.
+    """
+    return [int(line[:3]) for line in output.split(b"\r\n") if line[3:4] == b" "]
+
+
+class Conversation:
+    """
+    One smtp protocol on a L{StringTransport}, built through the provider.
+    """
+
+    def __init__(self, testCase, base=None, clock=None, transport=None, peer=PEER,
+                 **extra):
+        self.base = base or testCase.mktemp()
+        self.clock = clock or Clock()
+        if clock is None:
+            self.clock.advance(NOW)
+        service = SimpleNamespace(name="mail",
+                                  options=smtp.validateOptions(options(self.base, **extra)))
+        self.factory = smtp.buildFactory(service, self.clock)
+        self.protocol = self.factory.buildProtocol(peer)
+        self.transport = transport or StringTransport(hostAddress=HOST, peerAddress=peer)
+        self.protocol.makeConnection(self.transport)
+        self.greeting = self.take()
+
+    def take(self) -> bytes:
+        output = self.transport.value()
+        self.transport.clear()
+        return output
+
+    def send(self, *lines: bytes) -> bytes:
+        """
+        Send C{lines} (CRLF added), return what the server answered.
+        """
+        self.protocol.dataReceived(b"".join(line + b"\r\n" for line in lines))
+        return self.take()
+
+    def codes(self, *lines: bytes) -> list[int]:
+        return replyCodes(self.send(*lines))
+
+    def envelope(self, *recipients: bytes, sender=b"<sender@elsewhere.test>") -> list[int]:
+        """
+        EHLO, MAIL FROM and a RCPT TO per recipient; the reply codes.
+        """
+        return self.codes(b"EHLO client.test", b"MAIL FROM:" + sender,
+                          *[b"RCPT TO:<" + r + b">" for r in recipients])
+
+    def maildir(self, address: str) -> str:
+        local, domain = address.split("@")
+        return os.path.join(os.path.abspath(self.base), domain, local)
+
+    def delivered(self, address: str) -> list[bytes]:
+        """
+        The contents of the files in C{address}'s C{new/}.
+        """
+        new = os.path.join(self.maildir(address), "new")
+        result = []
+        for name in files(new):
+            with open(os.path.join(new, name), "rb") as f:
+                result.append(f.read())
+        return result
+
+    def pending(self, address: str) -> list[str]:
+        return files(os.path.join(self.maildir(address), "tmp"))
+
+
+MESSAGE = (b"Subject: hello", b"From: sender@elsewhere.test", b"", b"First line.",
+           b"..a line that starts with a dot", b"Last line.", b".")
+
+
+class FailingFile:
+    """
+    A file whose writes, after the first (the Received header), fail as on a full disk.
+    """
+
+    def __init__(self, real):
+        self.real = real
+        self.writes = 0
+
+    def write(self, data):
+        self.writes += 1
+        if self.writes > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.real.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+# -- the provider and its options ------------------------------------------------------
+
+
+class ProviderTests(SynchronousTestCase):
+    """
+    The C{smtp} declaration.
+    """
+
+    def test_declaration(self):
+        """
+        C{smtp} is a L{PortProtocol} providing L{IPortProtocol}, named smtp, on port 25,
+        with a TCP side only and a one-line description.
+        """
+        self.assertIsInstance(smtp, PortProtocol)
+        verifyObject(IPortProtocol, smtp)
+        self.assertEqual(smtp.name, "smtp")
+        self.assertEqual(smtp.wellKnownPort, 25)
+        self.assertEqual(smtp.transports, frozenset({"tcp"}))
+        self.assertNotIn("\n", smtp.description)
+
+    def test_factoryQuiet(self):
+        """
+        The factory does not log every start and stop, nor do its protocols log each
+        message received.
+        """
+        conversation = Conversation(self)
+        self.assertFalse(conversation.factory.noisy)
+        self.assertFalse(conversation.protocol.noisy)
+
+    def test_nothingCreatedAtBuild(self):
+        """
+        Building the factory creates nothing on disk (it may run before privileges are
+        dropped): a missing base directory is made at the first delivery.
+        """
+        conversation = Conversation(self)
+        self.assertFalse(os.path.exists(conversation.base))
+        conversation.envelope(b"bob@example.com")
+        self.assertEqual(replyCodes(conversation.send(b"DATA", *MESSAGE)), [354, 250])
+        self.assertEqual(len(conversation.delivered("bob@example.com")), 1)
+
+    def test_maildirNotADirectory(self):
+        """
+        A C{maildir} that exists as a file makes building the factory fail, naming it.
+        """
+        path = self.mktemp()
+        with open(path, "w"):
+            pass
+        service = SimpleNamespace(name="mail", options=smtp.validateOptions(options(path)))
+        error = self.assertRaises(ValueError, smtp.buildFactory, service, Clock())
+        self.assertIn("not a directory", str(error))
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    C{smtp.validateOptions}.
+    """
+
+    def problems(self, given) -> dict[str, str]:
+        """
+        The problems C{given} has, as C{{option: message}}.
+        """
+        error = self.assertRaises(OptionsError, smtp.validateOptions, given)
+        self.assertIsInstance(error, ValueError)
+        return {p.option: p.message for p in error.problems}
+
+    def test_defaults(self):
+        """
+        With only the required options, the rest take their defaults: any local part,
+        10 MiB, a 300 s timeout, this host's name; C{maildir} is made absolute
+        (relative to the current directory) and domains are lower-cased. An explicit
+        null C{recipients} means any local part too.
+        """
+        result = smtp.validateOptions({"domains": ["Example.COM."], "maildir": "spool"})
+        self.assertEqual(result, {
+            "domains": ["example.com"], "recipients": None, "max_size": 10485760,
+            "maildir": os.path.join(os.getcwd(), "spool"), "timeout": 300,
+            "hostname": smtpModule.defaultHostname(),
+        })
+        self.assertIn(smtpModule.defaultHostname(), (socket.gethostname(), "localhost"))
+        explicitNone = smtp.validateOptions(options("m", recipients=None))
+        self.assertIsNone(explicitNone["recipients"])
+
+    def test_required(self):
+        """
+        C{domains} and C{maildir} are required; both are named.
+        """
+        problems = self.problems({})
+        self.assertEqual(problems, {"domains": "is required", "maildir": "is required"})
+
+    def test_domains(self):
+        """
+        C{domains} must be a non-empty list of domain names.
+        """
+        self.assertIn("must be a list", self.problems(options("m", domains="example.com"))
+                      ["domains"])
+        self.assertIn("at least one", self.problems(options("m", domains=[]))["domains"])
+        self.assertIn("not a domain name",
+                      self.problems(options("m", domains=["a b"]))["domains"])
+        self.assertIn("not a domain name",
+                      self.problems(options("m", domains=["../etc"]))["domains"])
+        self.assertIn("non-empty string", self.problems(options("m", domains=[7]))["domains"])
+
+    def test_recipients(self):
+        """
+        C{recipients} must be addresses in one of the domains, with local parts that can be
+        directory names; they are lower-cased.
+        """
+        self.assertIn("not in one of the domains", self.problems(
+            options("m", recipients=["bob@example.net"]))["recipients"])
+        self.assertIn("local@domain", self.problems(
+            options("m", recipients=["bob"]))["recipients"])
+        self.assertIn("not allowed", self.problems(
+            options("m", recipients=["../bob@example.com"]))["recipients"])
+        self.assertIn("at least one", self.problems(
+            options("m", recipients=[]))["recipients"])
+        result = smtp.validateOptions(options("m", recipients=["Bob@Example.com"]))
+        self.assertEqual(result["recipients"], ["bob@example.com"])
+
+    def test_maxSize(self):
+        """
+        C{max_size} must be an integer above 0 (not a boolean or a string).
+        """
+        for bad, fragment in [(0, "greater than 0"), (-5, "greater than 0"),
+                              ("10M", "must be int"), (True, "must be int")]:
+            self.assertIn(fragment, self.problems(options("m", max_size=bad))["max_size"])
+
+    def test_others(self):
+        """
+        A bad C{hostname}, C{timeout} or C{maildir}, and an unknown option, are each
+        refused, named.
+        """
+        problems = self.problems(options("", hostname="two words", timeout=0, bogus=1))
+        self.assertEqual(sorted(problems), ["bogus", "hostname", "maildir", "timeout"])
+
+
+# -- the conversation ------------------------------------------------------------------
+
+
+class ConversationTests(SynchronousTestCase):
+    """
+    The SMTP dialogue over a L{StringTransport}, no sockets.
+    """
+
+    def test_greetingAndSize(self):
+        """
+        The greeting names the configured host name; the EHLO reply advertises SIZE with
+        C{max_size}.
+        """
+        conversation = Conversation(self, max_size=12345)
+        self.assertEqual(conversation.greeting, b"220 mx.example.com ESMTP portserver\r\n")
+        reply = conversation.send(b"EHLO client.test")
+        self.assertIn(b"250 SIZE 12345\r\n", reply)
+        self.assertTrue(reply.startswith(b"250-mx.example.com Hello 203.0.113.7"))
+
+    def test_unknownDomain(self):
+        """
+        A recipient in any other domain is refused with 550: no relaying.
+        """
+        conversation = Conversation(self)
+        self.assertEqual(conversation.envelope(b"bob@example.net", b"bob@example.com.evil"),
+                         [250, 250, 550, 550])
+        self.assertEqual(conversation.codes(b"DATA"), [503])
+
+    def test_domainCaseInsensitive(self):
+        """
+        Domains match whatever their case; the copy goes to the lower-cased Maildir.
+        """
+        conversation = Conversation(self)
+        self.assertEqual(conversation.envelope(b"Bob@EXAMPLE.org"), [250, 250, 250])
+        self.assertEqual(replyCodes(conversation.send(b"DATA", *MESSAGE)), [354, 250])
+        self.assertEqual(len(conversation.delivered("bob@example.org")), 1)
+
+    def test_listedRecipients(self):
+        """
+        With C{recipients}, only those addresses are accepted; others in the same domain
+        are refused with 550.
+        """
+        conversation = Conversation(self, recipients=["alice@example.com"])
+        self.assertEqual(
+            conversation.envelope(b"alice@example.com", b"ALICE@example.com",
+                                  b"bob@example.com", b"alice@example.org"),
+            [250, 250, 250, 250, 550, 550])
+
+    def test_unsafeLocalPart(self):
+        """
+        A local part that could escape the Maildir tree (C{..}, C{/}) is refused with 553,
+        and nothing is created.
+        """
+        conversation = Conversation(self)
+        codes = conversation.envelope(b"../../etc@example.com", b"a/b@example.com",
+                                      b'"x y"@example.com')
+        self.assertEqual(codes, [250, 250, 553, 553, 553])
+        self.assertFalse(os.path.exists(conversation.base))
+
+    def test_tooManyRecipients(self):
+        """
+        Past C{MAX_RECIPIENTS} recipients, more are refused with 452 (try later).
+        """
+        conversation = Conversation(self)
+        recipients = [b"u%d@example.com" % i for i in range(smtpModule.MAX_RECIPIENTS + 1)]
+        codes = conversation.envelope(*recipients)
+        self.assertEqual(codes[-2:], [250, 452])
+
+    def test_mailSize(self):
+        """
+        C{MAIL FROM} with a C{SIZE=} over C{max_size} is refused with 552; at the limit it
+        is accepted; a malformed one is a syntax error.
+        """
+        conversation = Conversation(self, max_size=1000)
+        self.assertEqual(conversation.codes(b"EHLO client.test",
+                                            b"MAIL FROM:<a@elsewhere.test> SIZE=1001",
+                                            b"MAIL FROM:<a@elsewhere.test> SIZE=x",
+                                            b"MAIL FROM:<a@elsewhere.test> size=1000"),
+                         [250, 552, 501, 250])
+
+    def test_dataTooBig(self):
+        """
+        A message over C{max_size} is refused with 552, after the final dot; nothing is
+        delivered, the C{tmp/} copies are gone, and the next message on the same connection
+        is delivered.
+        """
+        conversation = Conversation(self, max_size=1000)
+        conversation.envelope(b"bob@example.com")
+        self.assertEqual(conversation.codes(b"DATA"), [354])
+        self.assertEqual(len(conversation.pending("bob@example.com")), 1)
+        self.assertEqual(conversation.codes(*[b"x" * 98] * 10), [])  # 1000 bytes: fits
+        self.assertEqual(conversation.codes(b"y"), [])  # 1003: too big, no reply yet
+        self.assertEqual(conversation.pending("bob@example.com"), [])
+        self.assertEqual(conversation.codes(*[b"z" * 500] * 10), [])  # read and dropped
+        self.assertEqual(conversation.codes(b"."), [552])
+        self.assertEqual(conversation.delivered("bob@example.com"), [])
+        self.assertEqual(conversation.pending("bob@example.com"), [])
+        conversation.codes(b"MAIL FROM:<a@elsewhere.test>", b"RCPT TO:<bob@example.com>")
+        self.assertEqual(replyCodes(conversation.send(b"DATA", *MESSAGE)), [354, 250])
+        self.assertEqual(len(conversation.delivered("bob@example.com")), 1)
+
+    def test_delivery(self):
+        """
+        A message for two recipients gives one file in each C{new/}, C{tmp/} empty, each
+        starting with a Received header naming the HELO name, the client's address and
+        port, the host name and the clock's date, then the message, dot-unstuffed.
+        """
+        conversation = Conversation(self)
+        self.assertEqual(conversation.envelope(b"alice@example.com", b"bob@example.org"),
+                         [250, 250, 250, 250])
+        reply = conversation.send(b"DATA", *MESSAGE)
+        self.assertEqual(replyCodes(reply), [354, 250])
+        for address in ("alice@example.com", "bob@example.org"):
+            (content,) = conversation.delivered(address)
+            self.assertEqual(conversation.pending(address), [])
+            self.assertEqual(files(os.path.join(conversation.maildir(address), "cur")), [])
+            header, rest = content.split(b"\nSubject: hello\n", 1)
+            self.assertTrue(header.startswith(
+                b"Received: from client.test ([203.0.113.7]:40001)\n\tby mx.example.com "
+                b"with ESMTP id "), header)
+            self.assertTrue(header.endswith(b";\n\tTue, 14 Nov 2023 22:13:20 +0000"), header)
+            self.assertEqual(rest, b"From: sender@elsewhere.test\n\nFirst line.\n"
+                                   b".a line that starts with a dot\nLast line.\n")
+        name = files(os.path.join(conversation.maildir("alice@example.com"), "new"))[0]
+        self.assertTrue(name.startswith(f"1700000000.M250000P{os.getpid()}Q"), name)
+        self.assertTrue(name.endswith(".mx.example.com"), name)
+
+    def test_receivedIPv6(self):
+        """
+        An IPv6 client is written as an RFC 5321 IPv6 address literal, with its port, and
+        bracketed in the log.
+        """
+        events = []
+        self.patch(smtpModule, "log", Logger(observer=events.append))
+        peer = IPv6Address("TCP", "2001:db8::7", 40002)
+        conversation = Conversation(self, peer=peer)
+        conversation.envelope(b"bob@example.com")
+        conversation.send(b"DATA", *MESSAGE)
+        (content,) = conversation.delivered("bob@example.com")
+        self.assertIn(b"([IPv6:2001:db8::7]:40002)", content)
+        self.assertEqual([e["client"] for e in events], ["[2001:db8::7]:40002"])
+
+    def test_receivedMappedIPv4(self):
+        """
+        An IPv4 client on a dual-stack listener (an IPv4-mapped IPv6 address) is written
+        as plain IPv4, in the header and in the log.
+        """
+        events = []
+        self.patch(smtpModule, "log", Logger(observer=events.append))
+        conversation = Conversation(self, peer=IPv6Address("TCP", "::ffff:203.0.113.7", 9))
+        conversation.envelope(b"bob@example.com")
+        conversation.send(b"DATA", *MESSAGE)
+        (content,) = conversation.delivered("bob@example.com")
+        self.assertIn(b"([203.0.113.7]:9)", content)
+        self.assertEqual([e["client"] for e in events], ["203.0.113.7:9"])
+
+    def test_heloSanitised(self):
+        """
+        The HELO name cannot put anything but itself in the Received header.
+        """
+        conversation = Conversation(self)
+        conversation.codes(b"HELO evil\nX-Injected: yes", b"MAIL FROM:<a@elsewhere.test>",
+                           b"RCPT TO:<bob@example.com>")
+        conversation.send(b"DATA", *MESSAGE)
+        (content,) = conversation.delivered("bob@example.com")
+        self.assertNotIn(b"\nX-Injected", content)
+        self.assertTrue(content.startswith(b"Received: from evil?X-Injected:?yes ("), content)
+        self.assertIn(b"with SMTP id", content)
+
+    def test_duplicateRecipient(self):
+        """
+        A recipient given twice gets one copy.
+        """
+        conversation = Conversation(self)
+        conversation.envelope(b"bob@example.com", b"BOB@example.com")
+        self.assertEqual(replyCodes(conversation.send(b"DATA", *MESSAGE)), [354, 250])
+        self.assertEqual(len(conversation.delivered("bob@example.com")), 1)
+
+    def test_replyAfterRename(self):
+        """
+        The 250 is written only once the copies are in C{new/}: at that moment of the
+        write, both files are there and C{tmp/} is empty.
+        """
+        seen = []
+
+        class Checking(StringTransport):
+            def write(transport, data):
+                if data.startswith(b"250 Message accepted"):
+                    seen.append([(conversation.delivered(a), conversation.pending(a))
+                                 for a in ("alice@example.com", "bob@example.com")])
+                super().write(data)
+
+            def writeSequence(transport, data):
+                transport.write(b"".join(data))
+
+        transport = Checking(hostAddress=HOST, peerAddress=PEER)
+        conversation = Conversation(self, transport=transport)
+        conversation.envelope(b"alice@example.com", b"bob@example.com")
+        self.assertEqual(replyCodes(conversation.send(b"DATA", *MESSAGE)), [354, 250])
+        (state,) = seen
+        for delivered, pending in state:
+            self.assertEqual(len(delivered), 1)
+            self.assertEqual(pending, [])
+
+    def test_syncedBeforeRename(self):
+        """
+        Each copy is C{fsync}ed before any is renamed into C{new/}, and C{new/} is synced
+        after.
+        """
+        conversation = Conversation(self)
+        store = conversation.factory.store
+        events = []
+        realRename = store.rename
+        store.fsync = lambda fd: events.append(
+            "dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        store.rename = lambda a, b: (events.append("rename"), realRename(a, b))
+        conversation.envelope(b"alice@example.com", b"bob@example.com")
+        self.assertEqual(replyCodes(conversation.send(b"DATA", *MESSAGE)), [354, 250])
+        self.assertEqual(events, ["file", "file", "rename", "rename", "dir", "dir"])
+
+    def test_syncFails(self):
+        """
+        When writing a copy fails at the end (fsync: disk full), the reply is 451, not 250,
+        and no copy is delivered (not even those already written) and C{tmp/} is empty.
+        """
+        conversation = Conversation(self)
+        calls = []
+
+        def fsync(fd):
+            calls.append(fd)
+            if len(calls) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.fsync(fd)
+
+        conversation.factory.store.fsync = fsync
+        conversation.envelope(b"alice@example.com", b"bob@example.com")
+        reply = conversation.send(b"DATA", *MESSAGE)
+        self.assertEqual(replyCodes(reply), [354, 451])
+        self.assertEqual(len(calls), 2)
+        for address in ("alice@example.com", "bob@example.com"):
+            self.assertEqual(conversation.delivered(address), [])
+            self.assertEqual(conversation.pending(address), [])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_renameFails(self):
+        """
+        When moving a copy into C{new/} fails, the reply is 451 and the copies already
+        moved are taken back out.
+        """
+        conversation = Conversation(self)
+        realRename = conversation.factory.store.rename
+        calls = []
+
+        def rename(source, destination):
+            calls.append(source)
+            if len(calls) == 2:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            realRename(source, destination)
+
+        conversation.factory.store.rename = rename
+        conversation.envelope(b"alice@example.com", b"bob@example.com")
+        self.assertEqual(replyCodes(conversation.send(b"DATA", *MESSAGE)), [354, 451])
+        self.assertEqual(len(calls), 2)
+        for address in ("alice@example.com", "bob@example.com"):
+            self.assertEqual(conversation.delivered(address), [])
+            self.assertEqual(conversation.pending(address), [])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_writeFails(self):
+        """
+        When writing a line fails (disk full), the rest of the message is read and dropped
+        and the final dot is answered 451; the C{tmp/} copy is removed.
+        """
+        conversation = Conversation(self)
+        store = conversation.factory.store
+        realCreate = store.create
+
+        def create(domain, local):
+            directory, name, file = realCreate(domain, local)
+            return directory, name, FailingFile(file)
+
+        store.create = create
+        conversation.envelope(b"bob@example.com")
+        self.assertEqual(replyCodes(conversation.send(b"DATA", *MESSAGE)), [354, 451])
+        self.assertEqual(conversation.delivered("bob@example.com"), [])
+        self.assertEqual(conversation.pending("bob@example.com"), [])
+
+    def test_maildirUnusable(self):
+        """
+        When the recipient's Maildir cannot be made (the base is a file), DATA is answered
+        451, and the other recipient's C{tmp/} copy is removed.
+        """
+        base = self.mktemp()
+        os.makedirs(os.path.join(base, "example.com"))
+        with open(os.path.join(base, "example.org"), "w"):
+            pass
+        conversation = Conversation(self, base=base)
+        conversation.envelope(b"alice@example.com", b"bob@example.org")
+        self.assertEqual(conversation.codes(b"DATA"), [451])
+        self.assertEqual(conversation.pending("alice@example.com"), [])
+        self.assertEqual(conversation.codes(b"NOOP"), [250])  # back to commands
+
+    def test_clientGoesAway(self):
+        """
+        A client that disconnects in the middle of a message leaves no C{tmp/} file and no
+        delivery.
+        """
+        conversation = Conversation(self)
+        conversation.envelope(b"bob@example.com")
+        conversation.send(b"DATA", b"Subject: half")
+        self.assertEqual(len(conversation.pending("bob@example.com")), 1)
+        conversation.protocol.connectionLost(None)
+        self.assertEqual(conversation.pending("bob@example.com"), [])
+        self.assertEqual(conversation.delivered("bob@example.com"), [])
+
+    def test_lineTooLong(self):
+        """
+        An overlong line in a message is answered 500 and the connection closed (not taken
+        as the end of the message), the C{tmp/} copy removed.
+        """
+        conversation = Conversation(self)
+        conversation.envelope(b"bob@example.com")
+        conversation.send(b"DATA")
+        reply = conversation.send(b"x" * (conversation.protocol.MAX_LENGTH + 1))
+        self.assertEqual(replyCodes(reply), [500])
+        self.assertTrue(conversation.transport.disconnecting)
+        conversation.protocol.connectionLost(None)
+        self.assertEqual(conversation.pending("bob@example.com"), [])
+
+    def test_timeout(self):
+        """
+        An idle client is sent 421 and disconnected after C{timeout} seconds of the
+        injected clock.
+        """
+        conversation = Conversation(self, timeout=30)
+        conversation.codes(b"EHLO client.test")
+        conversation.clock.advance(29)
+        self.assertFalse(conversation.transport.disconnecting)
+        conversation.clock.advance(1)
+        self.assertEqual(replyCodes(conversation.take()), [421])
+        self.assertTrue(conversation.transport.disconnecting)
+        conversation.protocol.connectionLost(None)
+        self.assertEqual(conversation.clock.getDelayedCalls(), [])
+
+    def test_logged(self):
+        """
+        Each delivered message is logged once, with the service name, id, size, recipients
+        and the client's address and port.
+        """
+        events = []
+        self.patch(smtpModule, "log", Logger(observer=events.append))
+        conversation = Conversation(self)
+        conversation.envelope(b"alice@example.com", b"bob@example.com")
+        reply = conversation.send(b"DATA", *MESSAGE)
+        (event,) = events
+        self.assertEqual(event["service"], "mail")
+        self.assertEqual(event["client"], "203.0.113.7:40001")
+        self.assertEqual(event["recipients"], "alice@example.com, bob@example.com")
+        self.assertEqual(event["size"], sum(len(line) + 2 for line in MESSAGE[:-1]) - 1)
+        self.assertIn(event["id"].encode(), reply)
+
+
+# -- real deliveries -------------------------------------------------------------------
+
+
+def emailMessage(body="Hello there.\n.leading dot\n", subject="test"):
+    message = EmailMessage()
+    message["From"] = "sender@elsewhere.test"
+    message["To"] = "alice@example.com"
+    message["Subject"] = subject
+    message.set_content(body)
+    return message
+
+
+class SMTPIntegrationTests(TestCase):
+    """
+    A real smtp listener on 127.0.0.1 through L{PortServer}; C{smtplib} the client, in a
+    thread while the reactor runs.
+    """
+
+    timeout = 60
+
+    def setUp(self):
+        self.base = self.mktemp()
+        provider = {smtp.name: smtp}
+        service = spec("mail", protocol="smtp", port=0, providers=provider,
+                       options=options(self.base, max_size=2000))
+        self.server = PortServer(makePlan(service), reactor)
+        self.server.startService()
+        self.addCleanup(self.server.stopService)
+        self.port = self.server.addressOf("mail", "tcp").port
+
+    def client(self):
+        return smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test",
+                            timeout=DEADLINE)
+
+    @inlineCallbacks
+    def test_twoRecipients(self):
+        """
+        A message sent to two recipients lands in both Maildirs, body intact, with a
+        Received header naming the client's real source port.
+        """
+        message = emailMessage()
+
+        def send():
+            with self.client() as client:
+                port = client.sock.getsockname()[1]
+                refused = client.send_message(
+                    message, to_addrs=["alice@example.com", "bob@example.org"])
+                return port, refused
+
+        port, refused = yield deferToThread(send)
+        self.assertEqual(refused, {})
+        for address in ("alice@example.com", "bob@example.org"):
+            local, domain = address.split("@")
+            box = mailbox.Maildir(os.path.join(self.base, domain, local), create=False)
+            (stored,) = box.values()
+            self.assertEqual(stored["Subject"], "test")
+            self.assertEqual(stored.get_payload(), "Hello there.\n.leading dot\n")
+            self.assertIn(f"([127.0.0.1]:{port})", stored["Received"])
+            self.assertIn("by mx.example.com with ESMTP", stored["Received"])
+            self.assertEqual(
+                os.listdir(os.path.join(self.base, domain, local, "tmp")), [])
+
+    @inlineCallbacks
+    def test_refusedRecipient(self):
+        """
+        A recipient outside the domains is refused with 550 (smtplib raises
+        SMTPRecipientsRefused); nothing is delivered.
+        """
+        def send():
+            with self.client() as client:
+                client.send_message(emailMessage(), to_addrs=["eve@example.net"])
+
+        error = yield self.assertFailure(deferToThread(send), smtplib.SMTPRecipientsRefused)
+        self.assertEqual(error.recipients["eve@example.net"][0], 550)
+        self.assertFalse(os.path.exists(self.base))
+
+    @inlineCallbacks
+    def test_oversizedAnnounced(self):
+        """
+        A message over C{max_size} is refused with 552 when its size is announced with
+        C{MAIL FROM ... SIZE=}.
+        """
+        def send():
+            with self.client() as client:
+                client.send_message(emailMessage(body="x" * 3000 + "\n"),
+                                    to_addrs=["alice@example.com"])
+
+        error = yield self.assertFailure(deferToThread(send), smtplib.SMTPSenderRefused)
+        self.assertEqual(error.smtp_code, 552)
+
+    @inlineCallbacks
+    def test_oversizedData(self):
+        """
+        A message over C{max_size} whose size was not announced is refused with 552 after
+        its final dot, and nothing is delivered.
+        """
+        def send():
+            with self.client() as client:
+                client.ehlo()
+                client.mail("sender@elsewhere.test")
+                client.rcpt("alice@example.com")
+                return client.data(emailMessage(body=("x" * 70 + "\n") * 50).as_bytes())
+
+        code, _ = yield deferToThread(send)
+        self.assertEqual(code, 552)
+        new = os.path.join(self.base, "example.com", "alice", "new")
+        tmp = os.path.join(self.base, "example.com", "alice", "tmp")
+        self.assertEqual((os.listdir(new), os.listdir(tmp)), ([], []))
