@@ -15,6 +15,14 @@ import attrs
 
 from portserver import marks
 from portserver.marks import Mark, MarkedList, MarkedMap, markOf
+from portserver.limits import (
+    LIMITS_SCHEMA,
+    SHUTDOWN_SCHEMA,
+    AccessRules,
+    Limits,
+    ShutdownSpec,
+    parseNetwork,
+)
 from portserver.options import Option, OptionsError, checkOptions
 from portserver.ports import lookupServicePort
 
@@ -22,8 +30,10 @@ TRANSPORTS = ("tcp", "udp")
 DEFAULT_INTERFACE = "0.0.0.0"
 SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-SERVICE_KEYS = ("name", "protocol", "port", "interface", "transports", "options")
-TOP_KEYS = ("services", "status", "registry")
+SERVICE_KEYS = ("name", "protocol", "port", "interface", "transports", "options", "limits",
+                "access")
+TOP_KEYS = ("services", "status", "registry", "limits", "access", "shutdown")
+ACCESS_KEYS = ("allow", "deny")
 DEFAULT_STATUS_LISTEN = "tcp:8790:interface=127.0.0.1"
 DEFAULT_CONNECTION_LOG = "connections.log"
 
@@ -68,6 +78,8 @@ class ServiceSpec:
     @ivar port: the configured port (before any C{--port-offset}).
     @ivar interface: the address to listen on, normalised (C{"0.0.0.0"}, C{"::1"}, ...).
     @ivar options: the options as the protocol's C{validateOptions} returned them.
+    @ivar limits: the effective L{Limits} (service, over global, over the plugin's).
+    @ivar access: the L{AccessRules}: the top-level lists and the service's together.
     @ivar provider: the L{portserver.interfaces.IPortProtocol} provider.
     @ivar path: the config file; C{marks} maps a key to where its value stands.
     """
@@ -78,6 +90,8 @@ class ServiceSpec:
     interface: str
     transports: tuple[str, ...]
     options: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
+    limits: Limits = Limits()
+    access: AccessRules = AccessRules()
     provider: Any = attrs.field(default=None, eq=False, repr=False)
     path: str = attrs.field(default="<config>", eq=False, repr=False)
     marks: Mapping[str, Mark] = attrs.field(factory=dict, eq=False, repr=False)
@@ -126,6 +140,7 @@ class ServerConfig:
     services: tuple[ServiceSpec, ...]
     status: StatusSpec = StatusSpec()
     registry: RegistrySpec = RegistrySpec()
+    shutdown: ShutdownSpec = ShutdownSpec()
 
 
 class _NoReactor:
@@ -190,6 +205,69 @@ def _section(data: MarkedMap, key: str, schema, collector) -> dict[str, Any]:
         return checkOptions({}, schema)
 
 
+def _givenLimits(data: MarkedMap, key: str, collector, service=None) -> dict[str, Any]:
+    """
+    The keys given in the C{limits:} mapping C{data[key]}, checked (only those given, so
+    that layers of limits can be put one over the other).
+    """
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        collector.add(data.valueMark(key), f"'{key}' must be a mapping, not {_describe(value)}",
+                      service)
+        return {}
+    try:
+        checked = checkOptions(value, LIMITS_SCHEMA)
+    except OptionsError as e:
+        for p in e.problems:
+            mark = value.keyMark(p.option) if p.option in value else data.valueMark(key)
+            collector.add(mark, f"{key}: '{p.option}' {p.message}" if p.option
+                          else f"{key}: {p.message}", service)
+        return {}
+    return {k: checked[k] for k in value}
+
+
+def _accessRules(data: MarkedMap, key: str, collector, service=None) -> AccessRules:
+    """
+    The C{access:} mapping C{data[key]}: C{allow} and C{deny} lists of addresses and CIDR
+    blocks, each checked.
+    """
+    value = data.get(key)
+    if value is None:
+        return AccessRules()
+    if not isinstance(value, dict):
+        collector.add(data.valueMark(key), f"'{key}' must be a mapping with allow and/or "
+                                           f"deny lists, not {_describe(value)}", service)
+        return AccessRules()
+    lists = {}
+    for name in value:
+        if name not in ACCESS_KEYS:
+            collector.add(value.keyMark(name), f"{key}: unknown key {name!r} (known: allow, "
+                                               "deny)", service)
+    for name in ACCESS_KEYS:
+        items = value.get(name)
+        if items is None:
+            lists[name] = ()
+            continue
+        if not isinstance(items, list):
+            collector.add(value.valueMark(name), f"{key}: '{name}' must be a list of addresses "
+                                                 f"and CIDR blocks, not {_describe(items)}",
+                          service)
+            lists[name] = ()
+            continue
+        networks = []
+        for index, text in enumerate(items):
+            try:
+                networks.append(parseNetwork(text))
+            except ValueError as e:
+                mark = items.itemMark(index) if isinstance(items, MarkedList) else \
+                    value.valueMark(name)
+                collector.add(mark, f"{key}: '{name}' item {index + 1}: {e}", service)
+        lists[name] = tuple(networks)
+    return AccessRules(lists["allow"], lists["deny"])
+
+
 class _Collector:
     """
     Gathers the problems of one file.
@@ -230,10 +308,14 @@ class _ServiceParser:
     """
 
     def __init__(self, collector: _Collector, providers: Mapping[str, Any],
-                 servicePort: Callable[[str, str], int | None]):
+                 servicePort: Callable[[str, str], int | None],
+                 globalLimits: Mapping[str, Any] | None = None,
+                 globalAccess: AccessRules = AccessRules()):
         self.collector = collector
         self.providers = providers
         self.servicePort = servicePort
+        self.globalLimits = globalLimits or {}
+        self.globalAccess = globalAccess
 
     def parse(self, item, itemMark: Mark) -> ServiceSpec | None:
         add = self.collector.add
@@ -315,12 +397,20 @@ class _ServiceParser:
                         f"protocol {protocolName!r} failed to check its options: "
                         f"{type(e).__name__}: {e}")
 
+        given = _givenLimits(item, "limits", self.collector, label)
+        access = _accessRules(item, "access", self.collector, label)
         if len(self.collector.problems) > before:
             return None
+        layered = dict(getattr(provider, "defaultLimits", None) or {})
+        layered.update(self.globalLimits)
+        layered.update(given)
+        limits = Limits.fromOptions({**checkOptions({}, LIMITS_SCHEMA), **layered})
+
         specMarks = {key: item.valueMark(key) for key in item}
         specMarks[""] = item.mark
         return ServiceSpec(name=name, protocol=protocolName, port=port, interface=interface,
-                           transports=transports, options=options, provider=provider,
+                           transports=transports, options=options, limits=limits,
+                           access=self.globalAccess + access, provider=provider,
                            path=self.collector.path, marks=specMarks)
 
     def _transports(self, item, provider, problem) -> tuple[str, ...]:
@@ -381,23 +471,25 @@ def parseServices(text: str, path: str, providers: Mapping[str, Any],
     @return: the services that are valid and every problem found (services with a
         problem are left out).
     """
-    specs, _, _, problems = parseConfig(text, path, providers, servicePort)
+    specs, _, _, _, problems = parseConfig(text, path, providers, servicePort)
     return specs, problems
 
 
 def parseConfig(text: str, path: str, providers: Mapping[str, Any],
                 servicePort: Callable[[str, str], int | None] = lookupServicePort,
-                ) -> tuple[list[ServiceSpec], StatusSpec, RegistrySpec, list[ConfigProblem]]:
+                ) -> tuple[list[ServiceSpec], StatusSpec, RegistrySpec, ShutdownSpec,
+                           list[ConfigProblem]]:
     """
-    Check the configuration C{text} (read from C{path}): services, C{status:} and
-    C{registry:}.
+    Check the configuration C{text} (read from C{path}): services, C{status:},
+    C{registry:}, C{limits:}, C{access:} and C{shutdown:}.
 
-    @return: the valid services, the status and registry settings, and every problem.
+    @return: the valid services, the status, registry and shutdown settings, and every
+        problem.
     """
     specs, data, problems = _parseServices(text, path, providers, servicePort)
     collector = _Collector(path)
     collector.problems = problems
-    status, registry = StatusSpec(), RegistrySpec()
+    status, registry, shutdown = StatusSpec(), RegistrySpec(), ShutdownSpec()
     if isinstance(data, MarkedMap):
         if "status" in data and data["status"] in (None, False):  # `status: off`
             status = StatusSpec(None)
@@ -407,7 +499,9 @@ def parseConfig(text: str, path: str, providers: Mapping[str, Any],
         connectionLog = settings["connection_log"]
         registry = RegistrySpec(settings["closed_limit"], float(settings["udp_idle"]),
                                 connectionLog or None)
-    return specs, status, registry, collector.problems
+        shutdown = ShutdownSpec(float(_section(data, "shutdown", SHUTDOWN_SCHEMA,
+                                               collector)["drain"]))
+    return specs, status, registry, shutdown, collector.problems
 
 
 def _parseServices(text, path, providers, servicePort):
@@ -439,7 +533,9 @@ def _parseServices(text, path, providers, servicePort):
                       f"'services' must be a list, not {_describe(services)}")
         return [], data, collector.problems
 
-    parser = _ServiceParser(collector, providers, servicePort)
+    parser = _ServiceParser(collector, providers, servicePort,
+                            _givenLimits(data, "limits", collector),
+                            _accessRules(data, "access", collector))
     specs: list[ServiceSpec] = []
     seen: dict[str, Mark] = {}
     for index, item in enumerate(services):

@@ -1,5 +1,20 @@
 """
 Helpers to validate the C{options:} mapping of a service, for plugin authors too.
+
+A protocol declares its options as a schema, a mapping of names to L{Option}s, and
+L{checkOptions} checks a service's C{options:} against it::
+
+    OPTIONS = {
+        "root": Option(str, check=_checkRoot, describe="a directory path",
+                       required=True, convert=os.path.realpath),
+        "listing": Option(bool, default=False),
+    }
+
+Each option is checked on its own, in this order: present (when C{required}), of one of
+its C{types}, accepted by its C{check}; then C{convert} normalises it. Every problem found,
+for every option, is reported in one L{OptionsError}. Rules between options (and values
+derived from several) belong to the C{validate} callable of
+L{portserver.provider.PortProtocol}, which runs once each option has passed.
 """
 
 from __future__ import annotations
@@ -38,18 +53,31 @@ class OptionsError(ValueError):
 @attrs.frozen
 class Option:
     """
-    The declaration of one option: its Python type(s), default, and an optional check.
+    The declaration of one option: its Python type(s), default, an optional check, whether
+    it must be given, and how its value is normalised.
 
     @ivar types: the accepted type or tuple of types (C{bool} is never taken for C{int}).
-    @ivar default: the value used when the option is absent.
-    @ivar check: a callable given the value; returns an error message or L{None}.
-    @ivar describe: the type's name in error messages.
+    @ivar default: the value used when the option is absent (a deep copy of it, so that
+        no two services share one); not checked, and unused when C{required}.
+    @ivar check: a callable given a value of the right type; returns an error message or
+        L{None}.
+    @ivar describe: what the value should be, in error messages ("a directory path");
+        by default the names of C{types}.
+    @ivar required: the option must be given: when it is absent, the problem is
+        C{"is required"}.
+    @ivar convert: a callable that returns the value normalised (C{os.path.realpath},
+        C{str.lower}), applied once the value has passed its type and C{check}, and to the
+        default too; never to L{None} (an absent optional value). It should not fail
+        (that is C{check}'s job) and should be idempotent: checked options must pass
+        again unchanged.
     """
 
     types: type | tuple[type, ...]
     default: Any = None
     check: Callable[[Any], str | None] | None = None
     describe: str = ""
+    required: bool = False
+    convert: Callable[[Any], Any] | None = None
 
 
 def _typeName(option: Option) -> str:
@@ -61,9 +89,11 @@ def _typeName(option: Option) -> str:
 
 def checkOptions(options: Mapping[str, Any], schema: Mapping[str, Option]) -> dict[str, Any]:
     """
-    Check C{options} against C{schema}; return them with defaults filled in.
+    Check C{options} against C{schema}; return them with defaults filled in and values
+    converted.
 
-    @raise OptionsError: listing every unknown option, wrong type and failed check.
+    @raise OptionsError: listing every unknown option, missing required option, wrong
+        type and failed check.
     """
     problems = []
     if not isinstance(options, Mapping):
@@ -75,23 +105,28 @@ def checkOptions(options: Mapping[str, Any], schema: Mapping[str, Option]) -> di
             problems.append(OptionProblem(str(key), f"unknown option (known: {known})"))
     for key, option in schema.items():
         if key not in options:
-            result[key] = copy.deepcopy(option.default)
-            continue
-        value = options[key]
-        types = option.types if isinstance(option.types, tuple) else (option.types,)
-        if isinstance(value, bool) and bool not in types:
-            ok = False
-        else:
-            ok = isinstance(value, types)
-        if not ok:
-            problems.append(OptionProblem(
-                key, f"must be {_typeName(option)}, not {type(value).__name__}"))
-            continue
-        if option.check is not None:
-            message = option.check(value)
-            if message:
-                problems.append(OptionProblem(key, message))
+            if option.required:
+                problems.append(OptionProblem(key, "is required"))
                 continue
+            value = copy.deepcopy(option.default)
+        else:
+            value = options[key]
+            types = option.types if isinstance(option.types, tuple) else (option.types,)
+            if isinstance(value, bool) and bool not in types:
+                ok = False
+            else:
+                ok = isinstance(value, types)
+            if not ok:
+                problems.append(OptionProblem(
+                    key, f"must be {_typeName(option)}, not {type(value).__name__}"))
+                continue
+            if option.check is not None:
+                message = option.check(value)
+                if message:
+                    problems.append(OptionProblem(key, message))
+                    continue
+        if option.convert is not None and value is not None:
+            value = option.convert(value)
         result[key] = value
     if problems:
         raise OptionsError(problems)

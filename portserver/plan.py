@@ -176,12 +176,14 @@ def loadPlan(path: str, providers: Mapping[str, Any], portOffset: int = 0,
         text, problems = readConfig(path)
         if text is None:
             raise ConfigError(problems)
-    services, status, registry, problems = parseConfig(text, path, providers, servicePort)
+    services, status, registry, shutdown, problems = parseConfig(text, path, providers,
+                                                                 servicePort)
     listeners, conflicts = planListeners(services, portOffset, rule, dualStack)
     problems = sorted(problems + conflicts, key=lambda p: (p.mark.line, p.mark.column))
     if problems:
         raise ConfigError(problems)
-    return Plan(ServerConfig(path, tuple(services), status, registry), tuple(listeners),
+    return Plan(ServerConfig(path, tuple(services), status, registry, shutdown),
+                tuple(listeners),
                 portOffset, rule)
 
 

@@ -26,11 +26,20 @@ class PortProtocol:
     @ivar datagram: C{datagram(service, reactor)} returns the UDP datagram protocol, or
         L{None} when the protocol has no UDP side.
     @ivar options: the schema of the C{options:} mapping, checked by
-        L{portserver.options.checkOptions}.
-    @ivar validate: C{validate(options)}, called with the options once each has passed
-        its own check, for rules between options ("either C{target}, or C{host} and
-        C{port}"); returns a list of L{portserver.options.OptionProblem} (empty when all
-        is well).
+        L{portserver.options.checkOptions}: each option's type, C{check}, C{required}
+        and C{convert}.
+    @ivar validate: C{validate(options)}, for what one option cannot say alone: rules
+        between options ("either C{target}, or C{host} and C{port}") and values derived
+        from several (a program looked up on the C{PATH} another option gives). It is
+        called only when every option has passed its own check, with the checked dict
+        (defaults filled in, values converted), which it may complete or normalise in
+        place; that dict is what L{validateOptions} returns. It returns a list of
+        L{portserver.options.OptionProblem}, empty when all is well. Whatever it fills
+        in should pass the schema again: validated options must validate again
+        unchanged.
+    @ivar defaultLimits: the protocol's own defaults for the keys of a service's
+        C{limits:} (e.g. C{{"idle_timeout": 300}}), under the config's global and
+        per-service C{limits:}.
     """
 
     name: str
@@ -40,6 +49,7 @@ class PortProtocol:
     datagram: Callable[[Any, Any], Any] | None = None
     options: Mapping[str, Option] = attrs.field(factory=dict)
     validate: Callable[[dict], list[OptionProblem]] | None = None
+    defaultLimits: Mapping[str, Any] = attrs.field(factory=dict)
 
     @property
     def transports(self) -> frozenset[str]:
@@ -53,7 +63,11 @@ class PortProtocol:
 
     def validateOptions(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """
-        Check C{options} against the declared schema.
+        Check C{options} against the declared schema, then with C{validate} (only if
+        every option passed).
+
+        @return: the checked options, completed by C{validate}.
+        @raise OptionsError: listing the problems of the first stage that found any.
         """
         result = checkOptions(options, self.options)
         if self.validate is not None:

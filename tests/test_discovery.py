@@ -100,7 +100,7 @@ rot13 = PortProtocol(
 '''
 
 
-def rot13Dropin(name: str = "rot13", port: int = 10013) -> str:
+def rot13Dropin(name: str = "trot13", port: int = 10013) -> str:
     """
     The source of a drop-in providing a rot13 protocol named C{name}.
     """
@@ -163,7 +163,7 @@ def freePort() -> int:
         s.close()
 
 
-def rot13Config(port: int, protocol: str = "rot13") -> str:
+def rot13Config(port: int, protocol: str = "trot13") -> str:
     return textwrap.dedent(f"""\
         services:
           - name: {protocol}-svc
@@ -222,14 +222,14 @@ class ThirdPartyDiscoveryTests(SynchronousTestCase):
         drop-in module as its origin, and L{getPlugins} finds it too.
         """
         discovery = discover()
-        self.assertIn("rot13", discovery.providers)
-        provider = discovery.providers["rot13"]
+        self.assertIn("trot13", discovery.providers)
+        provider = discovery.providers["trot13"]
         self.assertTrue(verifyObject(IPortProtocol, provider))
         self.assertEqual(provider.wellKnownPort, 10013)
         self.assertEqual(provider.transports, frozenset({"tcp"}))
-        self.assertEqual(discovery.origins["rot13"], "twisted.plugins.thirdparty_rot13.rot13")
+        self.assertEqual(discovery.origins["trot13"], "twisted.plugins.thirdparty_rot13.rot13")
         self.assertLessEqual(set(BUILTINS), set(discovery.providers))
-        self.assertIn("rot13", {p.name for p in getPlugins(IPortProtocol)})
+        self.assertIn("trot13", {p.name for p in getPlugins(IPortProtocol)})
         self.assertEqual(discovery.failures, ())
 
     def test_notFoundWithoutDropin(self):
@@ -242,7 +242,7 @@ class ThirdPartyDiscoveryTests(SynchronousTestCase):
         sys.path.remove(top)
         twisted.plugins.__path__.remove(plugins)
         try:
-            self.assertNotIn("rot13", discover().providers)
+            self.assertNotIn("trot13", discover().providers)
         finally:
             sys.path.append(top)
             twisted.plugins.__path__.append(plugins)
@@ -256,7 +256,7 @@ class ThirdPartyDiscoveryTests(SynchronousTestCase):
         plan = loadPlan("rot13.yaml", discovery.providers, text=rot13Config(1))
         [listener] = plan.listeners
         self.assertEqual((listener.protocol, listener.transport, listener.interface,
-                          listener.port), ("rot13", "tcp", "127.0.0.1", 1))
+                          listener.port), ("trot13", "tcp", "127.0.0.1", 1))
 
         memory = MemoryReactorClock()
         server = PortServer(plan, memory)
@@ -311,7 +311,7 @@ class ThirdPartyServingTests(TestCase):
         server = PortServer(plan, reactor)
         server.startService()
         try:
-            address = server.addressOf("rot13-svc")
+            address = server.addressOf("trot13-svc")
             self.assertEqual((address.host, address.port), ("127.0.0.1", port))
             factory = server.listeners[0].port.factory.wrapped
             serverSideLost = factory.whenConnectionLost()
@@ -328,7 +328,7 @@ class ThirdPartyServingTests(TestCase):
             self.assertTrue(reason.check(ConnectionDone), reason)
         finally:
             await server.stopService()
-        self.assertIsNone(server.addressOf("rot13-svc"))
+        self.assertIsNone(server.addressOf("trot13-svc"))
 
 
 class DuplicateTests(SynchronousTestCase):
@@ -345,7 +345,7 @@ class DuplicateTests(SynchronousTestCase):
         addDropins(self, {"thirdparty_dupb": rot13Dropin(port=10014)})
         error = self.assertRaises(DuplicateProtocolError, discover)
         message = str(error)
-        self.assertIn("'rot13'", message)
+        self.assertIn("'trot13'", message)
         self.assertIn("twisted.plugins.thirdparty_dupa.rot13", message)
         self.assertIn("twisted.plugins.thirdparty_dupb.rot13", message)
 
@@ -395,8 +395,8 @@ class BrokenDropinTests(SynchronousTestCase):
         """
         discovery = discover()
         self.flushImportErrors()
-        self.assertLessEqual(set(BUILTINS) | {"rot13"}, set(discovery.providers))
-        self.assertEqual(discovery.origins["rot13"], "twisted.plugins.thirdparty_rot13.rot13")
+        self.assertLessEqual(set(BUILTINS) | {"trot13"}, set(discovery.providers))
+        self.assertEqual(discovery.origins["trot13"], "twisted.plugins.thirdparty_rot13.rot13")
 
     def test_failureRecorded(self):
         """
@@ -472,10 +472,10 @@ class FormatProtocolsTests(SynchronousTestCase):
             self.assertEqual(cells[3], provider.description)
         self.assertEqual(rows["echo"].split(None, 3)[1:],
                          ["7", "tcp,udp", "Echo: sends back what it receives (RFC 862)"])
-        self.assertEqual(rows["rot13"].split(None, 3)[1:],
+        self.assertEqual(rows["trot13"].split(None, 3)[1:],
                          ["10013", "tcp", "Rot13: sends back each line rot13-ed"])
         order = [line.split()[0] for line in lines[1:]]
         self.assertEqual(order[:5], ["echo", "discard", "daytime", "qotd", "chargen"])
         self.assertEqual(order, sorted(order[:-1], key=lambda n: (
-            discovery.providers[n].wellKnownPort, n)) + ["rot13"])
-        self.assertEqual(order[-1], "rot13")
+            discovery.providers[n].wellKnownPort, n)) + ["trot13"])
+        self.assertEqual(order[-1], "trot13")

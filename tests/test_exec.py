@@ -378,12 +378,23 @@ class OptionTests(SynchronousTestCase):
 
     def test_everyProblem(self):
         """
-        Every problem is reported at once: an unknown option, a bad C{env} and a missing
-        program together.
+        Every problem of the options taken one by one is reported at once: an unknown
+        option, a bad C{env}, a bad C{argv} and a missing C{executable} together.
         """
-        problems = problemsOf(self, {"argv": ["/nonexistent/x"], "env": {"X": 1},
-                                     "shell": "yes"})
-        self.assertEqual(set(problems), {"argv", "env", "shell"})
+        problems = problemsOf(self, {"argv": ["/bin/sleep", 5], "env": {"X": 1},
+                                     "executable": "/nonexistent/x", "shell": "yes"})
+        self.assertEqual(set(problems), {"argv", "env", "executable", "shell"})
+
+    def test_everyProblemBetweenOptions(self):
+        """
+        Once each option is fine on its own, the problems between options are reported
+        together: a program not found on the C{PATH} that C{env} gives, and a C{group}
+        without a C{user}.
+        """
+        problems = problemsOf(self, {"argv": ["no-such-program-for-portserver"],
+                                     "env": {"PATH": "/nonexistent"}, "group": 0})
+        self.assertEqual(set(problems), {"argv", "group"})
+        self.assertIn("on PATH /nonexistent", problems["argv"])
 
     def test_notAMapping(self):
         """

@@ -27,7 +27,6 @@ from portserver.protocols.http import (
     StaticFile,
     StaticSite,
     http,
-    validateOptions,
 )
 from portserver.registry import CLOSED, Endpoint
 from portserver.service import PortServer
@@ -188,11 +187,12 @@ class OptionsTests(TestCase):
 
     def test_rootRequired(self):
         """
-        Without C{root}, validation fails naming C{root}.
+        Without C{root}, validation fails naming C{root}, with the uniform message of a
+        required option.
         """
         [(option, message)] = self.problems({})
         self.assertEqual(option, "root")
-        self.assertIn("required", message)
+        self.assertEqual(message, "is required")
 
     def test_rootMissingDirectory(self):
         """
@@ -276,8 +276,9 @@ class OptionsTests(TestCase):
         """
         Validation is idempotent: what it returned passes again unchanged.
         """
-        options = validateOptions({"root": self.root, "mime_types": {".MD": "text/x-md"}})
-        self.assertEqual(validateOptions(options), options)
+        options = http.validateOptions(
+            {"root": self.root, "mime_types": {".MD": "text/x-md"}})
+        self.assertEqual(http.validateOptions(options), options)
 
 
 class MemoryTestsMixin:

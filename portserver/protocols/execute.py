@@ -47,7 +47,6 @@ import os
 import pwd
 import shutil
 import signal
-from collections.abc import Mapping
 
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
@@ -55,7 +54,7 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from portserver.options import Option, OptionProblem, OptionsError, checkOptions
+from portserver.options import Option, OptionProblem
 from portserver.provider import PortProtocol
 
 log = Logger()
@@ -195,12 +194,14 @@ def _checkExecutable(path) -> str | None:
         return None
     if not os.path.isabs(path):
         return f"{path!r} must be an absolute path"
-    return None
+    return resolveProgram(path, DEFAULT_PATH)[1]  # absolute: PATH plays no part
 
 
+#: C{argv} is required; L{completeOptions} fills in C{executable} when not given.
 OPTIONS = {
     "argv": Option(list, default=None, check=_checkArgv,
-                   describe="a list of strings: the program and its arguments"),
+                   describe="a list of strings: the program and its arguments",
+                   required=True),
     "executable": Option((str, type(None)), default=None, check=_checkExecutable,
                          describe="an absolute path"),
     "env": Option(dict, default={}, check=_checkEnv,
@@ -240,51 +241,24 @@ def resolveProgram(program: str, path: str) -> tuple[str | None, str | None]:
     return os.path.abspath(found), None
 
 
-def checkExecOptions(options) -> dict:
+def completeOptions(options: dict) -> list[OptionProblem]:
     """
-    Check the options of an C{exec} service, and resolve the program.
-
-    @return: the options, defaults filled in and C{executable} set to the absolute path
-        of the program.
-    @raise OptionsError: naming every option at fault.
+    The C{validate} of C{exec}: C{group} needs C{user}; and unless C{executable} is
+    given, the program, C{argv[0]}, is looked up on the C{PATH} that C{env} gives it and
+    C{executable} is set to its absolute path.
     """
-    if not isinstance(options, Mapping):
-        raise OptionsError([OptionProblem(None, "options must be a mapping")])
     problems = []
-    try:
-        result = checkOptions(options, OPTIONS)
-    except OptionsError as e:
-        problems.extend(e.problems)
-        bad = {p.option for p in e.problems}
-        # Go on with what is valid, so that a bad program is reported with a bad env.
-        valid = {key: value for key, value in options.items()
-                 if key in OPTIONS and key not in bad}
-        try:
-            result = checkOptions(valid, OPTIONS)
-        except OptionsError:  # pragma: no cover - each option was checked alone above
-            raise OptionsError(problems) from None
-    if result["argv"] is None and "argv" not in {p.option for p in problems}:
-        problems.append(OptionProblem(
-            "argv", "is required: the program to run and its arguments, e.g. "
-                    "[/bin/cat] or [sh, -c, 'echo hello']"))
-    if result["group"] is not None and result["user"] is None and "user" not in {
-            p.option for p in problems}:
+    if options["group"] is not None and options["user"] is None:
         problems.append(OptionProblem(
             "group", "needs a user too: the program runs as a user, with this group "
                      "instead of the user's primary group"))
-    path = result["env"].get("PATH", DEFAULT_PATH)
-    if result["executable"] is not None:
-        executable, message = resolveProgram(result["executable"], path)
-        if message:
-            problems.append(OptionProblem("executable", message))
-    elif result["argv"] is not None:
-        executable, message = resolveProgram(result["argv"][0], path)
+    if options["executable"] is None:
+        path = options["env"].get("PATH", DEFAULT_PATH)
+        executable, message = resolveProgram(options["argv"][0], path)
         if message:
             problems.append(OptionProblem("argv", message))
-        result["executable"] = executable
-    if problems:
-        raise OptionsError(problems)
-    return result
+        options["executable"] = executable
+    return problems
 
 
 # -- who runs it -------------------------------------------------------------------------
@@ -756,21 +730,12 @@ def buildFactory(service, reactor) -> ExecFactory:
     return factory
 
 
-class ExecPortProtocol(PortProtocol):
-    """
-    A L{PortProtocol} whose options are checked together: the program is looked up on
-    the C{PATH} that C{env} gives it.
-    """
-
-    def validateOptions(self, options):
-        return checkExecOptions(options)
-
-
-execute = ExecPortProtocol(
+execute = PortProtocol(
     name="exec",
     description="Runs a configured program per connection, connection as stdin/stdout "
                 "(inetd, tcpserver)",
     wellKnownPort=8023,
     factory=buildFactory,
     options=OPTIONS,
+    validate=completeOptions,
 )

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
 from html import escape
 
 from twisted.internet.interfaces import IPushProducer
@@ -45,7 +44,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server, static
 from zope.interface import implementer
 
-from portserver.options import Option, OptionProblem, OptionsError, checkOptions
+from portserver.options import Option
 from portserver.provider import PortProtocol
 from portserver.registry import Endpoint
 from portserver.tracking import hostOf
@@ -96,37 +95,24 @@ def _checkMimeTypes(types: dict) -> str | None:
     return None
 
 
+def _normaliseMimeTypes(types: dict) -> dict:
+    """
+    Extensions in lower case (as C{File} looks them up), MIME types stripped.
+    """
+    return {ext.lower(): mime.strip() for ext, mime in types.items()}
+
+
+#: C{root} is required, and kept as an absolute path with symlinks resolved.
 OPTIONS = {
-    "root": Option(str, None, _checkRoot, describe="a directory path"),
-    "index": Option(list, list(DEFAULT_INDEX), _checkIndex, describe="a list of file names"),
+    "root": Option(str, None, _checkRoot, describe="a directory path", required=True,
+                   convert=os.path.realpath),
+    "index": Option(list, list(DEFAULT_INDEX), _checkIndex, describe="a list of file names",
+                    convert=list),
     "listing": Option(bool, False),
     "mime_types": Option(dict, {}, _checkMimeTypes,
-                         describe="a mapping of extension to MIME type"),
+                         describe="a mapping of extension to MIME type",
+                         convert=_normaliseMimeTypes),
 }
-
-
-def validateOptions(options) -> dict:
-    """
-    Check C{options} against L{OPTIONS}; C{root} is required and is returned as an
-    absolute path with symlinks resolved, C{mime_types} with lower-case extensions.
-
-    @raise OptionsError: naming every bad (or missing) option.
-    """
-    problems = []
-    try:
-        result = checkOptions(options, OPTIONS)
-    except OptionsError as e:
-        problems.extend(e.problems)
-        result = None
-    if isinstance(options, Mapping) and "root" not in options:
-        problems.append(OptionProblem("root", "is required: the directory to serve"))
-    if problems:
-        raise OptionsError(problems)
-    result["root"] = os.path.realpath(result["root"])
-    result["index"] = list(result["index"])
-    result["mime_types"] = {ext.lower(): mime.strip()
-                            for ext, mime in result["mime_types"].items()}
-    return result
 
 
 # -- resources ----------------------------------------------------------------------------
@@ -455,17 +441,7 @@ def buildFactory(service, reactor) -> StaticSite:
     return StaticSite(root, service.name, reactor)
 
 
-class HTTPProtocol(PortProtocol):
-    """
-    A L{PortProtocol} whose options are checked by L{validateOptions} (C{root} is
-    required and is made absolute).
-    """
-
-    def validateOptions(self, options):
-        return validateOptions(options)
-
-
-http = HTTPProtocol(
+http = PortProtocol(
     name="http",
     description="HTTP: static files from a directory (GET and HEAD, ranges, caching)",
     wellKnownPort=80,

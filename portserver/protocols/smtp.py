@@ -36,7 +36,7 @@ from twisted.mail import smtp as tsmtp
 from twisted.mail.interfaces import IMessageSMTP
 from zope.interface import implementer
 
-from portserver.options import Option, OptionProblem, OptionsError, checkOptions
+from portserver.options import Option, OptionProblem
 from portserver.provider import PortProtocol
 
 log = Logger()
@@ -157,59 +157,46 @@ def defaultHostname() -> str:
     return name if _checkHostname(name) is None else "localhost"
 
 
+def _normaliseDomains(domains: list) -> list:
+    return list(dict.fromkeys(normaliseDomain(domain) for domain in domains))
+
+
+def _normaliseRecipients(recipients: list) -> list:
+    normalised = []
+    for address in recipients:
+        local, domain = address.strip().split("@")
+        normalised.append(f"{local.lower()}@{normaliseDomain(domain)}")
+    return list(dict.fromkeys(normalised))
+
+
+#: Domains and recipients are kept in lower case without duplicates, C{maildir}
+#: absolute; L{completeOptions} fills in C{hostname}.
 OPTIONS = {
-    "domains": Option(list, check=_checkDomains, describe="a list of domain names"),
+    "domains": Option(list, check=_checkDomains, describe="a list of domain names",
+                      required=True, convert=_normaliseDomains),
     "recipients": Option((list, type(None)), default=None, check=_checkRecipients,
-                         describe="a list of addresses"),
+                         describe="a list of addresses", convert=_normaliseRecipients),
     "max_size": Option(int, default=DEFAULT_MAX_SIZE, check=_checkMaxSize),
-    "maildir": Option(str, check=_checkMaildir, describe="a directory path"),
+    "maildir": Option(str, check=_checkMaildir, describe="a directory path",
+                      required=True, convert=os.path.abspath),
     "hostname": Option(str, default=None, check=_checkHostname),
     "timeout": Option((int, float), default=DEFAULT_TIMEOUT, check=_checkTimeout,
                       describe="a number of seconds"),
 }
 
-#: Options without a usable default.
-REQUIRED = ("domains", "maildir")
 
-
-def validateOptions(options) -> dict:
+def completeOptions(options: dict) -> list[OptionProblem]:
     """
-    Check an smtp service's options: the schema, the required ones, and that every listed
-    recipient is in one of the domains. Returns them normalised: domains and recipients
-    in lower case, C{maildir} absolute, C{hostname} filled in.
-
-    @raise OptionsError: listing every problem.
+    The C{validate} of C{smtp}: every listed recipient must be in one of the domains;
+    C{hostname}, when not given, is filled in with this host's name.
     """
-    problems = []
-    try:
-        result = checkOptions(options, OPTIONS)
-    except OptionsError as e:
-        problems.extend(e.problems)
-        result = None
-    if hasattr(options, "keys"):  # checkOptions reported a non-mapping already
-        for key in REQUIRED:
-            if key not in options:
-                problems.append(OptionProblem(key, "is required"))
-    if problems or result is None:
-        raise OptionsError(problems)
-    domains = list(dict.fromkeys(normaliseDomain(d) for d in result["domains"]))
-    result["domains"] = domains
-    if result["recipients"] is not None:
-        recipients = []
-        for address in result["recipients"]:
-            local, domain = address.strip().split("@")
-            domain = normaliseDomain(domain)
-            if domain not in domains:
-                problems.append(OptionProblem(
-                    "recipients", f"address {address!r} is not in one of the domains"))
-            recipients.append(f"{local.lower()}@{domain}")
-        result["recipients"] = list(dict.fromkeys(recipients))
-    if problems:
-        raise OptionsError(problems)
-    result["maildir"] = os.path.abspath(result["maildir"])
-    if result["hostname"] is None:
-        result["hostname"] = defaultHostname()
-    return result
+    if options["hostname"] is None:
+        options["hostname"] = defaultHostname()
+    if options["recipients"] is None:
+        return []
+    return [OptionProblem("recipients", f"address {address!r} is not in one of the domains")
+            for address in options["recipients"]
+            if address.split("@")[1] not in options["domains"]]
 
 
 # -- the Maildirs ----------------------------------------------------------------------
@@ -662,21 +649,11 @@ def buildFactory(service, reactor) -> MaildirSMTPFactory:
     return MaildirSMTPFactory(settings, store, reactor)
 
 
-@attrs.frozen
-class SMTPPortProtocol(PortProtocol):
-    """
-    A L{PortProtocol} whose validation also checks required options and how they fit
-    together.
-    """
-
-    def validateOptions(self, options):
-        return validateOptions(options)
-
-
-smtp = SMTPPortProtocol(
+smtp = PortProtocol(
     name="smtp",
     description="SMTP: receives mail for local domains into Maildirs (RFC 5321)",
     wellKnownPort=25,
     factory=buildFactory,
     options=OPTIONS,
+    validate=completeOptions,
 )
