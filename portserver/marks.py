@@ -126,7 +126,14 @@ def load(text: str):
         L{YAMLProblem}; when the YAML cannot be parsed at all, C{data} is L{None} and the
         problems say where it broke.
     """
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow, anywhere
+        before = text[:e.position] if isinstance(e.position, int) else ""
+        where = Mark(before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1)
+        return None, [YAMLProblem(where, f"invalid YAML: character {e.character:#06x} is not "
+                                         "allowed (YAML allows printable characters, tab "
+                                         "and line breaks)")]
     try:
         data = loader.get_single_data()
     except yaml.MarkedYAMLError as e:
