@@ -205,6 +205,7 @@ class Registry:
         self.bytesIn: Counter = Counter()  # (service, transport) -> bytes of closed ones
         self.bytesOut: Counter = Counter()
         self.outboundOpened: Counter = Counter()  # service -> outbound connections opened
+        self.refused: Counter = Counter()  # (service, reason) -> connections refused
         self.describePort = lru_cache(maxsize=None)(self._describePort)
         self.shuttingDown = False
 
@@ -290,6 +291,13 @@ class Registry:
         self.bytesOut[key] += record.bytesOut
         if self._observers:
             self._notify(CLOSED, record)
+
+    def refuse(self, service: str, reason: str) -> None:
+        """
+        Count a connection to C{service} refused before it was opened, for C{reason} (see
+        L{portserver.admission}: C{"denied"}, C{"max-connections"}, ...).
+        """
+        self.refused[(service, reason)] += 1
 
     # -- UDP -------------------------------------------------------------------------------
 
@@ -401,7 +409,8 @@ class Registry:
     def summary(self, listeners: Iterable = ()) -> dict:
         """
         Totals for people and machines: listeners and connections by port class and by
-        privilege, per-service counts, accepted and closed totals, uptime, and flags.
+        privilege, per-service counts, accepted, closed and refused totals, uptime, and
+        flags.
 
         @param listeners: the L{portserver.plan.Listener}s (with their bound ports).
         """
@@ -449,12 +458,17 @@ class Registry:
                                          "connections"})
         for (service, transport), count in self.accepted.items():
             perService.setdefault(service, {"tcp": 0, "udp": 0})
+        refusedBy: Counter = Counter()
+        for (service, reason), count in self.refused.items():
+            perService.setdefault(service, {"tcp": 0, "udp": 0})
+            refusedBy[reason] += count
         closedBy: Counter = Counter()
         for (service, transport, reason), count in self.closedTotal.items():
             closedBy[reason] += count
         for service, entry in perService.items():
             entry["accepted"] = sum(c for (s, _), c in self.accepted.items() if s == service)
             entry["closed"] = sum(c for (s, _, _), c in self.closedTotal.items() if s == service)
+            entry["refused"] = sum(c for (s, _), c in self.refused.items() if s == service)
         return {
             "uptime": self.clock.seconds() - self.started,
             "privileged_port_start": self.rule.unprivilegedStart,
@@ -465,5 +479,6 @@ class Registry:
             "accepted_total": sum(self.accepted.values()),
             "closed_total": sum(self.closedTotal.values()),
             "closed_by_reason": dict(closedBy),
+            "refused_by_reason": dict(refusedBy),
             "flags": flags,
         }

@@ -10,18 +10,24 @@ without the port, a failed bind here stops start-up with L{StartupError}.
 from __future__ import annotations
 
 import errno
+import os
 import socket
+import weakref
+from collections import Counter
 
 import attrs
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import maybeDeferred
+from twisted.internet import tcp
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from portserver import udp
+from portserver.admission import Admission
 from portserver.plan import Listener, Plan
-from portserver.registry import SHUTDOWN, Registry
+from portserver.registry import CLOSED, SHUTDOWN, Registry
 from portserver.tracking import TrackingDatagram, TrackingFactory
 
 log = Logger()
@@ -86,6 +92,162 @@ def ownTransportClass(port) -> None:
             "__module__": transport.__module__, "__doc__": transport.__doc__})
 
 
+# Refusals for lack of file descriptors (EMFILE: this process; ENFILE: the whole system).
+NO_DESCRIPTORS = "no-descriptors"
+_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class _Reserve:
+    """
+    One spare file descriptor (C{/dev/null}), shared by every listener: out of
+    descriptors, a listener closes it, accepts and closes what waits in its queue (so
+    those clients see a prompt close rather than a hang), and opens it again.
+    """
+
+    fd: int | None = None
+
+    def reserve(self) -> None:
+        if self.fd is None:
+            try:
+                self.fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                pass  # still exhausted: try again next time
+
+    def release(self) -> bool:
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return False
+        os.close(fd)
+        return True
+
+
+_reserve = _Reserve()
+
+
+class AcceptingPort(tcp.Port):
+    """
+    A TCP listening port that survives running out of file descriptors.
+
+    Twisted's C{Port.doRead} logs a failed C{accept} (EMFILE, ENFILE, ...) and returns;
+    the connection stays queued, so the (level-triggered) reactor calls it again at once:
+    a busy loop, logging each time. Here the listener sheds the queue (through the
+    spare descriptor), stops reading, and tries again after a back-off of C{MIN_PAUSE}
+    doubling to C{MAX_PAUSE} seconds; it logs at most once a second, with counts.
+
+    @ivar refused: called with the number of queued connections closed unserved.
+    """
+
+    MIN_PAUSE = 0.1
+    MAX_PAUSE = 1.0
+    LOG_INTERVAL = 1.0
+
+    refused = staticmethod(lambda count: None)
+    description = ""
+    _pause = 0.0
+    _resume = None
+    _lastLog = None
+    _failures = 0  # accepts failed since the last log line
+    _shed = 0  # connections closed unserved since the last log line
+
+    def startListening(self):
+        super().startListening()
+        _reserve.reserve()
+
+    def doRead(self):
+        # As tcp.Port.doRead (accept up to numberAccepts, scaled to traffic), with
+        # descriptor exhaustion handled by _exhausted.
+        accepted = 0
+        try:
+            for _ in range(self.numberAccepts):
+                try:
+                    skt, addr = self.socket.accept()
+                except OSError as e:
+                    if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                        break
+                    if e.errno in (errno.EPERM, errno.ECONNABORTED):
+                        continue  # netfilter refused it, or the client gave up
+                    if e.errno in _EXHAUSTED:
+                        self._exhausted(e.errno)
+                        return
+                    raise
+                accepted += 1
+                if self._pause:
+                    self._recovered()
+                if len(addr) == 4:  # IPv6: keep the scope id
+                    host = socket.getnameinfo(
+                        addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
+                    addr = (host[0], *addr[1:])
+                protocol = self.factory.buildProtocol(self._buildAddr(addr))
+                if protocol is None:
+                    skt.close()
+                    continue
+                s = self.sessionno
+                self.sessionno = s + 1
+                protocol.makeConnection(self.transport(skt, protocol, addr, self, s,
+                                                       self.reactor))
+        except BaseException:
+            log.failure("Accepting on {port} failed", port=self.description)
+        if accepted == self.numberAccepts:
+            self.numberAccepts += 20
+        else:
+            self.numberAccepts = max(1, accepted)
+
+    def _exhausted(self, code: int) -> None:
+        shed = 0
+        if _reserve.release():
+            try:
+                for _ in range(1000):  # bounded: a flood cannot hold the reactor here
+                    try:
+                        skt, _ = self.socket.accept()
+                    except OSError:
+                        break  # the queue is empty (or another thread took the slot)
+                    skt.close()
+                    shed += 1
+            finally:
+                _reserve.reserve()
+        if shed:
+            self.refused(shed)
+        self._failures += 1
+        self._shed += shed
+        self._pause = min(max(self._pause * 2, self.MIN_PAUSE), self.MAX_PAUSE)
+        now = self.reactor.seconds()
+        if self._lastLog is None or now - self._lastLog >= self.LOG_INTERVAL:
+            log.warn("Out of file descriptors ({error}) on {port}: {failures} failed "
+                     "accept(s), {shed} queued connection(s) closed unserved since the last "
+                     "report; accepting again in {pause:.1f}s",
+                     error=errno.errorcode.get(code, code), port=self.description,
+                     failures=self._failures, shed=self._shed, pause=self._pause)
+            self._lastLog, self._failures, self._shed = now, 0, 0
+        self.stopReading()
+        self._resume = self.reactor.callLater(self._pause, self._resumeReading)
+
+    def _resumeReading(self) -> None:
+        self._resume = None
+        if self.connected and not self.disconnecting:
+            self.startReading()
+
+    def _recovered(self) -> None:
+        log.info("Descriptors available again on {port}: accepting ({failures} failed "
+                 "accept(s), {shed} connection(s) closed unserved since the last report)",
+                 port=self.description, failures=self._failures, shed=self._shed)
+        self._pause, self._lastLog, self._failures, self._shed = 0.0, None, 0, 0
+
+    def connectionLost(self, reason):
+        if self._resume is not None and self._resume.active():
+            self._resume.cancel()
+        self._resume = None
+        super().connectionLost(reason)
+
+
+def _stockListenTCP(reactor) -> bool:
+    """
+    Whether C{reactor.listenTCP} is Twisted's posix one (C{tcp.Port(...).startListening()}),
+    which L{AcceptingPort} can stand in for; not a test's memory reactor.
+    """
+    return (isinstance(reactor, PosixReactorBase)
+            and type(reactor).listenTCP is PosixReactorBase.listenTCP)
+
+
 class BindingService(Service):
     """
     A service that owns one listening port: bound in C{privilegedStartService} (or in
@@ -137,11 +299,18 @@ class ListenerService(BindingService):
     One passive open: builds the plugin's factory (or datagram protocol) and binds it.
     """
 
-    def __init__(self, listener: Listener, reactor, registry: Registry):
+    def __init__(self, listener: Listener, reactor, registry: Registry, admission=None):
         self.listener = listener
         self.reactor = reactor
         self.registry = registry
+        # The service's L{portserver.admission.Admission}, shared by its listeners.
+        self.admission = admission
         self.port = None
+        # The trackers of this listener's live connections, to abort those left when a
+        # drain ends (the registry holds plain records only). Weak: a closed
+        # connection's tracker still goes with its transport.
+        self.connections = weakref.WeakSet()
+        self.refused: Counter = Counter()  # reason -> count, when the registry has none
         self.setName(f"{listener.service}/{listener.transport}")
 
     def build(self):
@@ -152,7 +321,9 @@ class ListenerService(BindingService):
         if self.listener.transport == "tcp":
             return TrackingFactory(spec.provider.buildFactory(spec, self.reactor),
                                    self.registry, spec.name, spec.protocol,
-                                   self.listener.interface)
+                                   self.listener.interface, limits=spec.limits,
+                                   admission=self.admission,
+                                   clock=self.reactor)
         return TrackingDatagram(spec.provider.buildDatagramProtocol(spec, self.reactor),
                                 self.registry, spec.name, spec.protocol)
 
@@ -173,11 +344,50 @@ class ListenerService(BindingService):
                 f"service {listener.service!r}: protocol {listener.protocol!r} failed to "
                 f"build its {listener.transport} side: {type(e).__name__}: {e}") from e
         if listener.transport == "tcp":
-            self.port = self.reactor.listenTCP(listener.port, served, backlog=BACKLOG,
-                                               interface=listener.interface)
+            self._collect(served)
+            if _stockListenTCP(self.reactor):
+                port = AcceptingPort(listener.port, served, BACKLOG, listener.interface,
+                                     self.reactor)
+                port.description = listener.describe()
+                port.refused = self._refusedForDescriptors
+                port.startListening()
+                self.port = port
+            else:
+                self.port = self.reactor.listenTCP(listener.port, served, backlog=BACKLOG,
+                                                   interface=listener.interface)
             ownTransportClass(self.port)
         else:
             self.port = udp.listenUDP(self.reactor, listener.port, served, listener.interface)
+
+    def _collect(self, factory) -> None:
+        """
+        Keep every protocol C{factory} builds in L{connections}.
+        """
+        build, connections = factory.buildProtocol, self.connections
+
+        def buildProtocol(addr):
+            protocol = build(addr)
+            if protocol is not None:
+                connections.add(protocol)
+            return protocol
+        factory.buildProtocol = buildProtocol
+
+    def _refusedForDescriptors(self, count: int) -> None:
+        refuse = getattr(self.registry, "refuse", None)
+        for _ in range(count):
+            if refuse is not None:
+                refuse(self.listener.service, NO_DESCRIPTORS)
+            else:
+                self.refused[NO_DESCRIPTORS] += 1
+
+    def abortConnections(self) -> int:
+        """
+        Abort every live connection of this listener; return how many.
+        """
+        live = [c for c in list(self.connections) if getattr(c, "connected", 0)]
+        for connection in live:
+            connection.abortConnection()
+        return len(live)
 
     @property
     def bound(self) -> Listener:
@@ -205,10 +415,21 @@ class ListenerService(BindingService):
             wellKnownPort=l.wellKnownPort, configuredPort=l.configuredPort)
 
 
+SERVING = "serving"
+DRAINING = "draining"
+STOPPED = "stopped"
+
+
 class PortServer(MultiService):
     """
     Every listener of a L{Plan}, bound all at once or not at all.
+
+    @ivar state: C{"serving"}, C{"draining"} (stopped listening, waiting for live
+        connections to finish) or C{"stopped"}.
     """
+
+    # Seconds to wait, once the drain is over, for aborted connections to close.
+    ABORT_GRACE = 1.0
 
     def __init__(self, plan: Plan, reactor, registry: Registry | None = None):
         super().__init__()
@@ -217,11 +438,20 @@ class PortServer(MultiService):
         settings = plan.config.registry
         self.registry = registry or Registry(
             reactor, plan.rule, closedLimit=settings.closedLimit, udpIdle=settings.udpIdle)
-        self.listeners = [ListenerService(l, reactor, self.registry) for l in plan.listeners]
+        self.admissions = {spec.name: Admission(spec.name, spec.limits, spec.access, reactor,
+                                                self.registry)
+                           for spec in plan.config.services}
+        self.listeners = [ListenerService(l, reactor, self.registry,
+                                          self.admissions.get(l.service))
+                          for l in plan.listeners]
         for child in self.listeners:
             child.setServiceParent(self)
         self._expiry = LoopingCall(self.registry.expireFlows)
         self._expiry.clock = reactor
+        self.state = SERVING
+        self._drained = None
+        self._endDrain = None
+        self._drainEnds = None
 
     def boundListeners(self) -> list[Listener]:
         """
@@ -267,6 +497,7 @@ class PortServer(MultiService):
     def startService(self):
         self.bindAll()
         self.registry.shuttingDown = False
+        self.state = SERVING
         super().startService()
         if any(l.transport == "udp" for l in self.plan.listeners):
             interval = min(max(self.registry.udpIdle / 4, 0.5), 30)
@@ -274,12 +505,98 @@ class PortServer(MultiService):
         self.reactor.callWhenRunning(self._ready)
 
     def stopService(self):
-        self.registry.shuttingDown = True
+        """
+        Stop at once accepting on every listener (all in this reactor turn) and close the
+        UDP flows; let live TCP connections finish for up to C{shutdown.drain} seconds,
+        then abort those left (reason C{"shutdown"}).
+
+        @return: a L{Deferred} that fires when every listener is closed and the drain is
+            over (at once when no connection is live).
+        """
+        if self._drained is not None:
+            return self._drained
         if self._expiry.running:
             self._expiry.stop()
         stopped = super().stopService()
         self.registry.closeFlows(SHUTDOWN)  # no more datagrams can arrive
-        return stopped
+        drained = self._drained = DeferredList([stopped, self._drain()])
+        drained.addCallback(self._stopped)
+        return drained
+
+    def _stopped(self, result):
+        self.state = STOPPED
+        self._drained = None
+        return None
+
+    def _drain(self) -> Deferred:
+        live = len(self.registry)
+        if not live:
+            self.registry.shuttingDown = True
+            return succeed(None)
+        drain = self.plan.config.shutdown.drain
+        self.state = DRAINING
+        done = Deferred()
+        self._drainEnds = self.reactor.seconds() + drain
+        log.info("Stopping: no longer accepting; waiting up to {drain}s for {live} "
+                 "connection(s) to finish", drain=drain, live=live)
+
+        def finish():
+            if done.called:
+                return
+            unsubscribe()
+            for call in (deadline, grace):
+                if call and call.active():
+                    call.cancel()
+            self._endDrain = None
+            done.callback(None)
+
+        def closed(event, record):
+            if event == CLOSED and record.transport == "tcp" and not len(self.registry):
+                # After this connection's close is over, not inside it.
+                self.reactor.callLater(0, finish)
+
+        def endDrain():
+            nonlocal grace
+            if deadline.active():
+                deadline.cancel()
+            self._endDrain = None
+            self.registry.shuttingDown = True
+            aborted = sum(child.abortConnections() for child in self.listeners
+                          if child.listener.transport == "tcp")
+            log.info("Drain over: aborting {aborted} connection(s) still open",
+                     aborted=aborted)
+            if not len(self.registry):
+                self.reactor.callLater(0, finish)
+            else:  # aborted connections close in the next reactor turn; never hang
+                grace = self.reactor.callLater(self.ABORT_GRACE, finish)
+
+        grace = None
+        unsubscribe = self.registry.subscribe(closed)
+        deadline = self.reactor.callLater(drain, endDrain)
+        self._endDrain = endDrain
+        return done
+
+    def endDrain(self) -> bool:
+        """
+        End a drain now, aborting the connections left (as a second stop signal does);
+        return whether a drain was under way.
+        """
+        if self._endDrain is None:
+            return False
+        self._endDrain()
+        return True
+
+    def drainState(self) -> dict:
+        """
+        C{{"state": "serving" | "draining" | "stopped"}}, and while draining, how many
+        TCP connections are left (C{"remaining"}) and the seconds until they are
+        aborted (C{"drain_left"}).
+        """
+        result = {"state": self.state}
+        if self.state == DRAINING:
+            result["remaining"] = len(self.registry)
+            result["drain_left"] = max(0.0, self._drainEnds - self.reactor.seconds())
+        return result
 
     def _ready(self):
         log.info("portserver ready: {count} listener(s) for {services} service(s) from "
@@ -320,3 +637,18 @@ class ServerTree(MultiService):
     def startService(self):
         Service.startService(self)
         self._startAll("startService")
+
+    def stopService(self):
+        """
+        Stop every L{PortServer} first and wait for its drain, then the rest (the status
+        service answers during the drain; the connection log records its closes), each
+        group in reverse order.
+        """
+        Service.stopService(self)
+        children = list(self)[::-1]
+        draining = [c for c in children if isinstance(c, PortServer)]
+        rest = [c for c in children if not isinstance(c, PortServer)]
+        first = DeferredList([maybeDeferred(c.stopService) for c in draining])
+        first.addCallback(
+            lambda _: DeferredList([maybeDeferred(c.stopService) for c in rest]))
+        return first

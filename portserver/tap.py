@@ -5,14 +5,19 @@ C{twistd portserver}: the command-line options and the service they make.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from importlib import resources
 
+from twisted.logger import Logger
 from twisted.python import usage
 
 from portserver.config import ConfigError
 from portserver.plan import formatPlan, loadPlan
 from portserver.plugins import DuplicateProtocolError, discover, formatProtocols
+
+log = Logger()
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def bundledConfigPath() -> str:
@@ -102,6 +107,49 @@ def _startupExceptHook(previous):
     return hook
 
 
+def installStopSignals(reactor, server, signals=STOP_SIGNALS, setSignal=signal.signal,
+                       getSignal=signal.getsignal) -> list:
+    """
+    Make SIGTERM and SIGINT stop portserver gracefully, for an exit status of 0.
+
+    Twisted's own handlers stop the reactor too, but also record the signal, and twistd
+    ends a run whose reactor a signal stopped by sending itself that signal again (so
+    the status would be "killed by SIGTERM", whether or not the stop was orderly). These
+    handlers stop the reactor the same public way (C{reactor.stop}, from the signal
+    handler through C{callFromThread}), without recording the signal: twistd then runs
+    the shutdown (the drain waits in L{PortServer.stopService}) and exits 0. A second
+    signal ends the drain at once.
+
+    Only a signal whose handler is a function installed by someone (the reactor, when it
+    runs with signal handlers) is taken over; SIG_DFL, SIG_IGN and Python's default
+    SIGINT handler are left alone, so an embedding program keeps its own choice.
+
+    Call when the reactor runs (its handlers are installed during start-up).
+
+    @return: the signals taken over.
+    """
+    received = []
+
+    def handler(number, frame):
+        name = signal.Signals(number).name
+        received.append(number)
+        if len(received) == 1:
+            log.info("Received {signal}: stopping (a second signal ends the drain)",
+                     signal=name)
+            reactor.callFromThread(reactor.stop)
+        else:
+            log.info("Received {signal} again: ending the drain", signal=name)
+            reactor.callFromThread(server.endDrain)
+
+    taken = []
+    for number in signals:
+        current = getSignal(number)
+        if callable(current) and current is not signal.default_int_handler:
+            setSignal(number, handler)
+            taken.append(number)
+    return taken
+
+
 def makeService(options, reactor=None):
     """
     The service tree for C{options} (parsed L{Options}): a L{MultiService} holding the
@@ -124,6 +172,7 @@ def makeService(options, reactor=None):
         ConnectionLog(server.registry, plan.config.registry.connectionLog,
                       reactor).setServiceParent(tree)
     server.setServiceParent(tree)
+    reactor.callWhenRunning(installStopSignals, reactor, server)
     if plan.config.status.listen is not None:
         StatusService(server, plan.config.status.listen, reactor).setServiceParent(tree)
     return tree

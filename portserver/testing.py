@@ -39,6 +39,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
+from portserver.admission import Admission
 from portserver.config import ConfigError, parseServices
 from portserver.marks import Mark
 from portserver.plan import planListeners
@@ -60,10 +61,11 @@ def _address(kind: str, endpoint) -> IPv4Address | IPv6Address:
 def serviceSpec(provider, options: Mapping[str, Any] | str | None = None, *,
                 name: str | None = None, port: int | None = None,
                 interface: str = "127.0.0.1", transports=("tcp",),
-                path: str = "<test config>"):
+                limits: Mapping[str, Any] | None = None, path: str = "<test config>"):
     """
     The L{portserver.config.ServiceSpec} the server would make of one service using
-    C{provider}, with C{options} given as a mapping or as YAML text.
+    C{provider}, with C{options} given as a mapping or as YAML text (and the service's
+    C{limits:}, as a mapping, if any).
 
     @raise portserver.config.ConfigError: when the server would refuse the service; its
         problems name the line and the option, as C{--check} does.
@@ -78,6 +80,8 @@ def serviceSpec(provider, options: Mapping[str, Any] | str | None = None, *,
     }
     if port is not None:
         service["port"] = port
+    if limits:
+        service["limits"] = dict(limits)
     head = yaml.safe_dump({"services": [service]}, default_flow_style=False, sort_keys=False)
     body = "".join(f"    {line}\n" for line in optionsText.splitlines())
     text = head + ("  options:\n" + body if body.strip() else "")
@@ -211,21 +215,26 @@ class ServiceHarness:
     @param port: the port it is said to listen on (default: the protocol's well-known one).
     @param reactor: what the plugin is built with (default: a new L{MemoryReactorClock}).
     @param registry: where connections are recorded (default: a new L{Registry}).
+    @param limits: the service's C{limits:} (e.g. C{{"idle_timeout": 30}}), applied as the
+        server applies them: admission, timeouts, the output cap.
     @raise portserver.config.ConfigError: when the server would refuse the options.
     """
 
     def __init__(self, provider, options: Mapping[str, Any] | str | None = None, *,
                  name: str | None = None, port: int | None = None,
                  interface: str = "127.0.0.1", transports=("tcp",), reactor=None,
-                 registry: Registry | None = None):
+                 registry: Registry | None = None, limits: Mapping[str, Any] | None = None):
         self.reactor = MemoryReactorClock() if reactor is None else reactor
         self.registry = Registry(self.reactor) if registry is None else registry
         self.spec = serviceSpec(provider, options, name=name, port=port,
-                                interface=interface, transports=transports)
+                                interface=interface, transports=transports, limits=limits)
         listeners, problems = planListeners([self.spec], 0, PrivilegeRule(), dualStack=True)
         if problems:
             raise ConfigError(problems)
-        self.services = {l.transport: ListenerService(l, self.reactor, self.registry)
+        self.admission = Admission(self.spec.name, self.spec.limits, self.spec.access,
+                                   self.reactor, self.registry)
+        self.services = {l.transport: ListenerService(l, self.reactor, self.registry,
+                                                      self.admission)
                          for l in listeners}
         self.listeners = {l.transport: l for l in listeners}
         self.factory = None

@@ -9,6 +9,45 @@ keeps no reference that outlives the connection: the reactor's transport drops t
 when the connection is lost, the tracker drops the plugin's protocol, and the registry
 keeps only a plain record. Nothing forms a cycle, so closed connections are freed by
 reference counting, without waiting for the cycle collector.
+
+It also enforces a service's L{Limits} on each connection and keeps one plugin's bugs to
+the connection they happen on:
+
+ - B{Timeouts.} C{idleTimeout} (no byte either way) and C{deadline} (the whole
+   connection) share B{one} C{callLater} per connection, made only when either is set.
+   Reads and writes do not touch it: they store a timestamp, and when the call fires it
+   closes the connection if the limit has passed, or schedules itself again for what is
+   left. A close for a limit is a C{loseConnection}, then an C{abortConnection} if the
+   connection is not gone C{closeGrace} seconds later (a peer that never reads never
+   lets a close complete); the same grace applies to any C{loseConnection} of the
+   plugin's ("close-timeout"). The grace call replaces the timeout call: once a close
+   has begun, the connection ends within C{closeGrace} whatever else is due. Every call
+   is cancelled in C{connectionLost}.
+ - B{Output cap.} Twisted buffers every write without limit and has no public API for
+   how much of it is unsent. L{unsentBytes} reads it from the private attributes of
+   C{twisted.internet.abstract.FileDescriptor} (C{dataBuffer}, C{offset},
+   C{_tempDataLen}), the one place in portserver that does, and answers 0 for a
+   transport without them (in-memory test transports), so the cap then never fires; a
+   test pins it against a real TCP connection, so a change in Twisted fails the tests,
+   not the cap in production. The alternatives were worse: a streaming producer per
+   connection (a pause is not a byte count and would also change plugins' own
+   producers), or counting bytes sent (needs a hook into C{writeSomeData}). It is
+   checked after each write the plugin makes (three attribute reads), never on a
+   timer: the buffer only grows on a write. Bytes already in the kernel's socket
+   buffer are not counted (the kernel bounds those). Plugins that register producers
+   (chargen, forward, exec) keep the buffer small themselves; a connection whose
+   buffer passes C{maxOutput} (one write larger than the cap included) is aborted,
+   "output-cap".
+ - B{Admission.} An optional admission object (L{portserver.admission}) is asked
+   before the plugin's factory: a refused peer never reaches the plugin; it gets the
+   admission's banner (if any) and is closed. An admitted connection is released
+   exactly once, when it ends.
+ - B{Fault isolation.} An exception from the plugin's protocol (C{makeConnection},
+   C{dataReceived}, C{readConnectionLost}, C{writeConnectionLost}) is logged once with
+   the service and the endpoint pair, and aborts that connection only ("plugin-error");
+   one from its C{connectionLost} is logged the same way and the record still closes,
+   for the reason the connection ended. A datagram protocol's exception is logged with
+   the service and the peer, and the port keeps serving.
 """
 
 from __future__ import annotations
@@ -22,10 +61,12 @@ from twisted.internet.interfaces import (
     IPushProducer,
     ITCPTransport,
 )
-from twisted.internet.protocol import DatagramProtocol, ServerFactory
+from twisted.internet.protocol import DatagramProtocol, Protocol, ServerFactory
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from portserver.interfaces import ITrackedTransport
+from portserver.limits import Limits
 from portserver.registry import (
     ABORTED,
     CLIENT_CLOSED,
@@ -37,6 +78,40 @@ from portserver.registry import (
     Registry,
 )
 
+log = Logger()
+
+# Close reasons for the limits enforced here, and for a plugin's failure. They are the
+# server's own verdict, so they take precedence over what Twisted reports (and over
+# "shutdown", when the close began before the server was stopping).
+IDLE_TIMEOUT = "idle-timeout"
+DEADLINE = "deadline"
+OUTPUT_CAP = "output-cap"
+CLOSE_TIMEOUT = "close-timeout"
+PLUGIN_ERROR = "plugin-error"
+VERDICTS = frozenset({IDLE_TIMEOUT, DEADLINE, OUTPUT_CAP, CLOSE_TIMEOUT, PLUGIN_ERROR})
+
+# A timeout call that fires this close to its time counts as on time (float rounding
+# must not make it schedule itself again for 1e-16 seconds, forever).
+_SLACK = 1e-6
+
+# Tracker.connected: the plugin may read it (as a transport's C{connected}), so it stays
+# true while a close is under way.
+_LOST, _OPEN, _CLOSING = 0, 1, 2
+
+
+def unsentBytes(transport) -> int:
+    """
+    How many bytes written to C{transport} it has not yet handed to the kernel.
+
+    Twisted has no public API for this: it is read from the private buffers of
+    C{twisted.internet.abstract.FileDescriptor} (every reactor's TCP transport), and is 0
+    for a transport without them. C{tests.test_hardening} pins it against a real TCP
+    connection.
+    """
+    pending = getattr(transport, "_tempDataLen", None)  # no exception raised when absent
+    if pending is None:
+        return 0
+    return len(transport.dataBuffer) - transport.offset + pending
 
 def hostOf(host: str) -> str:
     """
@@ -60,19 +135,29 @@ class Tracker:
     """
     Sits between a TCP transport and a plugin's protocol: to the transport it is the
     protocol, to the plugin's protocol it is the transport.
+
+    @ivar timer: the connection's one pending call (the idle/deadline check, or, once a
+        close has begun, the abort at the end of the grace), or L{None}.
+    @ivar lastActive: when a byte was last received or written (only with an idle
+        timeout); C{deadlineAt}: when the deadline passes (only with a deadline).
+    @ivar admitted: the host the factory's admission admitted, until released.
     """
 
     __slots__ = ("transport", "wrapped", "record", "factory", "remote", "closer",
-                 "connected", "__weakref__")
+                 "connected", "timer", "lastActive", "deadlineAt", "admitted",
+                 "__weakref__")
 
-    def __init__(self, wrapped, factory: "TrackingFactory", remote: tuple | None = None):
+    def __init__(self, wrapped, factory: "TrackingFactory", remote: tuple | None = None,
+                 admitted: str | None = None):
         self.wrapped = wrapped
         self.factory = factory
         self.remote = remote
         self.transport = None
         self.record = None
         self.closer = None
-        self.connected = 0
+        self.connected = _LOST
+        self.timer = None
+        self.admitted = admitted
 
     def logPrefix(self) -> str:
         wrapped = self.wrapped
@@ -84,48 +169,164 @@ class Tracker:
 
     def makeConnection(self, transport) -> None:
         self.transport = transport
-        self.connected = 1
+        self.connected = _OPEN
         factory = self.factory
         remote, self.remote = self.remote, None  # the record keeps it from now on
         self.record = factory.registry.open(
             factory.service, factory.protocolName, "tcp", factory.localEndpoint(transport),
             remote or endpointOf(transport.getPeer()))
-        self.wrapped.makeConnection(self)
+        if factory.timed:
+            self._startTimer()
+        try:
+            self.wrapped.makeConnection(self)
+        except Exception:
+            self._pluginFailed("connectionMade")
 
     def connectionMade(self) -> None:  # IProtocol; makeConnection does the work
         pass
 
     def dataReceived(self, data: bytes) -> None:
         self.record.bytesIn += len(data)
-        self.wrapped.dataReceived(data)
+        factory = self.factory
+        if factory.idleTimeout is not None:
+            self.lastActive = factory.clock.seconds()
+        try:
+            self.wrapped.dataReceived(data)
+        except Exception:
+            self._pluginFailed("dataReceived")
 
     def connectionLost(self, reason) -> None:
-        self.connected = 0
+        self.connected = _LOST
+        timer = self.timer
+        if timer is not None:
+            self.timer = None  # also breaks the tracker -> call -> bound method cycle
+            if timer.active():
+                timer.cancel()
         wrapped, self.wrapped = self.wrapped, None
         try:
             if wrapped is not None:
                 wrapped.connectionLost(reason)
+        except Exception:
+            self._logFailure("connectionLost")
         finally:
             if self.record is not None:
                 self.factory.registry.close(self.record, self.closeReason(reason))
+            host = self.admitted
+            if host is not None:
+                self.admitted = None
+                self.factory.admission.release(host)
 
     def closeReason(self, reason) -> str:
         """
         Why the connection ended, from Twisted's reason and who asked to close.
         """
+        closer = self.closer
+        if closer in VERDICTS:
+            return closer
         if self.factory.registry.shuttingDown:
             return SHUTDOWN
-        if self.closer is not None and self.closer != SERVER_CLOSED:
-            return self.closer
+        if closer is not None and closer != SERVER_CLOSED:
+            return closer
         # issubclass, not Failure.check, which formats qualified names on every call.
         kind = reason.type
         if issubclass(kind, ConnectionAborted):
             return ABORTED
         if issubclass(kind, ConnectionDone):
-            return self.closer or CLIENT_CLOSED
+            return closer or CLIENT_CLOSED
         if issubclass(kind, ConnectionLost):
             return RESET
         return ERROR
+
+    # -- limits and failures ------------------------------------------------------------------
+
+    def _startTimer(self) -> None:
+        factory = self.factory
+        now = factory.clock.seconds()
+        due = None
+        if factory.idleTimeout is not None:
+            self.lastActive = now
+            due = factory.idleTimeout
+        if factory.deadline is not None:
+            self.deadlineAt = now + factory.deadline
+            due = factory.deadline if due is None else min(due, factory.deadline)
+        self.timer = factory.clock.callLater(due, self._checkTimeouts)
+
+    def _checkTimeouts(self) -> None:
+        """
+        The timeout call fired: close for the limit that has passed, or call again when
+        the next one is due (activity since the call was made moved the idle one on).
+        """
+        self.timer = None
+        factory = self.factory
+        now = factory.clock.seconds()
+        due = None
+        if factory.deadline is not None:
+            due = self.deadlineAt - now
+            if due <= _SLACK:
+                return self.closeForLimit(DEADLINE)
+        if factory.idleTimeout is not None:
+            idle = self.lastActive + factory.idleTimeout - now
+            if idle <= _SLACK:
+                return self.closeForLimit(IDLE_TIMEOUT)
+            due = idle if due is None else min(due, idle)
+        self.timer = factory.clock.callLater(due, self._checkTimeouts)
+
+    def _closeWithin(self, grace: float) -> None:
+        """
+        A close has begun: abort the connection if it is not gone after C{grace}.
+        """
+        self.connected = _CLOSING
+        timer = self.timer
+        if timer is not None and timer.active():
+            timer.cancel()
+        self.timer = self.factory.clock.callLater(grace, self._graceOver)
+
+    def _graceOver(self) -> None:
+        self.timer = None
+        if self.closer not in VERDICTS:
+            self.closer = CLOSE_TIMEOUT  # the plugin's own close did not complete
+        self.transport.abortConnection()
+
+    def closeForLimit(self, reason: str) -> None:
+        """
+        Close the connection for C{reason} (a limit): C{loseConnection}, then
+        C{abortConnection} if it is not gone within the service's close grace.
+        """
+        if self.connected != _OPEN:
+            return
+        self.closer = reason
+        self._closeWithin(self.factory.closeGrace)
+        self.transport.loseConnection()
+
+    def _overCap(self) -> None:
+        if self.connected == _LOST or self.closer == OUTPUT_CAP:
+            return
+        self.closer = OUTPUT_CAP
+        self.transport.abortConnection()
+
+    def _logFailure(self, where: str) -> None:
+        """
+        Log the exception being handled, raised by the plugin's protocol in C{where}.
+        """
+        factory = self.factory
+        record = self.record
+        log.failure(
+            "Service {service} ({protocol}): the plugin's {where} failed on connection "
+            "{remote} -> {local}", service=factory.service, protocol=factory.protocolName,
+            where=where, remote=str(record.remote) if record is not None else "?",
+            local=str(record.local) if record is not None else "?",
+            connection=record.id if record is not None else None)
+
+    def _pluginFailed(self, where: str) -> None:
+        """
+        The plugin's protocol raised in C{where}: log it (once per connection) and abort
+        this connection only.
+        """
+        if self.closer != PLUGIN_ERROR:
+            self._logFailure(where)
+            self.closer = PLUGIN_ERROR
+        if self.connected != _LOST:
+            self.transport.abortConnection()
 
     # -- the transport side (called by the plugin's protocol) -------------------------------
 
@@ -133,17 +334,33 @@ class Tracker:
         record = self.record
         if record is not None:
             record.bytesOut += len(data)
-        self.transport.write(data)
+        transport = self.transport
+        transport.write(data)
+        factory = self.factory
+        if factory.idleTimeout is not None:
+            self.lastActive = factory.clock.seconds()
+        cap = factory.maxOutput
+        if cap is not None and unsentBytes(transport) > cap:
+            self._overCap()
 
     def writeSequence(self, data) -> None:
         record = self.record
         if record is not None:
             record.bytesOut += sum(map(len, data))
-        self.transport.writeSequence(data)
+        transport = self.transport
+        transport.writeSequence(data)
+        factory = self.factory
+        if factory.idleTimeout is not None:
+            self.lastActive = factory.clock.seconds()
+        cap = factory.maxOutput
+        if cap is not None and unsentBytes(transport) > cap:
+            self._overCap()
 
     def loseConnection(self) -> None:
         if self.closer is None:
             self.closer = SERVER_CLOSED
+        if self.connected == _OPEN:
+            self._closeWithin(self.factory.closeGrace)
         self.transport.loseConnection()
 
     def abortConnection(self) -> None:
@@ -220,10 +437,16 @@ class HalfCloseableTracker(Tracker):
     def readConnectionLost(self) -> None:
         if self.closer is None:
             self.closer = CLIENT_CLOSED  # the client ended first, whoever closes now
-        self.wrapped.readConnectionLost()
+        try:
+            self.wrapped.readConnectionLost()
+        except Exception:
+            self._pluginFailed("readConnectionLost")
 
     def writeConnectionLost(self) -> None:
-        self.wrapped.writeConnectionLost()
+        try:
+            self.wrapped.writeConnectionLost()
+        except Exception:
+            self._pluginFailed("writeConnectionLost")
 
 
 class _Wrapping:
@@ -243,6 +466,42 @@ class _Wrapping:
         return self.service
 
 
+class Refusal(Protocol):
+    """
+    What a peer the admission refused is connected to, when there is a banner: it is
+    sent the banner, and the connection is closed (aborted if the close does not
+    complete within C{grace} seconds). The plugin never sees the peer.
+    """
+
+    timer = None
+
+    def __init__(self, banner: bytes, clock, grace: float):
+        self.banner = banner
+        self.clock = clock
+        self.grace = grace
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        self.timer = self.clock.callLater(self.grace, transport.abortConnection)
+        transport.write(self.banner)
+        transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        pass  # refused: whatever it says is ignored
+
+    def abortConnection(self) -> None:
+        """
+        Abort the connection now (as a L{Tracker} can be, e.g. when the server stops).
+        """
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason) -> None:
+        self.connected = 0
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+
 class TrackingFactory(_Wrapping, ServerFactory):
     """
     Wraps a plugin's factory: each protocol it builds is put behind a L{Tracker}.
@@ -251,13 +510,29 @@ class TrackingFactory(_Wrapping, ServerFactory):
     is asked of the first connection and kept when the listener's address is a specific
     one (every connection to it has the same local endpoint), so that a connection costs
     no C{getsockname} call.
+
+    @param limits: the service's L{Limits} (timeouts, output cap, close grace); the
+        connection limits in it are the admission's business.
+    @param admission: who may connect (C{admit(host)}, C{release(host)}, C{banner}), or
+        L{None} to admit everyone.
+    @param clock: the L{IReactorTime} of the timeouts (default: the registry's clock).
     """
 
     def __init__(self, wrapped, registry: Registry, service: str, protocolName: str,
-                 interface: str | None = None):
+                 interface: str | None = None, limits: Limits | None = None,
+                 admission=None, clock=None):
         super().__init__(wrapped, registry, service, protocolName)
         self.fixedLocal = interface not in (None, "", "0.0.0.0", "::")
         self.local = None
+        self.limits = limits = Limits() if limits is None else limits
+        self.admission = admission
+        self.clock = registry.clock if clock is None else clock
+        # Read on every connection, read and write: plain attributes, L{None} when unset.
+        self.idleTimeout = limits.idleTimeout
+        self.deadline = limits.deadline
+        self.timed = limits.idleTimeout is not None or limits.deadline is not None
+        self.maxOutput = limits.maxOutput
+        self.closeGrace = limits.closeGrace
 
     def localEndpoint(self, transport) -> Endpoint:
         """
@@ -278,12 +553,37 @@ class TrackingFactory(_Wrapping, ServerFactory):
         self.wrapped.doStop()
 
     def buildProtocol(self, addr):
-        protocol = self.wrapped.buildProtocol(addr)
+        host = getattr(addr, "host", None)
+        if host is not None:
+            host = hostOf(host)
+        admission = self.admission
+        admitted = None
+        if admission is not None and host is not None:
+            if admission.admit(host) is not None:
+                return self.refuse()
+            admitted = host
+        try:
+            protocol = self.wrapped.buildProtocol(addr)
+        except BaseException:
+            if admitted is not None:
+                admission.release(admitted)
+            raise
         if protocol is None:  # the plugin refused the connection
+            if admitted is not None:
+                admission.release(admitted)
             return None
         cls = HalfCloseableTracker if IHalfCloseableProtocol.providedBy(protocol) else Tracker
-        host = getattr(addr, "host", None)
-        return cls(protocol, self, None if host is None else (hostOf(host), addr.port))
+        return cls(protocol, self, None if host is None else (host, addr.port), admitted)
+
+    def refuse(self):
+        """
+        The protocol for a peer the admission refused: L{None} (Twisted closes the
+        socket at once) or, with a banner, a L{Refusal}.
+        """
+        banner = self.admission.banner
+        if not banner:
+            return None
+        return Refusal(banner, self.clock, self.closeGrace)
 
 
 class DatagramTransport:
@@ -346,7 +646,14 @@ class TrackingDatagram(_Wrapping, DatagramProtocol):
         record.lastSeen = self.registry.clock.seconds()
         record.datagramsIn += 1
         record.bytesIn += len(data)
-        self.wrapped.datagramReceived(data, addr)
+        try:
+            self.wrapped.datagramReceived(data, addr)
+        except Exception:
+            log.failure("Service {service} ({protocol}): the plugin's datagramReceived "
+                        "failed on a datagram from {remote} -> {local}",
+                        service=self.service, protocol=self.protocolName,
+                        remote=str(record.remote), local=str(record.local),
+                        connection=record.id)
 
     def connectionRefused(self) -> None:
         self.wrapped.connectionRefused()

@@ -456,9 +456,12 @@ class SummaryTests(SynchronousTestCase):
         self.assertEqual((summary["accepted_total"], summary["closed_total"]), (4, 3))
         self.assertEqual(summary["closed_by_reason"], {CLIENT_CLOSED: 2, RESET: 1})
         echo, webCounts, high = (summary["services"][s] for s in ("echo", "web", "high"))
-        self.assertEqual(echo, {"tcp": 1, "udp": 0, "accepted": 3, "closed": 2})
-        self.assertEqual(webCounts, {"tcp": 0, "udp": 0, "accepted": 1, "closed": 1})
-        self.assertEqual(high, {"tcp": 0, "udp": 0, "accepted": 0, "closed": 0})
+        self.assertEqual(echo, {"tcp": 1, "udp": 0, "accepted": 3, "closed": 2,
+                                "refused": 0})
+        self.assertEqual(webCounts, {"tcp": 0, "udp": 0, "accepted": 1, "closed": 1,
+                                     "refused": 0})
+        self.assertEqual(high, {"tcp": 0, "udp": 0, "accepted": 0, "closed": 0,
+                                "refused": 0})
 
     def test_closedServiceWithoutListener(self):
         """
@@ -468,4 +471,5 @@ class SummaryTests(SynchronousTestCase):
         clock, registry = makeRegistry()
         registry.close(openEcho(registry, service="gone"), CLIENT_CLOSED)
         self.assertEqual(registry.summary()["services"],
-                         {"gone": {"tcp": 0, "udp": 0, "accepted": 1, "closed": 1}})
+                         {"gone": {"tcp": 0, "udp": 0, "accepted": 1, "closed": 1,
+                                   "refused": 0}})

@@ -298,15 +298,38 @@ class ListenersAndSummaryTests(SynchronousTestCase):
                           "privileged": 2, "unprivileged": 0},
                 "remote": {"by_class": {"well-known": 0, "registered": 1, "dynamic": 1},
                            "privileged": 0, "unprivileged": 2}},
-            "services": {"echo": {"tcp": 1, "udp": 1, "accepted": 3, "closed": 1},
-                         "daytime": {"tcp": 0, "udp": 0, "accepted": 1, "closed": 1}},
+            "services": {"echo": {"tcp": 1, "udp": 1, "accepted": 3, "closed": 1,
+                                  "refused": 0},
+                         "daytime": {"tcp": 0, "udp": 0, "accepted": 1, "closed": 1,
+                                     "refused": 0}},
             "accepted_total": 4,
             "closed_total": 2,
             "closed_by_reason": {"server-closed": 1, "client-closed": 1},
+            "refused_by_reason": {},
             "flags": [],
+            "state": "serving",
             "version": portserver.__version__,
             "config": "<test>",
         })
+
+
+class DrainingTests(SynchronousTestCase):
+    """
+    While the server drains, the status service still answers and says so.
+    """
+
+    def test_summaryWhileDraining(self):
+        """
+        Once stopped, the server's summary says C{"draining"}, with the TCP connections
+        left and the seconds until they are aborted.
+        """
+        filled = FilledServer()
+        filled.server.stopService()
+        filled.reactor.advance(3)
+        summary = filled.get(b"/api/summary").json()
+        self.assertEqual((summary["state"], summary["remaining"], summary["drain_left"]),
+                         ("draining", 1, 7.0))
+        self.assertEqual(summary["connections"]["total"], 1)  # the UDP flow closed
 
 
 class HTTPTests(SynchronousTestCase):

@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from portserver.limits import Limits
 from portserver.ports import PrivilegeRule
 from portserver.protocols.classic import EchoDatagram
 from portserver.registry import Endpoint, Registry
@@ -229,6 +230,41 @@ class RecordTests(SynchronousTestCase):
                          (0, [], {}))
 
 
+class FactoryTests(SynchronousTestCase):
+    """
+    What a L{TrackingFactory} is built with when not told.
+    """
+
+    def test_defaults(self):
+        """
+        Without limits a factory has the default L{Limits} (no timeouts, the default
+        output cap), the registry's clock, and no admission.
+        """
+        registry = makeRegistry()
+        factory = TrackingFactory(Factory.forProtocol(Echo), registry, "echo", "echo")
+        self.assertEqual(factory.limits, Limits())
+        self.assertIs(factory.clock, registry.clock)
+        self.assertIsNone(factory.admission)
+        self.assertEqual((factory.idleTimeout, factory.deadline, factory.timed,
+                          factory.maxOutput, factory.closeGrace),
+                         (None, None, False, Limits().maxOutput, Limits().closeGrace))
+
+    def test_clock(self):
+        """
+        The timeouts run on the clock given, not the registry's.
+        """
+        registry = makeRegistry()
+        clock = Clock()
+        factory = TrackingFactory(Factory.forProtocol(Echo), registry, "echo", "echo",
+                                  limits=Limits(idleTimeout=1), clock=clock)
+        tracker = factory.buildProtocol(PEER)
+        tracker.makeConnection(StringTransport(hostAddress=HOST, peerAddress=PEER))
+        self.assertEqual((len(clock.getDelayedCalls()), registry.clock.getDelayedCalls()),
+                         (1, []))
+        clock.advance(1)
+        self.assertTrue(tracker.transport.disconnecting)
+
+
 class CloseReasonTests(SynchronousTestCase):
     """
     Why a connection closed, from Twisted's reason and who asked to close.
@@ -303,6 +339,20 @@ class CloseReasonTests(SynchronousTestCase):
         Any other reason is "error".
         """
         self.assertEqual(self.closeWith(ValueError("boom")), "error")
+
+    def test_verdicts(self):
+        """
+        The server's own verdicts (limits, a plugin's error) take precedence over
+        Twisted's reason, over a later abort, and over a shutdown begun after them.
+        """
+        for verdict in ("idle-timeout", "deadline", "output-cap", "close-timeout",
+                        "plugin-error"):
+            def judge(connection):
+                connection.tracker.closer = verdict
+                connection.protocol.transport.abortConnection()
+                connection.registry.shuttingDown = True
+
+            self.assertEqual(self.closeWith(ConnectionAborted(), judge), verdict)
 
     def test_pluginGetsReason(self):
         """

@@ -68,6 +68,14 @@ class RegistryCollector(Collector):
             closed.add_metric(key, count)
         yield closed
 
+        refused = CounterMetricFamily(
+            "portserver_refused_connections",
+            "Connections refused before they were opened (access rules or limits).",
+            labels=("service", "reason"))
+        for key, count in sorted(registry.refused.items()):
+            refused.add_metric(key, count)
+        yield refused
+
         received, sent = Counter(dict.fromkeys(pairs, 0)), Counter(dict.fromkeys(pairs, 0))
         received.update(registry.bytesIn)
         sent.update(registry.bytesOut)

@@ -203,7 +203,10 @@ class Listeners(JSONPage):
 
 class Summary(JSONPage):
     """
-    C{GET /api/summary}: the registry's summary, the version and the config path.
+    C{GET /api/summary}: the registry's summary, the version and the config path, and the
+    server's C{state}: C{"serving"}, or C{"draining"} while stopping (with C{remaining},
+    the TCP connections still live, and C{drain_left}, the seconds until they are
+    aborted).
     """
 
     def __init__(self, server):
@@ -213,6 +216,7 @@ class Summary(JSONPage):
     def data(self, request):
         server = self.portServer
         summary = server.registry.summary(server.boundListeners())
+        summary.update(server.drainState())
         summary["version"] = portserver.__version__
         summary["config"] = server.plan.config.path
         return summary

@@ -1,0 +1,200 @@
+"""
+A TCP listener out of file descriptors (EMFILE) neither busy-loops nor stops serving:
+a real server in a subprocess with a small C{RLIMIT_NOFILE}.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests.test_twistd import DEADLINE, ROOT
+
+# The server: echo on 127.0.0.1:0, with RLIMIT_NOFILE lowered to what it has open plus
+# SPARE; "noreserve" disables the spare descriptor (queued connections then wait).
+SERVER = r"""
+import os, resource, sys
+from twisted.internet import reactor
+from twisted.logger import globalLogBeginner, textFileLogObserver
+globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+from portserver import service
+from tests.support import makePlan, spec
+if sys.argv[1] == "noreserve":
+    service._reserve.reserve = lambda: None
+if sys.argv[1] == "stock":  # Twisted's own Port, without its spare descriptor
+    from twisted.internet import tcp
+    tcp._reservedFD = tcp._NullFileDescriptorReservation()
+    service._stockListenTCP = lambda reactor: False
+server = service.PortServer(makePlan(spec("echo", port=0)), reactor)
+server.startService()
+service._reserve.release() if sys.argv[1] == "noreserve" else None
+def report():
+    print("REFUSED", dict(server.registry.refused), dict(server.listeners[0].refused),
+          flush=True)
+reactor.addSystemEventTrigger("before", "shutdown", report)
+def ready():
+    used = len(os.listdir("/proc/self/fd"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (used + 4, hard))
+    print("PORT", server.addressOf("echo").port, flush=True)
+reactor.callWhenRunning(ready)
+reactor.run()
+"""
+
+EXHAUSTED = "Out of file descriptors (EMFILE)"
+
+
+class Server:
+    """
+    The server process and its output, read without blocking.
+    """
+
+    def __init__(self, testCase, mode):
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["PYTHONPATH"] = ROOT
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", SERVER, mode], cwd=ROOT, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        testCase.addCleanup(self.kill)
+        os.set_blocking(self.process.stdout.fileno(), False)
+        self.lines, self.buffer = [], b""
+        line = self.waitFor("PORT ")
+        self.port = int(line.split("PORT ")[1])
+
+    def kill(self):
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.process.stdout.close()
+
+    def read(self) -> None:
+        chunk = self.process.stdout.read()
+        if chunk:
+            self.buffer += chunk
+            *complete, self.buffer = self.buffer.split(b"\n")
+            self.lines.extend(l.decode(errors="replace") for l in complete)
+
+    def has(self, text) -> str | None:
+        self.read()
+        return next((l for l in self.lines if text in l), None)
+
+    def waitFor(self, text, deadline=DEADLINE) -> str:
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            found = self.has(text)
+            if found is not None:
+                return found
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"no line with {text!r}; output:\n" + "\n".join(self.lines))
+
+    def watch(self, seconds) -> None:
+        """
+        Read the output for C{seconds} (a full pipe would stall a busy loop, hiding it).
+        """
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.read()
+            time.sleep(0.01)
+
+    def cpuSeconds(self) -> float:
+        with open(f"/proc/{self.process.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class EMFILETests(SynchronousTestCase):
+
+    def setUp(self):
+        if not os.path.isdir("/proc/self/fd"):
+            raise SkipTest("needs /proc")
+
+    def connect(self, server):
+        client = socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE)
+        self.addCleanup(client.close)
+        client.sendall(b"ping")
+        return client
+
+    def saturate(self, server):
+        """
+        Open echoed connections until the server logs that it is out of descriptors:
+        the echoed ones and the last one (not served).
+        """
+        held = []
+        for _ in range(50):
+            client = self.connect(server)
+            end = time.monotonic() + DEADLINE
+            while time.monotonic() < end:
+                if server.has(EXHAUSTED):
+                    return held, client
+                if select.select([client], [], [], 0.05)[0]:
+                    self.assertEqual(client.recv(100), b"ping")
+                    held.append(client)
+                    break
+            else:
+                self.fail("neither an echo nor EMFILE")
+        self.fail("50 connections and no EMFILE")
+
+    def test_backsOffAndRecovers(self):
+        """
+        Out of descriptors (and with no spare one), the listener neither spins nor
+        floods the log; a queued connection is served once descriptors are free, and so
+        is a new one.
+        """
+        server = Server(self, "noreserve")
+        held, waiting = self.saturate(server)
+        self.assertGreater(len(held), 0)
+        saturated = time.monotonic()
+        before = server.cpuSeconds()
+        server.watch(1.5)
+        self.assertLess(server.cpuSeconds() - before, 0.5)  # a busy loop takes ~1.5
+        for client in held:
+            client.close()
+        waiting.settimeout(DEADLINE)
+        self.assertEqual(waiting.recv(100), b"ping")  # served after the back-off
+        duration = time.monotonic() - saturated
+        server.waitFor("Descriptors available again")
+        fresh = self.connect(server)
+        self.assertEqual(fresh.recv(100), b"ping")
+        reports = [l for l in server.lines if EXHAUSTED in l]
+        self.assertLessEqual(len(reports), duration + 2)  # at most one a second
+        self.assertIn("failed accept(s)", reports[0])
+
+    def test_shedsQueueAndCounts(self):
+        """
+        With the spare descriptor, a connection that cannot be served is closed at once
+        and counted as refused ("no-descriptors"); once descriptors are free, new
+        connections are served.
+        """
+        server = Server(self, "reserve")
+        held, refused = self.saturate(server)
+        refused.settimeout(DEADLINE)
+        try:
+            self.assertEqual(refused.recv(100), b"")
+        except ConnectionResetError:
+            pass
+        for client in held:
+            client.close()
+        end = time.monotonic() + DEADLINE
+        while True:  # served again after the back-off (a refused connection may come first)
+            client = self.connect(server)
+            try:
+                if client.recv(100) == b"ping":
+                    break
+            except ConnectionResetError:
+                pass
+            self.assertLess(time.monotonic(), end)
+            time.sleep(0.1)
+        server.process.send_signal(signal.SIGTERM)
+        line = server.waitFor("REFUSED")
+        self.assertIn("('echo', 'no-descriptors'): ", line)
+        server.process.wait(DEADLINE)
+        self.assertIn("queued connection(s) closed unserved", server.has(EXHAUSTED))
