@@ -198,11 +198,20 @@ def _section(data: MarkedMap, key: str, schema, collector) -> dict[str, Any]:
     try:
         return checkOptions(value, schema)
     except OptionsError as e:
-        for p in e.problems:
-            mark = value.keyMark(p.option) if p.option in value else data.valueMark(key)
-            collector.add(mark, f"{key}: '{p.option}' {p.message}" if p.option
-                          else f"{key}: {p.message}")
+        _reportSection(e, data, key, collector)
         return checkOptions({}, schema)
+
+
+def _reportSection(error: OptionsError, data: MarkedMap, key: str, collector,
+                   service=None) -> None:
+    """
+    Report each problem of the mapping C{data[key]}, at the key it names.
+    """
+    value = data[key]
+    for p in error.problems:
+        mark = value.keyMark(p.option) if p.option in value else data.valueMark(key)
+        collector.add(mark, f"{key}: '{p.option}' {p.message}" if p.option
+                      else f"{key}: {p.message}", service)
 
 
 def _givenLimits(data: MarkedMap, key: str, collector, service=None) -> dict[str, Any]:
@@ -220,10 +229,7 @@ def _givenLimits(data: MarkedMap, key: str, collector, service=None) -> dict[str
     try:
         checked = checkOptions(value, LIMITS_SCHEMA)
     except OptionsError as e:
-        for p in e.problems:
-            mark = value.keyMark(p.option) if p.option in value else data.valueMark(key)
-            collector.add(mark, f"{key}: '{p.option}' {p.message}" if p.option
-                          else f"{key}: {p.message}", service)
+        _reportSection(e, data, key, collector, service)
         return {}
     return {k: checked[k] for k in value}
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import weakref
 from collections import Counter
 
 import attrs
@@ -306,10 +305,7 @@ class ListenerService(BindingService):
         # The service's L{portserver.admission.Admission}, shared by its listeners.
         self.admission = admission
         self.port = None
-        # The trackers of this listener's live connections, to abort those left when a
-        # drain ends (the registry holds plain records only). Weak: a closed
-        # connection's tracker still goes with its transport.
-        self.connections = weakref.WeakSet()
+        self.served = None  # the TrackingFactory (tcp) or TrackingDatagram (udp) bound
         self.refused: Counter = Counter()  # reason -> count, when the registry has none
         self.setName(f"{listener.service}/{listener.transport}")
 
@@ -343,8 +339,8 @@ class ListenerService(BindingService):
             raise StartupError(
                 f"service {listener.service!r}: protocol {listener.protocol!r} failed to "
                 f"build its {listener.transport} side: {type(e).__name__}: {e}") from e
+        self.served = served
         if listener.transport == "tcp":
-            self._collect(served)
             if _stockListenTCP(self.reactor):
                 port = AcceptingPort(listener.port, served, BACKLOG, listener.interface,
                                      self.reactor)
@@ -359,19 +355,6 @@ class ListenerService(BindingService):
         else:
             self.port = udp.listenUDP(self.reactor, listener.port, served, listener.interface)
 
-    def _collect(self, factory) -> None:
-        """
-        Keep every protocol C{factory} builds in L{connections}.
-        """
-        build, connections = factory.buildProtocol, self.connections
-
-        def buildProtocol(addr):
-            protocol = build(addr)
-            if protocol is not None:
-                connections.add(protocol)
-            return protocol
-        factory.buildProtocol = buildProtocol
-
     def _refusedForDescriptors(self, count: int) -> None:
         refuse = getattr(self.registry, "refuse", None)
         for _ in range(count):
@@ -384,7 +367,9 @@ class ListenerService(BindingService):
         """
         Abort every live connection of this listener; return how many.
         """
-        live = [c for c in list(self.connections) if getattr(c, "connected", 0)]
+        if not isinstance(self.served, TrackingFactory):
+            return 0
+        live = [c for c in list(self.served.live) if getattr(c, "connected", 0)]
         for connection in live:
             connection.abortConnection()
         return len(live)

@@ -52,6 +52,8 @@ the connection they happen on:
 
 from __future__ import annotations
 
+import weakref
+
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IConsumer,
@@ -334,26 +336,25 @@ class Tracker:
         record = self.record
         if record is not None:
             record.bytesOut += len(data)
-        transport = self.transport
-        transport.write(data)
-        factory = self.factory
-        if factory.idleTimeout is not None:
-            self.lastActive = factory.clock.seconds()
-        cap = factory.maxOutput
-        if cap is not None and unsentBytes(transport) > cap:
-            self._overCap()
+        self.transport.write(data)
+        self._wrote()
 
     def writeSequence(self, data) -> None:
         record = self.record
         if record is not None:
             record.bytesOut += sum(map(len, data))
-        transport = self.transport
-        transport.writeSequence(data)
+        self.transport.writeSequence(data)
+        self._wrote()
+
+    def _wrote(self) -> None:
+        """
+        After a write: the connection was active, and its output may be over the cap.
+        """
         factory = self.factory
         if factory.idleTimeout is not None:
             self.lastActive = factory.clock.seconds()
         cap = factory.maxOutput
-        if cap is not None and unsentBytes(transport) > cap:
+        if cap is not None and unsentBytes(self.transport) > cap:
             self._overCap()
 
     def loseConnection(self) -> None:
@@ -533,6 +534,10 @@ class TrackingFactory(_Wrapping, ServerFactory):
         self.timed = limits.idleTimeout is not None or limits.deadline is not None
         self.maxOutput = limits.maxOutput
         self.closeGrace = limits.closeGrace
+        # Every protocol built and not yet freed, to abort those left when a drain ends
+        # (the registry holds plain records only). Weak: a closed connection's tracker
+        # still goes with its transport.
+        self.live = weakref.WeakSet()
 
     def localEndpoint(self, transport) -> Endpoint:
         """
@@ -553,6 +558,12 @@ class TrackingFactory(_Wrapping, ServerFactory):
         self.wrapped.doStop()
 
     def buildProtocol(self, addr):
+        protocol = self._build(addr)
+        if protocol is not None:
+            self.live.add(protocol)
+        return protocol
+
+    def _build(self, addr):
         host = getattr(addr, "host", None)
         if host is not None:
             host = hostOf(host)

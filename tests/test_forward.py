@@ -13,15 +13,15 @@ from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRef
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from portserver.config import ConfigError
 from portserver.protocols.classic import echo
 from portserver.protocols.forward import TARGET_CLOSED, forward
 from portserver.registry import CLIENT_CLOSED, SERVER_CLOSED
-from portserver.service import PortServer
 from portserver.testing import MemoryTransport, ServiceHarness
-from tests.support import freePort, makePlan, spec
+from tests.support import freePort, spec
+from tests.test_integration import ServingTestCase
 
 PEER = ("198.51.100.20", 41000)
 TARGET_LOCAL = IPv4Address("TCP", "10.0.0.1", 52000)
@@ -271,18 +271,10 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(self.harness.closed()[0].outbound, None)
 
 
-class ForwardIntegrationTests(TestCase):
+class ForwardIntegrationTests(ServingTestCase):
     """
     A real forward in front of a real echo service, real sockets, 127.0.0.1.
     """
-
-    timeout = 60
-
-    def serve(self, *specs):
-        server = PortServer(makePlan(*specs), reactor)
-        server.startService()
-        self.addCleanup(server.stopService)
-        return server
 
     def start(self, **options):
         echoServer = self.serve(spec("echo", port=0))

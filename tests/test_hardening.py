@@ -18,7 +18,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, c
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
@@ -44,6 +44,7 @@ from portserver.tracking import (
     unsentBytes,
 )
 from tests.support import makePlan, spec
+from tests.test_tracking import Recorder, makeRegistry
 
 HOST = IPv4Address("TCP", "127.0.0.1", 7)
 PEER = IPv4Address("TCP", "127.0.0.2", 40001)
@@ -51,27 +52,6 @@ OTHER = IPv4Address("TCP", "127.0.0.3", 40002)
 
 #: Seconds a real connection may take to be closed for a limit, on a loaded machine.
 REAL_DEADLINE = 10
-
-
-def makeRegistry():
-    """
-    A registry on a fresh clock (at 100 seconds).
-    """
-    clock = Clock()
-    clock.advance(100)
-    return Registry(clock, PrivilegeRule(1024, "test"))
-
-
-class Recorder(Protocol):
-    """
-    A plugin protocol that records the data it gets.
-    """
-
-    def __init__(self):
-        self.received = []
-
-    def dataReceived(self, data):
-        self.received.append(data)
 
 
 class Exploding(Recorder):
