@@ -171,6 +171,14 @@ class Admission:
         """
         return self._banner
 
+    def allows(self, host: str) -> bool:
+        """
+        Whether the access rules let C{host} in (a reload closes the live connections of
+        peers they no longer do).
+        """
+        allows = self._allows
+        return allows is None or allows(host)
+
     def admit(self, host: str) -> str | None:
         """
         Decide on a new connection from C{host} (an address string; IPv4-mapped IPv6 is

@@ -17,7 +17,7 @@ from collections import Counter
 import attrs
 from twisted.application.service import MultiService, Service
 from twisted.internet import tcp
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.task import LoopingCall
@@ -27,7 +27,7 @@ from portserver import udp
 from portserver.admission import Admission
 from portserver.plan import Listener, Plan
 from portserver.registry import CLOSED, SHUTDOWN, Registry
-from portserver.tracking import TrackingDatagram, TrackingFactory
+from portserver.tracking import DENIED, TrackingDatagram, TrackingFactory
 
 log = Logger()
 
@@ -238,6 +238,13 @@ class AcceptingPort(tcp.Port):
         super().connectionLost(reason)
 
 
+def _liveOf(factory) -> list:
+    """
+    The protocols of C{factory} (a L{TrackingFactory}) whose connection is live.
+    """
+    return [c for c in list(factory.live) if getattr(c, "connected", 0)]
+
+
 def _stockListenTCP(reactor) -> bool:
     """
     Whether C{reactor.listenTCP} is Twisted's posix one (C{tcp.Port(...).startListening()}),
@@ -306,22 +313,45 @@ class ListenerService(BindingService):
         self.admission = admission
         self.port = None
         self.served = None  # the TrackingFactory (tcp) or TrackingDatagram (udp) bound
+        self.retired: list[TrackingFactory] = []  # replaced by a reload, still serving
+        self._built = None  # built ahead of bind() by prebuild()
+        self._unsubscribe = None
+        self.drainCall = None  # the abort at the end of a removed listener's drain
+        self.unbound = None  # fires once a reload that removed this listener closed it
         self.refused: Counter = Counter()  # reason -> count, when the registry has none
-        self.setName(f"{listener.service}/{listener.transport}")
 
-    def build(self):
+    def build(self, listener: Listener | None = None):
         """
-        Build what the plugin serves this listener with, behind the tracking layer.
+        Build what the plugin serves C{listener} (by default this one) with, behind the
+        tracking layer.
         """
-        spec = self.listener.spec
-        if self.listener.transport == "tcp":
+        listener = listener or self.listener
+        spec = listener.spec
+        if listener.transport == "tcp":
             return TrackingFactory(spec.provider.buildFactory(spec, self.reactor),
                                    self.registry, spec.name, spec.protocol,
-                                   self.listener.interface, limits=spec.limits,
+                                   listener.interface, limits=spec.limits,
                                    admission=self.admission,
                                    clock=self.reactor)
         return TrackingDatagram(spec.provider.buildDatagramProtocol(spec, self.reactor),
                                 self.registry, spec.name, spec.protocol)
+
+    def _buildChecked(self, listener: Listener):
+        try:
+            return self.build(listener)
+        except Exception as e:
+            raise StartupError(
+                f"service {listener.service!r}: protocol {listener.protocol!r} failed to "
+                f"build its {listener.transport} side: {type(e).__name__}: {e}") from e
+
+    def prebuild(self) -> None:
+        """
+        Build now what L{bind} will serve (so that a plugin's failure is known before
+        anything else changes).
+
+        @raise StartupError: when the plugin cannot build its factory.
+        """
+        self._built = self._buildChecked(self.listener)
 
     def bind(self) -> None:
         """
@@ -333,12 +363,9 @@ class ListenerService(BindingService):
         if self.port is not None:
             return
         listener = self.listener
-        try:
-            served = self.build()
-        except Exception as e:
-            raise StartupError(
-                f"service {listener.service!r}: protocol {listener.protocol!r} failed to "
-                f"build its {listener.transport} side: {type(e).__name__}: {e}") from e
+        served, self._built = self._built, None
+        if served is None:
+            served = self._buildChecked(listener)
         self.served = served
         if listener.transport == "tcp":
             if _stockListenTCP(self.reactor):
@@ -355,6 +382,79 @@ class ListenerService(BindingService):
         else:
             self.port = udp.listenUDP(self.reactor, listener.port, served, listener.interface)
 
+    # -- reloading ------------------------------------------------------------------------------
+
+    def prepare(self, listener: Listener):
+        """
+        What to serve C{listener} (a reloaded config's listener for this socket) with:
+        L{None} when its service's settings are those served already, else a new
+        factory (tcp) or datagram protocol (udp), not yet in use.
+
+        @raise StartupError: when the plugin cannot build it.
+        """
+        old, new = self.listener.spec, listener.spec
+        if old == new and old.provider is new.provider:
+            return None
+        if listener.transport == "tcp":
+            return self._buildChecked(listener)
+        spec = listener.spec
+        try:
+            return spec.provider.buildDatagramProtocol(spec, self.reactor)
+        except Exception as e:
+            raise StartupError(
+                f"service {listener.service!r}: protocol {listener.protocol!r} failed to "
+                f"build its udp side: {type(e).__name__}: {e}") from e
+
+    def replace(self, listener: Listener, admission, served) -> None:
+        """
+        Serve new connections (or datagrams) on the same socket as C{listener} says,
+        with C{served} from L{prepare} (L{None}: keep what is served). Live connections
+        keep the factory, limits and plugin they were accepted with; a replaced factory
+        is stopped once its last connection has ended.
+        """
+        self.listener = listener
+        self.admission = admission
+        if served is None:
+            return
+        if isinstance(self.served, TrackingDatagram):
+            self.served.replace(served, listener.service, listener.protocol)
+            return
+        old = self.served
+        served.doStart()
+        if self.port is not None:
+            self.port.factory = served
+        self.served = served
+        if old is not None:
+            self.retired.append(old)
+            if self._unsubscribe is None:
+                self._unsubscribe = self.registry.subscribe(self._connectionEvent)
+            self._stopRetired()
+
+    def _connectionEvent(self, event, record) -> None:
+        if event == CLOSED and record.transport == "tcp":
+            # After this connection's close is over, not inside it.
+            self.reactor.callLater(0, self._stopRetired)
+
+    def _stopRetired(self) -> None:
+        keep = []
+        for factory in self.retired:
+            if _liveOf(factory):
+                keep.append(factory)
+            else:
+                factory.doStop()
+        self.retired = keep
+        if not keep and self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def trackers(self) -> list:
+        """
+        The live connections of this listener (under every factory it has served
+        with), as their trackers.
+        """
+        factories = [self.served] if isinstance(self.served, TrackingFactory) else []
+        return [c for factory in factories + self.retired for c in _liveOf(factory)]
+
     def _refusedForDescriptors(self, count: int) -> None:
         refuse = getattr(self.registry, "refuse", None)
         for _ in range(count):
@@ -367,9 +467,7 @@ class ListenerService(BindingService):
         """
         Abort every live connection of this listener; return how many.
         """
-        if not isinstance(self.served, TrackingFactory):
-            return 0
-        live = [c for c in list(self.served.live) if getattr(c, "connected", 0)]
+        live = self.trackers()
         for connection in live:
             connection.abortConnection()
         return len(live)
@@ -405,6 +503,78 @@ DRAINING = "draining"
 STOPPED = "stopped"
 
 
+class ReloadError(Exception):
+    """
+    A reloaded configuration could not be applied; nothing was changed. C{errors} says
+    why, one message each.
+    """
+
+    def __init__(self, errors):
+        self.errors = tuple(errors)
+        super().__init__("\n".join(self.errors))
+
+
+@attrs.frozen
+class ReloadReport:
+    """
+    What applying a reloaded configuration changed.
+
+    @ivar added: the listeners that started listening; C{removed}: those that stopped
+        (their connections drain); C{changed}: those that kept their socket and serve
+        new connections with new settings; C{unchanged}: how many kept everything.
+    @ivar denied: live connections closed because the new access rules deny their peer.
+    @ivar warnings: settings that only a restart applies, and listeners that could not
+        be bound once the ones they replace had closed.
+    """
+
+    generation: int
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    unchanged: int = 0
+    denied: int = 0
+    warnings: tuple[str, ...] = ()
+
+    def asDict(self) -> dict:
+        return {"generation": self.generation, "added": list(self.added),
+                "removed": list(self.removed), "changed": list(self.changed),
+                "unchanged": self.unchanged, "denied": self.denied,
+                "warnings": list(self.warnings)}
+
+    def describe(self) -> str:
+        parts = [f"{len(self.added)} listener(s) added", f"{len(self.removed)} removed",
+                 f"{len(self.changed)} changed", f"{self.unchanged} unchanged"]
+        if self.denied:
+            parts.append(f"{self.denied} connection(s) closed by the new access rules")
+        return ", ".join(parts)
+
+
+def socketKey(listener: Listener) -> tuple:
+    """
+    What a reload matches listeners by: the socket (transport, interface, port), so a
+    listener whose address is unchanged keeps its socket, whatever else changed. A
+    listener on port 0 ("any free port") is matched by service too, and keeps the port
+    it was given.
+    """
+    if listener.port == 0:
+        return (listener.transport, listener.interface, 0, listener.service)
+    return (listener.transport, listener.interface, listener.port)
+
+
+def _restartOnly(old, new) -> list[str]:
+    """
+    Warnings for the settings of C{new} (a L{ServerConfig}) that differ from C{old} and
+    take effect only at a restart.
+    """
+    warnings = []
+    if old.status != new.status:
+        warnings.append(f"status.listen changed to {new.status.listen!r}: the status "
+                        f"service stays on {old.status.listen!r} until a restart")
+    if old.registry != new.registry:
+        warnings.append("registry settings changed: they apply at the next restart")
+    return warnings
+
+
 class PortServer(MultiService):
     """
     Every listener of a L{Plan}, bound all at once or not at all.
@@ -437,6 +607,14 @@ class PortServer(MultiService):
         self._drained = None
         self._endDrain = None
         self._drainEnds = None
+        self.retiring: list[ListenerService] = []  # removed by a reload, draining
+        # The config in force: its generation (1 as started, +1 per reload applied),
+        # when it was loaded (reactor time), and the last reload's outcome (see
+        # L{portserver.reload.Reloader}).
+        self.generation = 1
+        self.loadedAt = reactor.seconds()
+        self.lastReload = None
+        self.reloads = Counter()  # "applied" / "rejected" -> count
 
     def boundListeners(self) -> list[Listener]:
         """
@@ -489,6 +667,172 @@ class PortServer(MultiService):
             self._expiry.start(interval, now=False)
         self.reactor.callWhenRunning(self._ready)
 
+    # -- reloading ------------------------------------------------------------------------------
+
+    def reload(self, plan: Plan) -> Deferred:
+        """
+        Apply C{plan} (a reloaded configuration) as a difference from the one served:
+
+          - a listener whose socket is unchanged (L{socketKey}) keeps it, so the port
+            never refuses; new connections get the new plugin options, limits and rules,
+            live ones keep what they were accepted with;
+          - new listeners start listening; removed ones stop, and their connections
+            drain for C{shutdown.drain} seconds before the rest are aborted;
+          - live connections whose peer the new access rules deny are closed
+            (C{"denied"}).
+
+        Every new plugin factory is built and every new socket bound before anything
+        changes; if any fails, those bound are released and nothing changes.
+
+        @return: a L{Deferred} firing with a L{ReloadReport} (once listeners that take
+            over a removed listener's port are bound too), or failing with
+            L{ReloadError}.
+        """
+        try:
+            report, later, unbound = self._apply(plan)
+        except ReloadError:
+            return fail()
+        if not later:
+            return succeed(report)
+        done = DeferredList(unbound)
+        done.addCallback(lambda _: self._bindLater(later, report))
+        return done
+
+    def _apply(self, plan: Plan):
+        if self.state != SERVING:
+            raise ReloadError([f"the server is {self.state}"])
+        current = {socketKey(child.listener): child for child in self.listeners}
+        kept, added = [], []
+        for listener in plan.listeners:
+            child = current.pop(socketKey(listener), None)
+            if child is None:
+                added.append(listener)
+            else:
+                kept.append((child, listener))
+        removed = list(current.values())
+        admissions = {}
+        for spec in plan.config.services:
+            admission = self.admissions.get(spec.name)
+            if admission is None:
+                admission = Admission(spec.name, spec.limits, spec.access, self.reactor,
+                                      self.registry)
+            admissions[spec.name] = admission
+
+        # 1. Build and bind what is new; on any failure, undo it and change nothing.
+        errors, prepared = [], []
+        for child, listener in kept:
+            try:
+                prepared.append((child, listener, child.prepare(listener)))
+            except StartupError as e:
+                errors.append(str(e))
+        blocked = {(c.listener.transport, c.listener.port) for c in removed}
+        fresh = [ListenerService(l, self.reactor, self.registry, admissions[l.service])
+                 for l in added]
+        now = [c for c in fresh
+               if c.listener.port == 0 or (c.listener.transport, c.listener.port) not in blocked]
+        later = [c for c in fresh if c not in now]
+        for child in later:
+            try:
+                child.prebuild()
+            except StartupError as e:
+                errors.append(str(e))
+        if not errors:
+            for child in now:
+                try:
+                    child.bind()
+                except CannotListenError as e:
+                    errors.append(bindFailureMessage(child.listener, e))
+                except StartupError as e:
+                    errors.append(str(e))
+        if errors:
+            for child in now:
+                child.unbind()
+            raise ReloadError(errors)
+
+        # 2. Commit (nothing below can fail on the config's account).
+        for spec in plan.config.services:
+            if spec.name in self.admissions:
+                admissions[spec.name].update(spec.limits, spec.access)
+        changed = []
+        for child, listener, served in prepared:
+            child.replace(listener, admissions[listener.service], served)
+            if served is not None:
+                changed.append(listener.describe())
+        for child in now:
+            child.setServiceParent(self)
+        for child in removed:
+            self._retire(child, plan.config.shutdown.drain)
+        order = {socketKey(l): i for i, l in enumerate(plan.listeners)}
+        self.listeners = sorted([c for c, _ in kept] + fresh,
+                                key=lambda c: order[socketKey(c.listener)])
+        warnings = _restartOnly(self.plan.config, plan.config)
+        self.plan, self.admissions = plan, admissions
+        self.generation += 1
+        self.loadedAt = self.reactor.seconds()
+        denied = self._closeDenied()
+        if any(l.transport == "udp" for l in plan.listeners) and not self._expiry.running:
+            self._expiry.start(min(max(self.registry.udpIdle / 4, 0.5), 30), now=False)
+        report = ReloadReport(
+            generation=self.generation, added=tuple(c.listener.describe() for c in fresh),
+            removed=tuple(c.listener.describe() for c in removed),
+            changed=tuple(changed), unchanged=len(kept) - len(changed), denied=denied,
+            warnings=tuple(warnings))
+        return report, later, [child.unbound for child in removed]
+
+    def _bindLater(self, later: list[ListenerService], report: ReloadReport) -> ReloadReport:
+        """
+        Bind the listeners that take over a removed listener's port, now that it is
+        closed; one that cannot is left out (and named in the report's warnings).
+        """
+        warnings = list(report.warnings)
+        for child in later:
+            try:
+                child.bind()
+            except (CannotListenError, StartupError) as e:
+                message = (bindFailureMessage(child.listener, e)
+                           if isinstance(e, CannotListenError) else str(e))
+                warnings.append(message)
+                log.error("Reload: {message}", message=message)
+                self.listeners.remove(child)
+                continue
+            child.setServiceParent(self)
+        return attrs.evolve(report, warnings=tuple(warnings))
+
+    def _retire(self, child: ListenerService, drain: float) -> None:
+        """
+        Stop C{child} listening (a reload removed it); its connections have C{drain}
+        seconds to finish before the rest are aborted.
+        """
+        child.unbound = maybeDeferred(child.disownServiceParent)
+        self.retiring = [c for c in self.retiring if c.trackers()] + [child]
+
+        def over():
+            child.drainCall = None
+            aborted = child.abortConnections()
+            if aborted:
+                log.info("Removed listener {listener}: drain over, aborting {aborted} "
+                         "connection(s) still open", listener=child.listener.describe(),
+                         aborted=aborted)
+            if child in self.retiring:
+                self.retiring.remove(child)
+        child.drainCall = self.reactor.callLater(drain, over)
+
+    def _closeDenied(self) -> int:
+        """
+        Close every live connection whose peer its service's access rules now deny.
+        """
+        closed = 0
+        for child in self.listeners + self.retiring:
+            for tracker in child.trackers():
+                admission = tracker.factory.admission
+                record = getattr(tracker, "record", None)
+                if admission is None or record is None:
+                    continue  # a refusal being sent its banner, or not admitted
+                if not admission.allows(record.remote.host) \
+                        and tracker.closeForLimit(DENIED):
+                    closed += 1
+        return closed
+
     def stopService(self):
         """
         Stop at once accepting on every listener (all in this reactor turn) and close the
@@ -502,6 +846,10 @@ class PortServer(MultiService):
             return self._drained
         if self._expiry.running:
             self._expiry.stop()
+        for child in self.retiring:  # the server's drain takes over from theirs
+            if child.drainCall is not None and child.drainCall.active():
+                child.drainCall.cancel()
+            child.drainCall = None
         stopped = super().stopService()
         self.registry.closeFlows(SHUTDOWN)  # no more datagrams can arrive
         drained = self._drained = DeferredList([stopped, self._drain()])
@@ -546,7 +894,8 @@ class PortServer(MultiService):
                 deadline.cancel()
             self._endDrain = None
             self.registry.shuttingDown = True
-            aborted = sum(child.abortConnections() for child in self.listeners
+            aborted = sum(child.abortConnections()
+                          for child in self.listeners + self.retiring
                           if child.listener.transport == "tcp")
             log.info("Drain over: aborting {aborted} connection(s) still open",
                      aborted=aborted)

@@ -155,8 +155,11 @@ def makeService(options, reactor=None):
     The service tree for C{options} (parsed L{Options}): a L{MultiService} holding the
     L{PortServer} (named C{"portserver"}) and, unless the config turns them off, the
     connection log (C{"connection-log"}) and the status web service (named C{"status"}).
+    Once the reactor runs, SIGTERM/SIGINT stop it gracefully and SIGHUP reloads the
+    config (L{portserver.reload}).
     """
     from portserver.connlog import ConnectionLog
+    from portserver.reload import Reloader, installReloadSignal
     from portserver.service import PortServer, ServerTree
     from portserver.status.web import StatusService
 
@@ -173,6 +176,10 @@ def makeService(options, reactor=None):
                       reactor).setServiceParent(tree)
     server.setServiceParent(tree)
     reactor.callWhenRunning(installStopSignals, reactor, server)
+    reloader = Reloader(server, plan.config.path, plan.portOffset,
+                        discover=getattr(options, "_discover", discover),
+                        loadPlan=getattr(options, "_loadPlan", loadPlan))
+    reactor.callWhenRunning(installReloadSignal, reactor, reloader)
     if plan.config.status.listen is not None:
         StatusService(server, plan.config.status.listen, reactor).setServiceParent(tree)
     return tree

@@ -90,7 +90,10 @@ DEADLINE = "deadline"
 OUTPUT_CAP = "output-cap"
 CLOSE_TIMEOUT = "close-timeout"
 PLUGIN_ERROR = "plugin-error"
-VERDICTS = frozenset({IDLE_TIMEOUT, DEADLINE, OUTPUT_CAP, CLOSE_TIMEOUT, PLUGIN_ERROR})
+# A live connection from a peer that a reloaded config's access rules now deny.
+DENIED = "denied"
+VERDICTS = frozenset({IDLE_TIMEOUT, DEADLINE, OUTPUT_CAP, CLOSE_TIMEOUT, PLUGIN_ERROR,
+                      DENIED})
 
 # A timeout call that fires this close to its time counts as on time (float rounding
 # must not make it schedule itself again for 1e-16 seconds, forever).
@@ -289,16 +292,19 @@ class Tracker:
             self.closer = CLOSE_TIMEOUT  # the plugin's own close did not complete
         self.transport.abortConnection()
 
-    def closeForLimit(self, reason: str) -> None:
+    def closeForLimit(self, reason: str) -> bool:
         """
         Close the connection for C{reason} (a limit): C{loseConnection}, then
         C{abortConnection} if it is not gone within the service's close grace.
+
+        @return: whether this began a close (the connection was open).
         """
         if self.connected != _OPEN:
-            return
+            return False
         self.closer = reason
         self._closeWithin(self.factory.closeGrace)
         self.transport.loseConnection()
+        return True
 
     def _overCap(self) -> None:
         if self.connected == _LOST or self.closer == OUTPUT_CAP:
@@ -635,6 +641,17 @@ class TrackingDatagram(_Wrapping, DatagramProtocol):
     def doStop(self) -> None:
         super().doStop()
         self.wrapped.doStop()
+
+    def replace(self, wrapped, service: str, protocolName: str) -> None:
+        """
+        Hand the datagrams from now on to C{wrapped} (a reload's new plugin protocol,
+        for C{service}); the one replaced is stopped.
+        """
+        old = self.wrapped
+        self.wrapped, self.service, self.protocolName = wrapped, service, protocolName
+        if self.transport is not None:
+            wrapped.makeConnection(DatagramTransport(self.transport, self))
+            old.doStop()
 
     def flowFor(self, addr):
         # An (ip, port) tuple equals and hashes as the Endpoint made of it: look up the

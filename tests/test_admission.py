@@ -6,6 +6,8 @@ logged at a bounded rate. Time comes from a L{Clock}; nothing binds.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
@@ -387,6 +389,7 @@ class ReportingTests(SynchronousTestCase):
 
         class Server:
             registry = h.registry
+            generation, loadedAt, reloads = 1, 0.0, Counter()
 
             def boundListeners(self):
                 return []

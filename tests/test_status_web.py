@@ -281,8 +281,8 @@ class ListenersAndSummaryTests(SynchronousTestCase):
     def test_summary(self):
         """
         The summary counts listeners and live connections by port class and privilege,
-        per service, with totals, uptime on the server's clock, the version and the
-        config path.
+        per service, with totals, uptime on the server's clock, the version, the
+        config path and its generation (no reload yet).
         """
         response = self.filled.get(b"/api/summary")
         self.assertEqual(response.code, 200)
@@ -310,6 +310,10 @@ class ListenersAndSummaryTests(SynchronousTestCase):
             "state": "serving",
             "version": portserver.__version__,
             "config": "<test>",
+            "config_generation": 1,
+            "config_loaded_at": 1000.0,
+            "last_reload": None,
+            "reloads": {"applied": 0, "rejected": 0},
         })
 
 

@@ -1,6 +1,9 @@
 """
 C{portserver}: the command line of a running portserver.
 
+C{portserver reload} sends SIGHUP to the server named by twistd's pid file and reports
+the outcome, read from the status service.
+
 C{portserver status} asks a server's status web service (see L{portserver.status.web})
 for its listeners, connections and summary, and prints them as an C{ss}-like table: one
 line per listener, its connections indented under it, then a summary. The CLI is a plain
@@ -16,6 +19,8 @@ import argparse
 import http.client
 import ipaddress
 import json
+import os
+import signal
 import sys
 import time
 import urllib.error
@@ -30,6 +35,12 @@ from portserver.config import DEFAULT_STATUS_LISTEN
 
 #: Seconds to wait for the status service, per request.
 TIMEOUT = 5.0
+
+#: twistd's pid file when not told otherwise (in the directory it runs in).
+DEFAULT_PIDFILE = "twistd.pid"
+
+#: Seconds C{portserver reload} waits for the outcome.
+RELOAD_TIMEOUT = 10.0
 
 PORT_CLASSES = ("well-known", "registered", "dynamic")
 
@@ -420,6 +431,16 @@ def renderSummary(summary: dict) -> list[str]:
         f"uptime {humanDuration(summary.get('uptime') or 0)}; privileged ports: below "
         f"{summary.get('privileged_port_start', '?')} ({summary.get('privileged_rule', '?')})",
     ]
+    generation = summary.get("config_generation")
+    if generation is not None:
+        line = f"config generation {generation}"
+        last = summary.get("last_reload")
+        if isinstance(last, dict):
+            errors = last.get("errors") or []
+            line += f"; last reload {last.get('result', '?')}" + (
+                f" ({len(errors)} error(s): see `portserver reload` or the log)"
+                if errors else "")
+        lines.append(line)
     flags = summary.get("flags") or []
     if flags:
         lines.append(f"flags: {len(flags)}")
@@ -489,11 +510,7 @@ def makeParser(stdout, stderr) -> argparse.ArgumentParser:
         help="show listeners, connections and totals",
         description="Show a running portserver's listeners, each with its connections, "
                     "and a summary, from its status web service.")
-    where = status.add_mutually_exclusive_group()
-    where.add_argument("--url", help="the status service, e.g. http://127.0.0.1:8790")
-    where.add_argument("--config", "-c", metavar="PATH",
-                       help="find the status service from this config's status.listen "
-                            "[default: the bundled config]")
+    _whereArguments(status)
     status.add_argument("--service", metavar="NAME", help="only this service")
     status.add_argument("--class", dest="portClass", choices=PORT_CLASSES,
                         help="only listeners on ports of this class, and their connections")
@@ -503,7 +520,40 @@ def makeParser(stdout, stderr) -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true",
                         help="print the (filtered) JSON: listeners, connections, summary")
     status.set_defaults(run=runStatus)
+
+    reload = commands.add_parser(
+        "reload", stdout=stdout, stderr=stderr,
+        help="make a running portserver re-read its config",
+        description="Send SIGHUP to the portserver whose pid twistd wrote to the pid "
+                    "file, then wait for the outcome in its status service: exit 0 when "
+                    "the new config is in force, 1 when it was rejected (the errors are "
+                    "printed; the old config stays in force).")
+    reload.add_argument("--pidfile", default=DEFAULT_PIDFILE, metavar="PATH",
+                        help="twistd's pid file [default: %(default)s]")
+    _whereArguments(reload)
+    reload.add_argument("--timeout", type=float, default=RELOAD_TIMEOUT, metavar="SECONDS",
+                        help="how long to wait for the outcome [default: %(default)s]")
+    reload.add_argument("--no-wait", action="store_true",
+                        help="send the signal and exit, without asking for the outcome")
+    reload.set_defaults(run=runReload)
     return parser
+
+
+def _whereArguments(parser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--url", help="the status service, e.g. http://127.0.0.1:8790")
+    where.add_argument("--config", "-c", metavar="PATH",
+                       help="find the status service from this config's status.listen "
+                            "[default: the bundled config]")
+
+
+def _statusBase(args) -> str:
+    if args.url is not None:
+        return args.url.rstrip("/")
+    if args.config is None:
+        from portserver.tap import bundledConfigPath
+        args.config = bundledConfigPath()
+    return urlFromConfig(args.config)
 
 
 def runStatus(args, stdout, fetch: Callable[[str], dict], now: Callable[[], float]) -> int:
@@ -512,13 +562,7 @@ def runStatus(args, stdout, fetch: Callable[[str], dict], now: Callable[[], floa
 
     @raise CLIError: the service cannot be found or does not answer.
     """
-    if args.url is not None:
-        base = args.url.rstrip("/")
-    else:
-        if args.config is None:
-            from portserver.tap import bundledConfigPath
-            args.config = bundledConfigPath()
-        base = urlFromConfig(args.config)
+    base = _statusBase(args)
     try:
         if urllib.parse.urlsplit(base).scheme not in ("http", "https"):
             raise FetchError("not an http:// or https:// URL")
@@ -533,6 +577,101 @@ def runStatus(args, stdout, fetch: Callable[[str], dict], now: Callable[[], floa
         filtered = args.service is not None or args.portClass is not None
         stdout.write(render(status, base, now(), closed=args.closed, filtered=filtered))
     return 0
+
+
+def readPid(path: str) -> int:
+    """
+    The process id in twistd's pid file at C{path}.
+
+    @raise CLIError: there is no such file, or it holds no pid.
+    """
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        raise CLIError(f"no pid file at {path} (is portserver running under twistd, from "
+                       "this directory? name its pid file with --pidfile)") from None
+    except OSError as e:
+        raise CLIError(f"cannot read the pid file {path}: {_reason(e)}") from None
+    if not text.isdigit() or int(text) <= 0:
+        raise CLIError(f"the pid file {path} holds no process id ({text[:40]!r})")
+    return int(text)
+
+
+def _reloadCount(summary: dict) -> int | None:
+    reloads = summary.get("reloads")
+    if not isinstance(reloads, dict):
+        return None
+    return sum(v for v in reloads.values() if isinstance(v, int))
+
+
+def _describeReload(outcome: dict) -> str:
+    if outcome.get("result") == "applied":
+        lines = [f"reloaded: generation {outcome.get('generation')} is in force: "
+                 f"{len(outcome.get('added') or [])} listener(s) added, "
+                 f"{len(outcome.get('removed') or [])} removed, "
+                 f"{len(outcome.get('changed') or [])} changed, "
+                 f"{outcome.get('unchanged', 0)} unchanged"]
+        if outcome.get("denied"):
+            lines.append(f"  {outcome['denied']} connection(s) closed by the new access rules")
+        for kind in ("added", "removed", "changed"):
+            lines += [f"  {kind}: {item}" for item in outcome.get(kind) or []]
+        lines += [f"  warning: {w}" for w in outcome.get("warnings") or []]
+    else:
+        errors = outcome.get("errors") or []
+        lines = [f"reload rejected: generation {outcome.get('generation')} stays in force; "
+                 f"{len(errors)} error(s):"]
+        lines += [f"  {e}" for e in errors]
+    return "\n".join(lines) + "\n"
+
+
+def runReload(args, stdout, fetch: Callable[[str], dict], now: Callable[[], float],
+              kill=os.kill, sleep=time.sleep) -> int:
+    """
+    C{portserver reload}: SIGHUP the server, then (unless C{--no-wait}) poll its status
+    service until the reload count goes up, and print the outcome.
+
+    @return: 0 when the reload was applied (or only sent), 1 when rejected.
+    @raise CLIError: no pid, no such process, or no outcome within C{--timeout}.
+    """
+    pid = readPid(args.pidfile)
+    base = None if args.no_wait else _statusBase(args)
+    summaryURL = None if base is None else _api(base, "/api/summary")
+    before = None
+    if summaryURL is not None:
+        try:
+            before = _reloadCount(fetch(summaryURL))
+        except (FetchError, OSError, ValueError, http.client.HTTPException):
+            before = None
+    try:
+        kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise CLIError(f"no process {pid} (from {args.pidfile}): is the pid file "
+                       "stale?") from None
+    except PermissionError:
+        raise CLIError(f"not allowed to signal process {pid} (from {args.pidfile}): run "
+                       "as its user") from None
+    if before is None:
+        why = "" if args.no_wait else f" (no status service answers at {base})"
+        stdout.write(f"sent SIGHUP to portserver (pid {pid}){why}; the outcome is in its "
+                     "log\n")
+        return 0
+    deadline = now() + args.timeout
+    while True:
+        try:
+            summary = fetch(summaryURL)
+        except (FetchError, OSError, ValueError, http.client.HTTPException):
+            summary = {}
+        count = _reloadCount(summary)
+        if count is not None and count > before and isinstance(summary.get("last_reload"),
+                                                                dict):
+            outcome = summary["last_reload"]
+            stdout.write(_describeReload(outcome))
+            return 0 if outcome.get("result") == "applied" else 1
+        if now() >= deadline:
+            raise CLIError(f"sent SIGHUP to pid {pid}, but {base} reported no reload "
+                           f"within {args.timeout:g}s; see the server's log")
+        sleep(0.1)
 
 
 def main(argv=None, stdout=None, stderr=None, fetch=None, now=None) -> int:

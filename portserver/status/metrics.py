@@ -103,6 +103,20 @@ class RegistryCollector(Collector):
                                 "Seconds since the server was made.",
                                 value=registry.clock.seconds() - registry.started)
 
+        server = self.server
+        yield GaugeMetricFamily("portserver_config_generation",
+                                "The config in force: 1 as started, +1 per reload applied.",
+                                value=server.generation)
+        yield GaugeMetricFamily("portserver_config_loaded_timestamp_seconds",
+                                "When the config in force was loaded (Unix time).",
+                                value=server.loadedAt)
+        reloads = CounterMetricFamily("portserver_config_reloads",
+                                      "Config reloads, by result (applied or rejected).",
+                                      labels=("result",))
+        for result in ("applied", "rejected"):
+            reloads.add_metric((result,), server.reloads[result])
+        yield reloads
+
 
 def collectorRegistry(server) -> CollectorRegistry:
     """

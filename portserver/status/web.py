@@ -206,7 +206,10 @@ class Summary(JSONPage):
     C{GET /api/summary}: the registry's summary, the version and the config path, and the
     server's C{state}: C{"serving"}, or C{"draining"} while stopping (with C{remaining},
     the TCP connections still live, and C{drain_left}, the seconds until they are
-    aborted).
+    aborted); C{config_generation} (1 as started, +1 per reload applied),
+    C{config_loaded_at} (Unix time) and C{last_reload} (the outcome of the last reload:
+    C{result} C{"applied"} or C{"rejected"}, C{at}, C{generation}, C{errors}, and what an
+    applied one changed), with C{reloads}, the counts by result.
     """
 
     def __init__(self, server):
@@ -219,6 +222,11 @@ class Summary(JSONPage):
         summary.update(server.drainState())
         summary["version"] = portserver.__version__
         summary["config"] = server.plan.config.path
+        summary["config_generation"] = server.generation
+        summary["config_loaded_at"] = server.loadedAt
+        summary["last_reload"] = server.lastReload
+        summary["reloads"] = {"applied": server.reloads["applied"],
+                              "rejected": server.reloads["rejected"]}
         return summary
 
 
