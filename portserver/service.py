@@ -731,7 +731,7 @@ class PortServer(MultiService):
         now = [c for c in fresh
                if c.listener.port == 0 or (c.listener.transport, c.listener.port) not in blocked]
         later = [c for c in fresh if c not in now]
-        for child in later:
+        for child in fresh:
             try:
                 child.prebuild()
             except StartupError as e:

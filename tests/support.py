@@ -60,6 +60,7 @@ class PortReactor(MemoryReactorClock):
 
     def listenTCP(self, port, factory, backlog=50, interface=""):
         result = self._listen("tcp", port, interface)
+        result.factory = factory  # as tcp.Port has it (a reload swaps it)
         self.tcpServers.append((port, factory, backlog, interface))
         return result
 
