@@ -179,6 +179,13 @@ class Admission:
         allows = self._allows
         return allows is None or allows(host)
 
+    def deny(self, host: str) -> None:
+        """
+        Count and (at a bounded rate) log a datagram from C{host} that the access rules
+        deny.
+        """
+        self._refuse(DENIED, host)
+
     def admit(self, host: str) -> str | None:
         """
         Decide on a new connection from C{host} (an address string; IPv4-mapped IPv6 is

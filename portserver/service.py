@@ -320,25 +320,28 @@ class ListenerService(BindingService):
         self.unbound = None  # fires once a reload that removed this listener closed it
         self.refused: Counter = Counter()  # reason -> count, when the registry has none
 
-    def build(self, listener: Listener | None = None):
+    def build(self, listener: Listener | None = None, admission=None):
         """
         Build what the plugin serves C{listener} (by default this one) with, behind the
-        tracking layer.
+        tracking layer, admitting by C{admission} (by default this one's).
         """
         listener = listener or self.listener
+        admission = admission or self.admission
         spec = listener.spec
         if listener.transport == "tcp":
             return TrackingFactory(spec.provider.buildFactory(spec, self.reactor),
                                    self.registry, spec.name, spec.protocol,
                                    listener.interface, limits=spec.limits,
-                                   admission=self.admission,
+                                   admission=admission,
                                    clock=self.reactor)
-        return TrackingDatagram(spec.provider.buildDatagramProtocol(spec, self.reactor),
-                                self.registry, spec.name, spec.protocol)
+        served = TrackingDatagram(spec.provider.buildDatagramProtocol(spec, self.reactor),
+                                  self.registry, spec.name, spec.protocol)
+        served.admission = admission
+        return served
 
-    def _buildChecked(self, listener: Listener):
+    def _buildChecked(self, listener: Listener, admission=None):
         try:
-            return self.build(listener)
+            return self.build(listener, admission)
         except Exception as e:
             raise StartupError(
                 f"service {listener.service!r}: protocol {listener.protocol!r} failed to "
@@ -384,11 +387,12 @@ class ListenerService(BindingService):
 
     # -- reloading ------------------------------------------------------------------------------
 
-    def prepare(self, listener: Listener):
+    def prepare(self, listener: Listener, admission):
         """
         What to serve C{listener} (a reloaded config's listener for this socket) with:
         L{None} when its service's settings are those served already, else a new
-        factory (tcp) or datagram protocol (udp), not yet in use.
+        factory (tcp, admitting by C{admission}) or datagram protocol (udp), not yet in
+        use.
 
         @raise StartupError: when the plugin cannot build it.
         """
@@ -396,7 +400,7 @@ class ListenerService(BindingService):
         if old == new and old.provider is new.provider:
             return None
         if listener.transport == "tcp":
-            return self._buildChecked(listener)
+            return self._buildChecked(listener, admission)
         spec = listener.spec
         try:
             return spec.provider.buildDatagramProtocol(spec, self.reactor)
@@ -414,10 +418,13 @@ class ListenerService(BindingService):
         """
         self.listener = listener
         self.admission = admission
-        if served is None:
-            return
         if isinstance(self.served, TrackingDatagram):
-            self.served.replace(served, listener.service, listener.protocol)
+            if served is None:
+                self.served.admission = admission
+            else:
+                self.served.replace(served, listener.service, listener.protocol, admission)
+            return
+        if served is None:
             return
         old = self.served
         served.doStart()
@@ -722,7 +729,8 @@ class PortServer(MultiService):
         errors, prepared = [], []
         for child, listener in kept:
             try:
-                prepared.append((child, listener, child.prepare(listener)))
+                prepared.append((child, listener,
+                                 child.prepare(listener, admissions[listener.service])))
             except StartupError as e:
                 errors.append(str(e))
         blocked = {(c.listener.transport, c.listener.port) for c in removed}

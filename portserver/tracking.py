@@ -632,7 +632,14 @@ class DatagramTransport:
 class TrackingDatagram(_Wrapping, DatagramProtocol):
     """
     Wraps a plugin's datagram protocol: one flow per remote endpoint in the registry.
+
+    @ivar admission: the service's admission, whose access rules (only: the connection
+        limits mean nothing without connections) apply to each datagram: one from a
+        denied peer is dropped before the plugin or the registry sees it, and counted
+        as refused ("denied").
     """
+
+    admission = None
 
     def makeConnection(self, transport) -> None:
         super().makeConnection(transport)
@@ -642,13 +649,14 @@ class TrackingDatagram(_Wrapping, DatagramProtocol):
         super().doStop()
         self.wrapped.doStop()
 
-    def replace(self, wrapped, service: str, protocolName: str) -> None:
+    def replace(self, wrapped, service: str, protocolName: str, admission=None) -> None:
         """
         Hand the datagrams from now on to C{wrapped} (a reload's new plugin protocol,
-        for C{service}); the one replaced is stopped.
+        for C{service}, with C{admission}); the one replaced is stopped.
         """
         old = self.wrapped
         self.wrapped, self.service, self.protocolName = wrapped, service, protocolName
+        self.admission = admission
         if self.transport is not None:
             wrapped.makeConnection(DatagramTransport(self.transport, self))
             old.doStop()
@@ -670,6 +678,10 @@ class TrackingDatagram(_Wrapping, DatagramProtocol):
         return record
 
     def datagramReceived(self, data: bytes, addr) -> None:
+        admission = self.admission
+        if admission is not None and not admission.allows(addr[0]):
+            admission.deny(hostOf(addr[0]))
+            return
         record = self.flowFor(addr)
         record.lastSeen = self.registry.clock.seconds()
         record.datagramsIn += 1

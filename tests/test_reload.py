@@ -271,6 +271,57 @@ class DifferenceTests(SynchronousTestCase):
         self.assertEqual(len([p for p in reactor.ports if not p.stopped]), 1)
 
 
+class UDPAccessTests(SynchronousTestCase):
+    """
+    Access rules apply to datagrams too, from start-up and after a reload.
+    """
+
+    def test_deniedDatagramsDropped(self):
+        """
+        A datagram from a denied peer reaches neither the plugin nor the registry (no
+        flow), and is counted as refused ("denied"); an allowed peer is echoed. A reload
+        that lifts the rule lets the peer in.
+        """
+        rules = AccessRules(deny=(parseNetwork("127.0.0.3"),))
+        reactor, server = started(limited(spec("echo", port=7007, transports=("udp",)),
+                                          access=rules))
+        tracking = child(server, "echo", "udp").served
+        sent = []
+
+        class Port:
+            def write(self, data, addr):
+                sent.append((data, addr))
+
+            def getHost(self):
+                return IPv4Address("UDP", "127.0.0.1", 7007)
+
+        tracking.makeConnection(Port())
+        tracking.datagramReceived(b"denied", ("127.0.0.3", 5000))
+        tracking.datagramReceived(b"allowed", ("127.0.0.2", 5000))
+        self.assertEqual(sent, [(b"allowed", ("127.0.0.2", 5000))])
+        self.assertEqual([r.remote.host for r in server.registry.snapshot("udp")],
+                         ["127.0.0.2"])
+        self.assertEqual(server.registry.refused[("echo", "denied")], 1)
+        self.successResultOf(server.reload(makePlan(
+            spec("echo", port=7007, transports=("udp",)))))
+        tracking.datagramReceived(b"let in", ("127.0.0.3", 5000))
+        self.assertEqual(sent[-1], (b"let in", ("127.0.0.3", 5000)))
+
+    def test_renamedServiceAdmitsByItsOwnRules(self):
+        """
+        When a reload gives a socket to another service, new connections are admitted
+        by the new service's rules, and counted under its name.
+        """
+        reactor, server = started(spec("echo", port=7007))
+        rules = AccessRules(deny=(parseNetwork("127.0.0.3"),))
+        self.successResultOf(server.reload(makePlan(
+            limited(spec("other", protocol="echo", port=7007), access=rules))))
+        self.assertEqual(connect(server, "other", host="127.0.0.3"), (None, None))
+        self.assertEqual(server.registry.refused[("other", "denied")], 1)
+        protocol, _ = connect(server, "other", host="127.0.0.2")
+        self.assertEqual(protocol.record.service, "other")
+
+
 class BrokenProvider(PortProtocol):
     """
     A protocol whose factory cannot be built.

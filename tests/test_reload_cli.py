@@ -172,3 +172,22 @@ def _withFakes(kill, sleep):
     def runReload(args, stdout, fetch, now):
         return real(args, stdout, fetch, now, kill=kill, sleep=sleep)
     return runReload
+
+
+class SummaryLineTests(SynchronousTestCase):
+    """
+    C{portserver status} shows the config generation and the last reload's result.
+    """
+
+    def test_generationAndLastReload(self):
+        """
+        The summary has a line with the generation and, after a rejected reload, its
+        error count; servers that report no generation get no such line.
+        """
+        lines = cli.renderSummary({"config_generation": 3, "last_reload": {
+            "result": "rejected", "errors": ["a", "b"]}})
+        self.assertIn("config generation 3; last reload rejected (2 error(s): see "
+                      "`portserver reload` or the log)", lines)
+        lines = cli.renderSummary({"config_generation": 1, "last_reload": None})
+        self.assertIn("config generation 1", lines)
+        self.assertFalse(any("generation" in l for l in cli.renderSummary({})))
