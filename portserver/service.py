@@ -574,9 +574,11 @@ def _restartOnly(old, new) -> list[str]:
     take effect only at a restart.
     """
     warnings = []
-    if old.status != new.status:
+    if old.status.listen != new.status.listen:
         warnings.append(f"status.listen changed to {new.status.listen!r}: the status "
                         f"service stays on {old.status.listen!r} until a restart")
+    elif old.status != new.status:
+        warnings.append("status settings (tokens) changed: they apply at the next restart")
     if old.registry != new.registry:
         warnings.append("registry settings changed: they apply at the next restart")
     return warnings

@@ -322,6 +322,30 @@ class UDPAccessTests(SynchronousTestCase):
         self.assertEqual(protocol.record.service, "other")
 
 
+class RestartOnlyTests(SynchronousTestCase):
+    """
+    Settings only a restart applies are named in the report's warnings.
+    """
+
+    def test_statusAndRegistry(self):
+        """
+        A changed C{status.listen} and changed registry settings are each a warning;
+        the services are still applied.
+        """
+        from portserver.config import RegistrySpec, StatusSpec
+        reactor, server = started(spec("echo", port=7007))
+        plan = makePlan(spec("echo", port=7007), spec("daytime", port=7013))
+        plan = attrs.evolve(plan, config=attrs.evolve(
+            plan.config, status=StatusSpec("tcp:9999:interface=127.0.0.1"),
+            registry=RegistrySpec(closedLimit=5)))
+        report = self.successResultOf(server.reload(plan))
+        self.assertEqual(report.added, ("daytime/tcp 127.0.0.1:7013",))
+        self.assertEqual(report.warnings, (
+            "status.listen changed to 'tcp:9999:interface=127.0.0.1': the status service "
+            "stays on 'tcp:8790:interface=127.0.0.1' until a restart",
+            "registry settings changed: they apply at the next restart"))
+
+
 class BrokenProvider(PortProtocol):
     """
     A protocol whose factory cannot be built.
