@@ -8,7 +8,9 @@ column and service, so an operator fixes a config in one pass.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import stat
 from typing import Any, Callable, Iterable, Mapping
 
 import attrs
@@ -108,9 +110,19 @@ class StatusSpec:
     """
     The status web service: C{listen} is a Twisted server endpoint string, or L{None}
     when the status service is off.
+
+    @ivar token: the bearer token every request but those of the page's files (C{/},
+        C{/static/}) must carry, or L{None} for none (allowed only on a local C{listen}:
+        see L{endpointIsLocal}).
+    @ivar metricsToken: the bearer token of C{/metrics}, in place of C{token}, or
+        L{None} (then C{/metrics} wants C{token}, if any).
+
+    The tokens are left out of the C{repr}, so that no log line shows them.
     """
 
     listen: str | None = DEFAULT_STATUS_LISTEN
+    token: str | None = attrs.field(default=None, repr=False)
+    metricsToken: str | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen
@@ -159,12 +171,188 @@ def _checkEndpoint(description: str) -> str | None:
     return None
 
 
+#: The fewest characters a status token may have.
+MIN_TOKEN_LENGTH = 16
+
+#: The most bytes a token file may hold (a token file holds one token).
+MAX_TOKEN_FILE = 4096
+
+
+def tokenProblem(token: str) -> str | None:
+    """
+    What is wrong with C{token} as a bearer token (too short, or not printable ASCII
+    without spaces, which an HTTP header needs), or L{None}. The message never quotes
+    the token.
+    """
+    if len(token) < MIN_TOKEN_LENGTH:
+        return (f"is {len(token)} character{'s' if len(token) != 1 else ''} long: a token "
+                f"needs {MIN_TOKEN_LENGTH} or more")
+    if not all("!" <= c <= "~" for c in token):
+        return "must be printable ASCII without spaces"
+    return None
+
+
+def readTokenFile(path: str) -> str:
+    """
+    The token in the file at C{path}: its content, stripped of surrounding white space.
+    Only a regular file is read (a FIFO or a device would block or never end).
+
+    @raise ValueError: the file cannot be read, is not a regular file, holds more than
+        L{MAX_TOKEN_FILE} bytes, is empty, or holds no usable token; the message names
+        C{path} and never quotes the file's content.
+    """
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        with open(path, "rb") as f:
+            data = f.read(MAX_TOKEN_FILE + 1)
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(data) > MAX_TOKEN_FILE:
+        raise ValueError(f"{path} holds more than {MAX_TOKEN_FILE} bytes: not a token file")
+    try:
+        token = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not text") from None
+    if not token:
+        raise ValueError(f"{path} is empty")
+    problem = tokenProblem(token)
+    if problem is not None:
+        raise ValueError(f"the token in {path} {problem}")
+    return token
+
+
+def splitEndpoint(description: str) -> tuple[list[str], dict[str, str]]:
+    """
+    Split a Twisted endpoint string as Twisted does: C{:} separates parameters, the first
+    C{=} of a parameter makes it a keyword, and a backslash escapes the next character.
+
+    @return: the positional parameters (the endpoint type first) and the keywords.
+    """
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    parameter: list[str] = []
+    current = ""
+    chars = iter(description)
+    for char in chars:
+        if char == "\\":
+            current += next(chars, "")
+        elif char == "=" and not parameter:
+            parameter.append(current)
+            current = ""
+        elif char == ":":
+            parameter.append(current)
+            if len(parameter) == 2:
+                kwargs[parameter[0]] = parameter[1]
+            else:
+                args.append(parameter[0])
+            parameter, current = [], ""
+        else:
+            current += char
+    parameter.append(current)
+    if len(parameter) == 2:
+        kwargs[parameter[0]] = parameter[1]
+    else:
+        args.append(parameter[0])
+    return args, kwargs
+
+
+def isLoopback(host: str) -> bool:
+    """
+    Whether C{host} is a loopback address: in 127.0.0.0/8, C{::1}, or IPv4-mapped
+    127.0.0.0/8. A host name, or an empty host (all addresses), is not.
+    """
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+#: Where the interface stands among the positional parameters of the endpoint types
+#: that have one, as Twisted's parsers take them (the type itself is position 0).
+_INTERFACE_POSITIONS = {"tcp": 2, "tcp6": 3}
+
+
+def endpointIsLocal(description: str) -> bool:
+    """
+    Whether a server listening on the endpoint string C{description} can be reached
+    only from this host: a C{unix:} socket, or C{tcp:}/C{tcp6:} on a loopback
+    C{interface}. Without an interface, C{tcp} and C{tcp6} listen on every address;
+    any other endpoint type (C{ssl:}, C{systemd:}, plugins...) counts as not local.
+    """
+    args, kwargs = splitEndpoint(description)
+    kind = args[0]
+    if kind == "unix":
+        return True
+    position = _INTERFACE_POSITIONS.get(kind)
+    if position is None:
+        return False
+    interface = kwargs.get("interface", args[position] if len(args) > position else "")
+    return isLoopback(interface)
+
+
+def _checkToken(value) -> str | None:
+    return None if value is None else tokenProblem(value)
+
+
+def _checkPath(value) -> str | None:
+    return None if value is None or value.strip() else "must be a file path, not empty"
+
+
 STATUS_SCHEMA = {
     "listen": Option((str, type(None)), default=DEFAULT_STATUS_LISTEN,
                      check=lambda v: None if v is None else _checkEndpoint(v),
                      describe="an endpoint string like 'tcp:8790:interface=127.0.0.1', "
                               "or null for no status service"),
+    "token": Option((str, type(None)), check=_checkToken, describe="a string"),
+    "token_file": Option((str, type(None)), check=_checkPath, describe="a file path"),
+    "metrics_token": Option((str, type(None)), check=_checkToken, describe="a string"),
+    "metrics_token_file": Option((str, type(None)), check=_checkPath,
+                                 describe="a file path"),
 }
+
+
+def _statusSpec(data: MarkedMap, collector: _Collector) -> StatusSpec:
+    """
+    The C{status:} section: where to listen and the tokens, each given inline or as a
+    file (relative to the config file's directory), never both; a C{listen} that is not
+    local (L{endpointIsLocal}) must have a C{token}.
+    """
+    if "status" in data and data["status"] in (None, False):  # `status: off`
+        return StatusSpec(None)
+    before = len(collector.problems)
+    settings = _section(data, "status", STATUS_SCHEMA, collector)
+    if len(collector.problems) > before:
+        return StatusSpec(settings["listen"])
+    section = data.get("status") or MarkedMap()
+
+    def token(inline: str, fileKey: str) -> str | None:
+        if settings[inline] is not None and settings[fileKey] is not None:
+            collector.add(section.keyMark(fileKey),
+                          f"status: give '{inline}' or '{fileKey}', not both")
+            return None
+        if settings[fileKey] is None:
+            return settings[inline]
+        given = settings[fileKey]
+        try:
+            return readTokenFile(os.path.join(os.path.dirname(collector.path), given))
+        except ValueError as e:
+            collector.add(section.valueMark(fileKey), f"status: '{fileKey}': {e}")
+            return None
+
+    mainToken = token("token", "token_file")
+    metricsToken = token("metrics_token", "metrics_token_file")
+    listen = settings["listen"]
+    if (listen is not None and settings["token"] is None and settings["token_file"] is None
+            and not endpointIsLocal(listen)):
+        collector.add(section.valueMark("listen"),
+                      f"status.listen {listen!r} is not loopback: set status.token or "
+                      "status.token_file (a status service others can reach must ask for "
+                      "a token)")
+    return StatusSpec(listen, mainToken, metricsToken)
 def _checkConnectionLog(value) -> str | None:
     if value is True:
         return "must be a file path, or off"
@@ -497,10 +685,7 @@ def parseConfig(text: str, path: str, providers: Mapping[str, Any],
     collector.problems = problems
     status, registry, shutdown = StatusSpec(), RegistrySpec(), ShutdownSpec()
     if isinstance(data, MarkedMap):
-        if "status" in data and data["status"] in (None, False):  # `status: off`
-            status = StatusSpec(None)
-        else:
-            status = StatusSpec(_section(data, "status", STATUS_SCHEMA, collector)["listen"])
+        status = _statusSpec(data, collector)
         settings = _section(data, "registry", REGISTRY_SCHEMA, collector)
         connectionLog = settings["connection_log"]
         registry = RegistrySpec(settings["closed_limit"], float(settings["udp_idle"]),

@@ -130,7 +130,7 @@ class Run:
             return fetch(url)
 
         self.status = cli.main(argv, stdout=stdout, stderr=stderr, fetch=recording,
-                               now=lambda: NOW)
+                               now=lambda: NOW, environ={})  # no PORTSERVER_TOKEN
         self.stdout, self.stderr = stdout.getvalue(), stderr.getvalue()
 
 

@@ -11,11 +11,17 @@ program: it fetches with the standard library and runs no reactor.
 
 Where to ask: C{--url}, or else the C{status.listen} endpoint string of the config
 (C{--config}, by default the bundled one), turned into a URL by L{urlFromEndpoint}.
+
+With what token (L{findToken}): the one in the file C{--token-file} names, else the
+environment variable C{PORTSERVER_TOKEN}, else (when the URL comes from a config) the
+config's C{status.token} or C{status.token_file}; else none. There is no option that
+takes the token itself: it would show in C{ps}.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import ipaddress
 import json
@@ -31,7 +37,7 @@ from typing import Callable, Iterable
 import yaml
 
 from portserver import __version__
-from portserver.config import DEFAULT_STATUS_LISTEN
+from portserver.config import DEFAULT_STATUS_LISTEN, readTokenFile, tokenProblem
 
 #: Seconds to wait for the status service, per request.
 TIMEOUT = 5.0
@@ -46,6 +52,9 @@ PORT_CLASSES = ("well-known", "registered", "dynamic")
 
 PROGRAM = "portserver"
 
+#: The environment variable that may hold the status service's token.
+TOKEN_ENV = "PORTSERVER_TOKEN"
+
 
 class CLIError(Exception):
     """
@@ -56,6 +65,12 @@ class CLIError(Exception):
 class FetchError(Exception):
     """
     The status service did not answer a request usefully; the message says why.
+    """
+
+
+class Unauthorized(FetchError):
+    """
+    The status service answered 401: it wants a token, or another one.
     """
 
 
@@ -146,11 +161,9 @@ def urlFromEndpoint(description: str) -> str:
     return f"{scheme}://{formatHostPort(host, int(port))}"
 
 
-def urlFromConfig(path: str) -> str:
+def _statusSection(path: str) -> dict:
     """
-    The URL of the status service that the config file at C{path} configures: its
-    C{status.listen} (or the default when the file says nothing). Only the C{status} key
-    is read; the services are not checked.
+    The C{status} mapping of the config file at C{path} (empty when absent).
 
     @raise CLIError: the file cannot be read, is not YAML, or turns the status service off.
     """
@@ -174,6 +187,18 @@ def urlFromConfig(path: str) -> str:
         status = {}
     if not isinstance(status, dict):
         raise CLIError(f"the config file {path}: 'status' must be a mapping")
+    return status
+
+
+def urlFromConfig(path: str) -> str:
+    """
+    The URL of the status service that the config file at C{path} configures: its
+    C{status.listen} (or the default when the file says nothing). Only the C{status} key
+    is read; the services are not checked.
+
+    @raise CLIError: the file cannot be read, is not YAML, or turns the status service off.
+    """
+    status = _statusSection(path)
     listen = status.get("listen", DEFAULT_STATUS_LISTEN)
     if listen is None:
         raise CLIError(f"the config file {path} turns the status service off "
@@ -181,6 +206,66 @@ def urlFromConfig(path: str) -> str:
     if not isinstance(listen, str) or not listen:
         raise CLIError(f"the config file {path}: 'status.listen' must be an endpoint string")
     return urlFromEndpoint(listen)
+
+
+def tokenFromConfig(path: str) -> tuple[str | None, str | None]:
+    """
+    The token the config file at C{path} gives its status service: the content of its
+    C{status.token_file} (relative to the file's directory), or its C{status.token}.
+
+    @return: the token and where it came from, or C{(None, None)}.
+    @raise CLIError: the file cannot be read, or the token file or token is unusable.
+    """
+    status = _statusSection(path)
+    tokenFile, token = status.get("token_file"), status.get("token")
+    if isinstance(tokenFile, str) and tokenFile.strip():
+        source = f"status.token_file of {path}"
+        try:
+            return readTokenFile(os.path.join(os.path.dirname(path), tokenFile)), source
+        except ValueError as e:
+            raise CLIError(f"{source}: {e}") from None
+    if token is None:
+        return None, None
+    source = f"status.token of {path}"
+    problem = "must be a string" if not isinstance(token, str) else tokenProblem(token)
+    if problem is not None:
+        raise CLIError(f"{source} {problem}")
+    return token, source
+
+
+def findToken(args, environ) -> tuple[str | None, str | None]:
+    """
+    The token to send, and where it came from (for messages): C{--token-file}, else
+    C{PORTSERVER_TOKEN} in C{environ}, else the config the URL came from, if any.
+
+    @return: C{(token, source)}, or C{(None, None)} for no token.
+    @raise CLIError: the chosen source holds no usable token.
+    """
+    if args.token_file is not None:
+        try:
+            return readTokenFile(args.token_file), f"--token-file {args.token_file}"
+        except ValueError as e:
+            raise CLIError(f"--token-file: {e}") from None
+    value = environ.get(TOKEN_ENV, "").strip()
+    if value:
+        problem = tokenProblem(value)
+        if problem is not None:
+            raise CLIError(f"{TOKEN_ENV} {problem}")
+        return value, TOKEN_ENV
+    if args.url is None and args.config is not None:
+        return tokenFromConfig(args.config)
+    return None, None
+
+
+def unauthorizedMessage(base: str, source: str | None) -> str:
+    """
+    What to say when the status service at C{base} answers 401 to a request that
+    carried the token from C{source} (or no token).
+    """
+    if source is None:
+        return (f"the status service at {base} wants a token: give --token-file or set "
+                f"{TOKEN_ENV}")
+    return f"the status service at {base} refused the token from {source}"
 
 
 # -- fetching ------------------------------------------------------------------------------
@@ -202,18 +287,24 @@ def _reason(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-def fetchJSON(url: str, timeout: float = TIMEOUT) -> dict:
+def fetchJSON(url: str, token: str | None = None, timeout: float = TIMEOUT) -> dict:
     """
-    GET C{url} and decode its JSON object.
+    GET C{url} and decode its JSON object; with C{token}, the request carries
+    C{Authorization: Bearer TOKEN} (not carried over to a redirect's target).
 
-    @raise FetchError: anything went wrong, with a short reason.
+    @raise Unauthorized: the service answered 401.
+    @raise FetchError: anything else went wrong, with a short reason.
     """
+    request = urllib.request.Request(url)
+    if token is not None:
+        request.add_unredirected_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             body = response.read()
     except urllib.error.HTTPError as e:
         e.close()
-        raise FetchError(f"{_reason(e)} for {urllib.parse.urlsplit(url).path}") from None
+        error = Unauthorized if e.code == 401 else FetchError
+        raise error(f"{_reason(e)} for {urllib.parse.urlsplit(url).path}") from None
     except (OSError, ValueError, http.client.HTTPException) as e:
         raise FetchError(_reason(e)) from None
     try:
@@ -544,7 +635,23 @@ def _whereArguments(parser) -> None:
     where.add_argument("--url", help="the status service, e.g. http://127.0.0.1:8790")
     where.add_argument("--config", "-c", metavar="PATH",
                        help="find the status service from this config's status.listen "
+                            "(and its token from status.token or status.token_file) "
                             "[default: the bundled config]")
+    parser.add_argument("--token-file", metavar="PATH",
+                        help=f"send the status service the token in this file [default: "
+                             f"${TOKEN_ENV}, else the config's]")
+    parser.add_argument("--token", nargs="?", action=_NoTokenOption, help=argparse.SUPPRESS)
+
+
+class _NoTokenOption(argparse.Action):
+    """
+    C{--token}: refused, without repeating its value (a token on the command line shows
+    in C{ps}); without it, C{--token VALUE} would be taken for C{--token-file VALUE}.
+    """
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is not an option: a token on the command line "
+                     f"shows in ps; use --token-file PATH or set {TOKEN_ENV}")
 
 
 def _statusBase(args) -> str:
@@ -556,17 +663,33 @@ def _statusBase(args) -> str:
     return urlFromConfig(args.config)
 
 
-def runStatus(args, stdout, fetch: Callable[[str], dict], now: Callable[[], float]) -> int:
+def _connect(args, fetch: Callable[..., dict]) -> tuple[str, Callable[[str], dict], str | None]:
+    """
+    The status service's base URL, C{fetch} with the token bound (L{findToken}; C{fetch}
+    is called as C{fetch(url, token=TOKEN)} when there is a token, C{fetch(url)} when
+    not), and where the token came from.
+    """
+    base = _statusBase(args)
+    environ = getattr(args, "environ", None)
+    token, source = findToken(args, os.environ if environ is None else environ)
+    if token is not None:
+        fetch = functools.partial(fetch, token=token)
+    return base, fetch, source
+
+
+def runStatus(args, stdout, fetch: Callable[..., dict], now: Callable[[], float]) -> int:
     """
     C{portserver status}: fetch, filter and print.
 
-    @raise CLIError: the service cannot be found or does not answer.
+    @raise CLIError: the service cannot be found, does not answer, or wants a token.
     """
-    base = _statusBase(args)
+    base, fetch, source = _connect(args, fetch)
     try:
         if urllib.parse.urlsplit(base).scheme not in ("http", "https"):
             raise FetchError("not an http:// or https:// URL")
         status = fetchStatus(base, fetch, service=args.service, closed=args.closed)
+    except Unauthorized:
+        raise CLIError(unauthorizedMessage(base, source)) from None
     except (FetchError, OSError, ValueError, http.client.HTTPException) as e:
         reason = str(e) if isinstance(e, FetchError) else _reason(e)
         raise CLIError(f"no status service answers at {base} ({reason})") from None
@@ -632,15 +755,21 @@ def runReload(args, stdout, fetch: Callable[[str], dict], now: Callable[[], floa
     service until the reload count goes up, and print the outcome.
 
     @return: 0 when the reload was applied (or only sent), 1 when rejected.
-    @raise CLIError: no pid, no such process, or no outcome within C{--timeout}.
+    @raise CLIError: no pid, no such process, or no outcome within C{--timeout}; or the
+        status service wants a token (then no signal is sent).
     """
     pid = readPid(args.pidfile)
-    base = None if args.no_wait else _statusBase(args)
+    base = None
+    if not args.no_wait:
+        base, fetch, source = _connect(args, fetch)
     summaryURL = None if base is None else _api(base, "/api/summary")
     before = None
     if summaryURL is not None:
         try:
             before = _reloadCount(fetch(summaryURL))
+        except Unauthorized:
+            raise CLIError(unauthorizedMessage(base, source) + " (or use --no-wait to "
+                           "only send the signal)") from None
         except (FetchError, OSError, ValueError, http.client.HTTPException):
             before = None
     try:
@@ -674,12 +803,15 @@ def runReload(args, stdout, fetch: Callable[[str], dict], now: Callable[[], floa
         sleep(0.1)
 
 
-def main(argv=None, stdout=None, stderr=None, fetch=None, now=None) -> int:
+def main(argv=None, stdout=None, stderr=None, fetch=None, now=None, environ=None) -> int:
     """
     Run C{portserver} with C{argv} (default: the process's arguments).
 
-    @param fetch: C{fetch(url) -> dict}, the JSON object at C{url}; raises L{FetchError}.
+    @param fetch: C{fetch(url) -> dict}, the JSON object at C{url}, called as
+        C{fetch(url, token=TOKEN)} when there is a token (default: L{fetchJSON}); raises
+        L{FetchError} (L{Unauthorized} for a 401).
     @param now: the time now, in seconds since the epoch, for connection ages.
+    @param environ: the environment, for C{PORTSERVER_TOKEN} (default: L{os.environ}).
     @return: the exit status: 0, 1 when the service cannot be asked, 2 for bad usage.
     """
     stdout = stdout or sys.stdout
@@ -689,6 +821,7 @@ def main(argv=None, stdout=None, stderr=None, fetch=None, now=None) -> int:
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     except _Exit as e:
         return e.status
+    args.environ = os.environ if environ is None else environ
     try:
         return args.run(args, stdout, fetch or fetchJSON, now or time.time)
     except CLIError as e:

@@ -1,33 +1,52 @@
 """
 The status web service: what a L{PortServer}'s registry knows, over HTTP.
 
-    GET /                  a plain index of the endpoints below
+    GET /                  the status page for people (L{portserver.status.page})
+    GET /static/NAME       its script, style sheet and icon
     GET /api/connections   live connections: ?service=NAME, ?state=open|closed,
                            ?transport=tcp|udp (live UDP flows with udp)
     GET /api/listeners     every listener with its live connection count
     GET /api/summary       totals by port class and privilege, version, config path
+    GET /api/history       live connections and accepts per service, once a second for
+                           the last 10 minutes (L{portserver.status.history})
     GET /metrics           Prometheus text exposition
 
 The resources only render what the registry and the server say at request time; they keep
-no state of their own.
+no state of their own (the history is kept by L{History}, sampling while the status service
+runs).
+
+Access: with a token configured (C{status.token} or C{status.token_file}), every request
+must carry C{Authorization: Bearer TOKEN}, except those for the page's files (C{/} and
+C{/static/...}, L{isPublic}), which hold no data: the page's script reads the token from
+the URL's fragment (C{#token=...}, never sent to the server) and sends it with its own
+requests. C{/metrics} wants C{status.metrics_token} when one is set (then the main token
+does not open it), else the main token. A request without the right token gets a 401,
+whatever its path (so an unknown path answers 404 only to a request that may know it).
+L{Guard} alone decides this, for the whole site. Every response carries the headers of
+L{SECURITY_HEADERS}.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 from html import escape
 from time import perf_counter
 
+import attrs
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
 import portserver
+from portserver.config import StatusSpec, isLoopback
 from portserver.registry import CLOSED, OPEN
 from portserver.service import BindingService, StartupError
+from portserver.status.history import History
 from portserver.status.metrics import collectorRegistry
 
 log = Logger()
@@ -59,6 +78,8 @@ class Page(Resource):
 
     isLeaf = True
     contentType = TEXT_TYPE
+    #: The C{Cache-Control} of a successful answer (errors are always C{no-store}).
+    cacheControl = b"no-store"
 
     def exists(self, request) -> bool:
         return not request.postpath
@@ -70,8 +91,7 @@ class Page(Resource):
         return message.encode("utf-8") + b"\n", TEXT_TYPE
 
     def render(self, request):
-        request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"cache-control", self.cacheControl)
         try:
             if not self.exists(request):
                 raise HTTPError(404, f"no such resource: {request.path.decode('latin-1')}")
@@ -82,6 +102,7 @@ class Page(Resource):
             body, contentType = self.content(request), self.contentType
         except HTTPError as e:
             request.setResponseCode(e.code)
+            request.setHeader(b"cache-control", b"no-store")
             body, contentType = self.errorBody(e.message)
         request.setHeader(b"content-type", contentType.encode("ascii"))
         if request.method == b"HEAD":  # GET's headers; an empty body keeps Twisted quiet
@@ -230,6 +251,19 @@ class Summary(JSONPage):
         return summary
 
 
+class HistoryPage(JSONPage):
+    """
+    C{GET /api/history}: L{History.asDict}.
+    """
+
+    def __init__(self, history: History):
+        super().__init__()
+        self.history = history
+
+    def data(self, request):
+        return self.history.asDict()
+
+
 class Metrics(Page):
     """
     C{GET /metrics}: the Prometheus text exposition of the server's metrics.
@@ -274,11 +308,12 @@ class Api(Resource):
     C{/api/}: the JSON endpoints; anything else under it, and C{/api} itself, is a JSON 404.
     """
 
-    def __init__(self, server):
+    def __init__(self, server, history: History):
         super().__init__()
         self.putChild(b"connections", Connections(server))
         self.putChild(b"listeners", Listeners(server))
         self.putChild(b"summary", Summary(server))
+        self.putChild(b"history", HistoryPage(history))
 
     def getChild(self, path, request):
         return JSONNotFound()
@@ -289,44 +324,223 @@ class Api(Resource):
 
 class Root(Resource):
     """
-    The site's root: the index, C{/api/} and C{/metrics}; anything else is a 404.
+    The site's root: the status page and its C{/static/} files, C{/api/} and C{/metrics};
+    anything else is a 404. C{history} is what C{/api/history} shows (default: a
+    L{History} of C{server} that nothing starts).
     """
 
-    def __init__(self, server):
+    def __init__(self, server, history: History | None = None):
         super().__init__()
-        self.putChild(b"", Index())
-        self.putChild(b"api", Api(server))
+        # Here, not at the top: the page's resources are Pages of this module.
+        from portserver.status.page import pageResources
+        page, static = pageResources()
+        self.putChild(b"", page)
+        self.putChild(b"static", static)
+        history = History.forServer(server) if history is None else history
+        self.putChild(b"api", Api(server, history))
         self.putChild(b"metrics", Metrics(server))
 
     def getChild(self, path, request):
         return NotFound()
 
 
+#: Segments that may start a path served without a token (C{/static/...}); see L{isPublic}.
+PUBLIC_SEGMENTS = frozenset({b"static"})
+
+
+def isPublic(segments: list[bytes]) -> bool:
+    """
+    Whether the path of C{segments} (C{/a/b} is C{[b"a", b"b"]}) is served to anyone:
+    C{/} (the page) and everything under C{/static} (its files). Nothing else is: not
+    C{//api/...}, whose first segment is empty too.
+    """
+    return segments == [b""] or segments[0] in PUBLIC_SEGMENTS
+
+
+@attrs.frozen
+class AccessTokens:
+    """
+    The bearer tokens the status site asks for (as bytes), left out of the C{repr}.
+
+    @ivar token: wanted for every path but the public ones (L{isPublic}), or L{None}.
+    @ivar metricsToken: wanted for C{/metrics} (instead of C{token}), or L{None}.
+    """
+
+    token: bytes | None = attrs.field(default=None, repr=False)
+    metricsToken: bytes | None = attrs.field(default=None, repr=False)
+
+    @classmethod
+    def fromSpec(cls, spec: StatusSpec) -> AccessTokens:
+        """
+        The tokens of a config's C{status:} section.
+        """
+        def encode(token):
+            return None if token is None else token.encode("utf-8")
+        return cls(encode(spec.token), encode(spec.metricsToken))
+
+    def wanted(self, segments: list[bytes]) -> bytes | None:
+        """
+        The token a request for the path of C{segments} must carry, or L{None} when it
+        needs none: none for a public path; for C{/metrics} (and below) the metrics token
+        when there is one; else the main token, if any.
+        """
+        if isPublic(segments):
+            return None
+        if segments[0] == b"metrics" and self.metricsToken is not None:
+            return self.metricsToken
+        return self.token
+
+
+def bearerToken(request) -> bytes | None:
+    """
+    The token of the request's C{Authorization: Bearer TOKEN} header (the scheme in any
+    case), or L{None} when there is no such header, or more than one.
+    """
+    values = request.requestHeaders.getRawHeaders(b"authorization") or []
+    if len(values) != 1:
+        return None
+    parts = values[0].split()
+    if len(parts) != 2 or parts[0].lower() != b"bearer":
+        return None
+    return parts[1]
+
+
+class Unauthorized(Resource):
+    """
+    401 for everything, saying nothing of why: C{unauthorized}, and
+    C{WWW-Authenticate: Bearer}.
+    """
+
+    isLeaf = True
+
+    def render(self, request):
+        request.setResponseCode(401)
+        request.setHeader(b"www-authenticate", b"Bearer")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"content-type", TEXT_TYPE.encode("ascii"))
+        body = b"unauthorized\n"
+        if request.method == b"HEAD":
+            request.setHeader(b"content-length", b"%d" % len(body))
+            return b""
+        return body
+
+
+class Guard(Resource):
+    """
+    The site's root: passes each request on to C{root} if it carries the token its path
+    wants (L{AccessTokens.wanted}), else answers L{Unauthorized}. Tokens are compared with
+    L{hmac.compare_digest}, in time that does not depend on where they differ.
+    """
+
+    def __init__(self, root: Resource, tokens: AccessTokens):
+        super().__init__()
+        self.root = root
+        self.tokens = tokens
+
+    def allows(self, segments: list[bytes], request) -> bool:
+        """
+        Whether C{request}, for the path of C{segments}, may be answered.
+        """
+        wanted = self.tokens.wanted(segments)
+        if wanted is None:
+            return True
+        given = bearerToken(request)
+        return given is not None and hmac.compare_digest(given, wanted)
+
+    def getChildWithDefault(self, path, request):
+        if not self.allows([path, *request.postpath], request):
+            return Unauthorized()
+        return self.root.getChildWithDefault(path, request)
+
+    def render(self, request):  # only reached by a request with no path segment at all
+        return NotFound().render(request)
+
+
+#: The headers of every response of the status site, set before a resource renders (a
+#: resource may replace C{Cache-Control}: the page's static files may say C{no-cache}).
+SECURITY_HEADERS = (
+    (b"content-security-policy",
+     b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+     b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"cache-control", b"no-store"),
+)
+
+#: The C{Server} header of the status site: no Twisted version.
+SERVER = b"portserver"
+
+
+class StatusRequest(Request):
+    """
+    A request of the status site: its response has L{SECURITY_HEADERS} (404s, 401s and
+    Twisted's own 500s and C{OPTIONS *} answers too) and C{Server: portserver}.
+    """
+
+    def process(self):
+        for name, value in SECURITY_HEADERS:
+            self.setHeader(name, value)
+        super().process()
+
+    def write(self, data):
+        if not self.startedWriting:  # the headers go out now: replace Twisted's Server
+            self.setHeader(b"server", SERVER)
+        super().write(data)
+
+
 class QuietSite(Site):
     """
     A L{Site} that writes no access-log line per request (a Prometheus scrape every few
-    seconds would flood the log) and no "Starting factory" lines.
+    seconds would flood the log) and no "Starting factory" lines; its requests are
+    L{StatusRequest}s, and it never shows a traceback.
     """
 
     noisy = False
+    displayTracebacks = False
+    requestFactory = StatusRequest
 
     def log(self, request):
         pass
 
 
+def isLocalAddress(address) -> bool:
+    """
+    Whether a port bound to C{address} is reachable only from this host: a loopback IP
+    address, or a UNIX socket.
+    """
+    if isinstance(address, UNIXAddress):
+        return True
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        return isLoopback(address.host)
+    return False
+
+
 class StatusService(BindingService):
     """
-    Serves L{Root} on the endpoint string C{listen}, bound in C{privilegedStartService}
-    (like L{PortServer}'s listeners); a failed listen raises L{StartupError}.
+    Serves L{Root} behind a L{Guard} on the endpoint string C{listen}, bound in
+    C{privilegedStartService} (like L{PortServer}'s listeners); a failed listen raises
+    L{StartupError}, and so does a bound address other than loopback or a UNIX socket
+    without a main token.
+
+    @ivar tokens: the L{AccessTokens}: as given, else those of the server's config
+        (C{server.plan.config.status}).
 
     @ivar port: the L{IListeningPort} while listening, else L{None}.
+    @ivar history: the L{History} of C{/api/history}, sampling on C{reactor} while this
+        service runs.
     """
 
-    def __init__(self, server, listen: str, reactor=None):
+    def __init__(self, server, listen: str, reactor=None,
+                 tokens: AccessTokens | None = None):
         self.server = server
         self.listen = listen
+        self.tokens = AccessTokens.fromSpec(server.plan.config.status) if tokens is None \
+            else tokens
         self.reactor = server.reactor if reactor is None else reactor
-        self.site = QuietSite(Root(server), reactor=self.reactor)
+        self.history = History.forServer(server, self.reactor)
+        self.site = QuietSite(Guard(Root(server, self.history), self.tokens),
+                              reactor=self.reactor)
         self.port = None
         self.setName("status")
 
@@ -341,7 +555,9 @@ class StatusService(BindingService):
         """
         Listen, unless listening already.
 
-        @raise StartupError: naming the status service, the endpoint and the OS error.
+        @raise StartupError: naming the status service, the endpoint and the OS error; or,
+            when the service has no token and the bound address is not loopback nor a
+            UNIX socket, saying so (and the port is closed again at once).
         """
         if self.port is not None:
             return
@@ -365,4 +581,24 @@ class StatusService(BindingService):
             raise StartupError(f"cannot start the status service on {self.listen!r}: "
                                f"{reason}") from error
         self.port = result
+        if self.tokens.token is None and not isLocalAddress(self.address):
+            where = self.url()
+            self.unbind().addErrback(lambda f: log.failure("Closing {url}", f, url=where))
+            raise StartupError(f"refusing to start the status service on {self.listen!r} "
+                               f"without a token: {where} is not loopback; set status.token "
+                               "or status.token_file")
         log.info("Status service listening on {url}", url=self.url(), endpoint=self.listen)
+
+    def startService(self):
+        """
+        Listen (unless listening already) and start sampling the history.
+        """
+        super().startService()
+        self.history.startService()
+
+    def stopService(self):
+        """
+        Stop sampling the history and stop listening.
+        """
+        self.history.stopService()
+        return super().stopService()
