@@ -505,6 +505,22 @@ class ListenerService(BindingService):
             wellKnownPort=l.wellKnownPort, configuredPort=l.configuredPort)
 
 
+def bindEach(children: list[ListenerService]) -> list[str]:
+    """
+    Bind each of C{children}; return a message for each that failed (see
+    L{bindFailureMessage}).
+    """
+    failures = []
+    for child in children:
+        try:
+            child.bind()
+        except CannotListenError as e:
+            failures.append(bindFailureMessage(child.listener, e))
+        except StartupError as e:
+            failures.append(str(e))
+    return failures
+
+
 SERVING = "serving"
 DRAINING = "draining"
 STOPPED = "stopped"
@@ -649,14 +665,7 @@ class PortServer(MultiService):
         Bind every listener; if any fails, release those bound and raise one
         L{StartupError} naming every failure.
         """
-        failures = []
-        for child in self.listeners:
-            try:
-                child.bind()
-            except CannotListenError as e:
-                failures.append(bindFailureMessage(child.listener, e))
-            except StartupError as e:
-                failures.append(str(e))
+        failures = bindEach(self.listeners)
         if failures:
             for child in self.listeners:
                 child.unbind()
@@ -747,13 +756,7 @@ class PortServer(MultiService):
             except StartupError as e:
                 errors.append(str(e))
         if not errors:
-            for child in now:
-                try:
-                    child.bind()
-                except CannotListenError as e:
-                    errors.append(bindFailureMessage(child.listener, e))
-                except StartupError as e:
-                    errors.append(str(e))
+            errors = bindEach(now)
         if errors:
             for child in now:
                 child.unbind()
@@ -796,16 +799,13 @@ class PortServer(MultiService):
         """
         warnings = list(report.warnings)
         for child in later:
-            try:
-                child.bind()
-            except (CannotListenError, StartupError) as e:
-                message = (bindFailureMessage(child.listener, e)
-                           if isinstance(e, CannotListenError) else str(e))
-                warnings.append(message)
-                log.error("Reload: {message}", message=message)
+            failed = bindEach([child])
+            if failed:
+                warnings += failed
+                log.error("Reload: {message}", message=failed[0])
                 self.listeners.remove(child)
-                continue
-            child.setServiceParent(self)
+            else:
+                child.setServiceParent(self)
         return attrs.evolve(report, warnings=tuple(warnings))
 
     def _retire(self, child: ListenerService, drain: float) -> None:

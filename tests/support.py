@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+from http.server import ThreadingHTTPServer
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import CannotListenError
@@ -100,3 +102,21 @@ def freePort(transport="tcp", host="127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def serveHTTP(testCase, handler) -> str:
+    """
+    Serve HTTP with C{handler} (a L{BaseHTTPRequestHandler} subclass) on 127.0.0.1 in a
+    thread, stopped at C{testCase}'s cleanup; return the server's URL.
+    """
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+
+    def stop():
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+    testCase.addCleanup(stop)
+    return f"http://127.0.0.1:{server.server_address[1]}"

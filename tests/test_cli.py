@@ -11,9 +11,8 @@ import io
 import json
 import os
 import socket
-import threading
 import urllib.error
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from portserver.config import DEFAULT_STATUS_LISTEN
 from portserver.status import cli
 from portserver.tap import bundledConfigPath
+from tests.support import serveHTTP
 
 NOW = 1763700300.0
 
@@ -617,17 +617,7 @@ class NetworkTests(SynchronousTestCase):
             def log_message(self, *args):
                 pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-        thread.start()
-
-        def stop():
-            server.shutdown()
-            server.server_close()
-            thread.join()
-
-        self.addCleanup(stop)
-        return f"http://127.0.0.1:{server.server_address[1]}"
+        return serveHTTP(self, Handler)
 
     def test_nothingListens(self):
         """

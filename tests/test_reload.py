@@ -14,7 +14,6 @@ import attrs
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
@@ -25,7 +24,6 @@ from portserver.plan import loadPlan
 from portserver.provider import PortProtocol
 from portserver.reload import Reloader, installReloadSignal
 from portserver.service import PortServer, ReloadError, socketKey
-from portserver.protocols import classic
 from tests.support import PROVIDERS, RULE, PortReactor, makePlan, spec
 
 

@@ -12,11 +12,9 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 

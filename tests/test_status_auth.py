@@ -14,8 +14,7 @@ from __future__ import annotations
 import hmac
 import io
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import attrs
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -26,16 +25,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
-from portserver.config import (
-    MIN_TOKEN_LENGTH,
-    ConfigError,
-    StatusSpec,
-    endpointIsLocal,
-    parseConfig,
-)
+from portserver.config import ConfigError, StatusSpec, parseConfig
 from portserver.plan import loadPlan
 from portserver.service import PortServer, StartupError
 from portserver.status import cli
+from portserver.status.access import MIN_TOKEN_LENGTH, endpointIsLocal
 from portserver.status.web import (
     AccessTokens,
     Guard,
@@ -44,7 +38,7 @@ from portserver.status.web import (
     Unauthorized,
     isLocalAddress,
 )
-from tests.support import RULE, PortReactor, makePlan, spec
+from tests.support import RULE, PortReactor, makePlan, serveHTTP, spec
 from tests.test_cli import reply
 from tests.test_status_web import STATUS_LISTEN, parseResponse
 
@@ -879,17 +873,7 @@ class FetchJSONTests(SynchronousTestCase):
             def log_message(self, *args):
                 pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-        thread.start()
-
-        def stop():
-            server.shutdown()
-            server.server_close()
-            thread.join()
-
-        self.addCleanup(stop)
-        return f"http://127.0.0.1:{server.server_address[1]}", seen
+        return serveHTTP(self, Handler), seen
 
     def test_sendsBearer(self):
         """

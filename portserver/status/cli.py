@@ -37,7 +37,8 @@ from typing import Callable, Iterable
 import yaml
 
 from portserver import __version__
-from portserver.config import DEFAULT_STATUS_LISTEN, readTokenFile, tokenProblem
+from portserver.config import DEFAULT_STATUS_LISTEN
+from portserver.status.access import readTokenFile, splitEndpoint, tokenProblem
 
 #: Seconds to wait for the status service, per request.
 TIMEOUT = 5.0
@@ -77,42 +78,6 @@ class Unauthorized(FetchError):
 # -- where the status service is -----------------------------------------------------------
 
 
-def _tokens(description: str) -> tuple[list[str], dict[str, str]]:
-    """
-    Split a Twisted endpoint string as Twisted does: C{:} separates parameters, the first
-    C{=} of a parameter makes it a keyword, and a backslash escapes the next character.
-
-    @return: the positional parameters (the endpoint type first) and the keywords.
-    """
-    args: list[str] = []
-    kwargs: dict[str, str] = {}
-    parts: list[str] = []
-    current = ""
-    chars = iter(description)
-    for char in chars:
-        if char == "\\":
-            current += next(chars, "")
-        elif char == ":":
-            parts.append(current)
-            current = ""
-            if len(parts) == 2:
-                kwargs[parts[0]] = parts[1]
-            else:
-                args.append(parts[0])
-            parts = []
-        elif char == "=" and not parts:
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    parts.append(current)
-    if len(parts) == 2:
-        kwargs[parts[0]] = parts[1]
-    else:
-        args.append(parts[0])
-    return args, kwargs
-
-
 #: For each endpoint type the CLI understands: the URL scheme, the order of its positional
 #: parameters (as Twisted's parsers take them), and the interface it binds by default.
 _ENDPOINTS = {
@@ -137,7 +102,7 @@ def urlFromEndpoint(description: str) -> str:
 
     @raise CLIError: the endpoint has no port the CLI can connect to.
     """
-    args, kwargs = _tokens(description)
+    args, kwargs = splitEndpoint(description)
     kind = args[0]
     if kind == "unix":
         raise CLIError(f"the status service listens on a UNIX socket ({description!r}), "

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hmac
 import json
-from html import escape
 from time import perf_counter
 
 import attrs
@@ -43,7 +42,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 import portserver
-from portserver.config import StatusSpec, isLoopback
+from portserver.config import StatusSpec
+from portserver.status.access import isLoopback
 from portserver.registry import CLOSED, OPEN
 from portserver.service import BindingService, StartupError
 from portserver.status.history import History
@@ -53,7 +53,6 @@ log = Logger()
 
 JSON_TYPE = "application/json; charset=utf-8"
 TEXT_TYPE = "text/plain; charset=utf-8"
-HTML_TYPE = "text/html; charset=utf-8"
 
 
 class HTTPError(Exception):
@@ -277,30 +276,6 @@ class Metrics(Page):
 
     def content(self, request) -> bytes:
         return generate_latest(self.collectors)
-
-
-INDEX_LINKS = (
-    ("api/connections", "live connections (?service=, ?state=closed, ?transport=udp)"),
-    ("api/listeners", "listeners"),
-    ("api/summary", "summary"),
-    ("metrics", "Prometheus metrics"),
-)
-
-
-class Index(Page):
-    """
-    C{GET /}: links to the endpoints.
-    """
-
-    contentType = HTML_TYPE
-
-    def content(self, request) -> bytes:
-        items = "".join(f'<li><a href="{href}">/{href}</a>: {escape(text)}</li>\n'
-                        for href, text in INDEX_LINKS)
-        return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-                f"<title>portserver status</title></head>\n<body><h1>portserver "
-                f"{escape(portserver.__version__)}</h1>\n<ul>\n{items}</ul></body></html>\n"
-                ).encode("utf-8")
 
 
 class Api(Resource):
