@@ -339,9 +339,13 @@ class ListenerService(BindingService):
         served.admission = admission
         return served
 
-    def _buildChecked(self, listener: Listener, admission=None):
+    def _buildChecked(self, listener: Listener, admission=None, build=None):
+        """
+        C{build()} (by default: L{build} of C{listener}), with a plugin's failure turned
+        into a L{StartupError} naming the service.
+        """
         try:
-            return self.build(listener, admission)
+            return build() if build is not None else self.build(listener, admission)
         except Exception as e:
             raise StartupError(
                 f"service {listener.service!r}: protocol {listener.protocol!r} failed to "
@@ -401,13 +405,8 @@ class ListenerService(BindingService):
             return None
         if listener.transport == "tcp":
             return self._buildChecked(listener, admission)
-        spec = listener.spec
-        try:
-            return spec.provider.buildDatagramProtocol(spec, self.reactor)
-        except Exception as e:
-            raise StartupError(
-                f"service {listener.service!r}: protocol {listener.protocol!r} failed to "
-                f"build its udp side: {type(e).__name__}: {e}") from e
+        return self._buildChecked(listener, build=lambda: new.provider.buildDatagramProtocol(
+            new, self.reactor))
 
     def replace(self, listener: Listener, admission, served) -> None:
         """
@@ -445,7 +444,9 @@ class ListenerService(BindingService):
     def _stopRetired(self) -> None:
         keep = []
         for factory in self.retired:
-            if _liveOf(factory):
+            # any(): stops at the first live connection, so a close costs O(1) while
+            # thousands of old connections are still open.
+            if any(getattr(c, "connected", 0) for c in factory.live):
                 keep.append(factory)
             else:
                 factory.doStop()

@@ -19,6 +19,15 @@ from portserver.ports import PrivilegeRule
 from portserver.protocols import classic
 
 PROVIDERS = {p.name: p for p in classic.ALL}
+
+
+class Discovery:
+    """
+    What L{portserver.plugins.discover} returns, with the classic protocols only.
+    """
+
+    providers = PROVIDERS
+
 RULE = PrivilegeRule(1024, "test")
 
 

@@ -24,7 +24,7 @@ from portserver.plan import loadPlan
 from portserver.provider import PortProtocol
 from portserver.reload import Reloader, installReloadSignal
 from portserver.service import PortServer, ReloadError, socketKey
-from tests.support import PROVIDERS, RULE, PortReactor, makePlan, spec
+from tests.support import PROVIDERS, RULE, Discovery, PortReactor, makePlan, spec
 
 
 def limited(base, limits=None, access=None):
@@ -419,10 +419,6 @@ services:
     port: 7007
     interface: 127.0.0.1
 """
-
-
-class Discovery:
-    providers = PROVIDERS
 
 
 class ReloaderTests(SynchronousTestCase):

@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from portserver.plan import loadPlan
 from portserver.reload import Reloader
 from portserver.service import PortServer
-from tests.support import PROVIDERS, RULE, freePort
+from tests.support import PROVIDERS, RULE, Discovery, freePort
 from tests import test_twistd
 from tests.test_twistd import DEADLINE, ROOT, waitForLine, writeConfig
 
@@ -39,10 +39,6 @@ services:
     access:
       deny: [{deny}]
 """
-
-
-class Discovery:
-    providers = PROVIDERS
 
 
 class ReloadUnderLoadTests(TestCase):

@@ -38,13 +38,10 @@ C{interval} after it starts.
 from __future__ import annotations
 
 from collections import Counter, deque
-from operator import attrgetter
 from typing import Callable, Iterable
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
-
-_service = attrgetter("service")
 
 
 class Sample:
@@ -124,9 +121,9 @@ class History(Service):
         """
         Take one sample now and keep it (dropping the oldest beyond C{window}).
         """
-        registry = self.registry
-        live = Counter(map(_service, registry.snapshot("tcp")))
-        live.update(map(_service, registry.snapshot("udp")))
+        live: Counter = Counter()
+        for (service, _transport, _port), count in self.registry.liveCounts().items():
+            live[service] += count
         accepted = self._acceptedNow()
         previous, self._accepted = self._accepted, accepted
         names = set(live)
