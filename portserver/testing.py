@@ -97,12 +97,27 @@ def serviceSpec(provider, options: Mapping[str, Any] | str | None = None, *,
 
 class MemoryTransport(StringTransport):
     """
-    A L{StringTransport} that can also be half-closed (C{loseWriteConnection}), and
-    remembers whether it was aborted.
+    A L{StringTransport} that can also be half-closed (C{loseWriteConnection}), remembers
+    whether it was aborted, and keeps the TCP options a plugin sets (the tracking layer
+    offers L{ITCPTransport}, so plugins such as C{twisted.web}'s channel set them).
     """
 
     writeClosed = False
     aborted = False
+    noDelay = False
+    keepAlive = False
+
+    def getTcpNoDelay(self) -> bool:
+        return self.noDelay
+
+    def setTcpNoDelay(self, enabled) -> None:
+        self.noDelay = bool(enabled)
+
+    def getTcpKeepAlive(self) -> bool:
+        return self.keepAlive
+
+    def setTcpKeepAlive(self, enabled) -> None:
+        self.keepAlive = bool(enabled)
 
     def loseWriteConnection(self) -> None:
         self.writeClosed = True

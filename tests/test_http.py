@@ -6,6 +6,8 @@ driven in memory, and a real listener with a real client.
 from __future__ import annotations
 
 import os
+import socket
+import struct
 from email.utils import formatdate
 from http.client import HTTPConnection
 
@@ -14,6 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
@@ -28,8 +31,10 @@ from portserver.protocols.http import (
     StaticSite,
     http,
 )
-from portserver.registry import CLOSED, Endpoint
+from portserver.registry import CLOSED, Endpoint, Registry
 from portserver.service import PortServer
+from portserver.testing import MemoryTransport, serviceSpec
+from portserver.tracking import TrackingFactory
 from tests.support import makePlan, spec
 
 PROVIDERS = {http.name: http}
@@ -126,7 +131,7 @@ def parseResponse(data: bytes) -> Response:
     return Response(status, headers, body)
 
 
-class PausingTransport(StringTransport):
+class PausingTransport(MemoryTransport):
     """
     A L{StringTransport} whose buffer is "full" beyond C{limit} bytes: past it, each write
     pauses the registered producer, as a TCP transport does.
@@ -173,7 +178,8 @@ class OptionsTests(TestCase):
         options = http.validateOptions({"root": self.root})
         self.assertEqual(options, {
             "root": os.path.realpath(os.path.abspath(self.root)),
-            "index": DEFAULT_INDEX, "listing": False, "mime_types": {}})
+            "index": DEFAULT_INDEX, "listing": False, "mime_types": {},
+            "header_timeout": 30, "max_uri_length": 8192, "max_header_bytes": 16384})
         self.assertTrue(os.path.isabs(options["root"]))
 
     def test_rootThroughSymlink(self):
@@ -291,6 +297,7 @@ class MemoryTestsMixin:
         self.base = self.mktemp()
         self.root, self.outside = makeTree(self.base)
         self.clock = Clock()
+        self.clock.advance(MTIME + 86400)  # "now": a day after a.txt's mtime
         self.events = []
         self.factory = self.build()
 
@@ -786,7 +793,7 @@ class RequestTests(MemoryTestsMixin, TestCase):
         protocol, transport = self.connect()
         protocol.dataReceived(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertFalse(transport.disconnecting)
-        self.clock.advance(self.factory.timeOut + 1)
+        self.clock.advance(self.factory.headerTimeout)
         self.assertTrue(transport.disconnecting)
         protocol.connectionLost(Failure(ConnectionLost()))
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -941,3 +948,612 @@ class IntegrationTests(TestCase):
         self.assertEqual(record.local, Endpoint("127.0.0.1", self.port))
         self.assertGreater(record.bytesOut, len(CONTENT))
         self.assertGreater(record.bytesIn, 0)
+
+
+# -- timeouts and RFC 9110/9112 conformance (issues 14 §2, 15 §3) --------------------
+
+
+def etagOf(response: Response) -> str:
+    """
+    The C{ETag} of C{response}, checked to be a strong one (a quoted string, no C{W/}).
+    """
+    tag = response.headers["etag"]
+    assert tag.startswith('"') and tag.endswith('"') and len(tag) > 2, tag
+    return tag
+
+
+class DefaultLimitsTests(TestCase):
+    """
+    The safe defaults of C{http}: an idle timeout and a request-head timeout without any
+    configuration, and the request-head limits as options.
+    """
+
+    def setUp(self):
+        self.root = self.mktemp()
+        os.makedirs(self.root)
+
+    def test_idleTimeoutByDefault(self):
+        """
+        A service configured with nothing but its root gets an idle timeout of a few
+        minutes at most; its own C{limits:} still override it.
+        """
+        limits = serviceSpec(http, {"root": self.root}).limits
+        self.assertIsNotNone(limits.idleTimeout)
+        self.assertLessEqual(limits.idleTimeout, 300)
+        self.assertEqual(serviceSpec(http, {"root": self.root},
+                                     limits={"idle_timeout": 7}).limits.idleTimeout, 7)
+
+    def test_headOptionsDefaults(self):
+        """
+        C{header_timeout} is 30 s or less by default; C{max_uri_length} and
+        C{max_header_bytes} have bounded defaults.
+        """
+        options = http.validateOptions({"root": self.root})
+        self.assertLessEqual(options["header_timeout"], 30)
+        self.assertGreater(options["header_timeout"], 0)
+        self.assertEqual(options["max_uri_length"], 8192)
+        self.assertEqual(options["max_header_bytes"], 16384)
+
+    def test_headOptionsChecked(self):
+        """
+        A timeout or a limit that is not positive is an error naming the option.
+        """
+        for name, value in (("header_timeout", 0), ("header_timeout", -1),
+                            ("max_uri_length", 0), ("max_header_bytes", -5),
+                            ("max_uri_length", 1.5)):
+            error = self.assertRaises(OptionsError, http.validateOptions,
+                                      {"root": self.root, name: value})
+            self.assertEqual([p.option for p in error.problems], [name], (name, value))
+
+    def test_idleTimeoutCutsStalledResponse(self):
+        """
+        Through the tracking layer (on a clock), a response whose client reads nothing
+        (its transport stays paused) is closed "idle-timeout" once the default idle
+        timeout has passed without progress; bytes the peer takes move it on.
+        """
+        root, _ = makeTree(self.mktemp())
+        with open(os.path.join(root, "big.bin"), "wb") as f:
+            f.write(b"x" * 1024 * 1024)
+        clock = Clock()
+        service = serviceSpec(http, {"root": root})
+        idle = service.limits.idleTimeout
+        factory = TrackingFactory(http.buildFactory(service, clock), Registry(clock),
+                                  "web", "http", limits=service.limits, clock=clock)
+        protocol = factory.buildProtocol(CLIENT)
+        transport = PausingTransport(peerAddress=CLIENT, hostAddress=SERVER)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        clock.advance(idle - 1)
+        self.assertFalse(transport.disconnecting)
+        transport.clear()  # the peer took what was buffered: progress
+        transport.producer.resumeProducing()
+        clock.advance(idle - 1)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(protocol.closer, "idle-timeout")
+
+
+class HeadTimeoutTests(MemoryTestsMixin, TestCase):
+    """
+    C{header_timeout}: the whole request head must arrive within it, counted from the
+    connection or from the end of the previous response.
+    """
+
+    def test_trickledHead(self):
+        """
+        A client that trickles its request head, a byte every few seconds, gets a 408
+        and is closed when C{header_timeout} has passed since the connection was made,
+        however recently it sent a byte; the 408 is in the access log.
+        """
+        protocol, transport = self.connect()
+        head = b"GET /a.txt HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+        for byte in head[:29]:
+            protocol.dataReceived(bytes([byte]))
+            self.clock.advance(1)
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(head[29:30])
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        response = parseResponse(transport.value())
+        self.assertEqual(response.status, 408)
+        self.assertEqual(response.headers["connection"], "close")
+        self.assertEqual(int(response.headers["content-length"]), len(response.body))
+        [event] = self.events
+        self.assertEqual(event["status"], 408)
+
+    def test_idleKeepAlive(self):
+        """
+        After a response, a kept-alive connection that sends nothing more is closed
+        C{header_timeout} after the end of that response, without a 408.
+        """
+        protocol, transport = self.connect()
+        self.clock.advance(25)
+        protocol.dataReceived(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+        sent = transport.value()
+        self.clock.advance(29)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), sent)
+        self.assertEqual([e["status"] for e in self.events], [200])
+
+    def test_configured(self):
+        """
+        A configured C{header_timeout} is the one applied.
+        """
+        factory = self.build(header_timeout=2)
+        protocol, transport = self.connect(factory=factory)
+        protocol.dataReceived(b"GET /a.txt HTTP/1.1\r\n")
+        self.clock.advance(1.9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_notDuringResponse(self):
+        """
+        A response that is being sent (here paused by a full transport buffer) is not
+        cut by the head timeout: that is the idle timeout's business.
+        """
+        with open(os.path.join(self.root, "big.bin"), "wb") as f:
+            f.write(b"x" * 512 * 1024)
+        protocol, transport = self.connect(
+            transport=PausingTransport(peerAddress=CLIENT, hostAddress=SERVER))
+        protocol.dataReceived(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.clock.advance(600)
+        self.assertFalse(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class RangeTests(MemoryTestsMixin, TestCase):
+    """
+    C{Range} (RFC 9110 §14): overlapping and adjacent ranges coalesced, their number
+    capped, and never more bytes than the whole file.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.data = bytes(range(256)) * 4  # 1024 bytes
+        with open(os.path.join(self.root, "k.bin"), "wb") as f:
+            f.write(self.data)
+
+    def test_repeatedWholeRanges(self):
+        """
+        C{bytes=0-,0-,...} 200 times is answered 200 with the file once, not 200 copies
+        of it.
+        """
+        response = self.request("/k.bin", headers=[("Range", "bytes=" + ",".join(
+            ["0-"] * 200))])
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.body, self.data)
+        self.assertEqual(response.headers["content-length"], str(len(self.data)))
+        self.assertNotIn("content-range", response.headers)
+
+    def test_moreThanTheFile(self):
+        """
+        Ranges that overlap so much that they add up to more than the file are a 200
+        with the whole file (as nginx does).
+        """
+        response = self.request("/k.bin", headers=[("Range", "bytes=0-700,300-1023")])
+        self.assertEqual((response.status, response.body), (200, self.data))
+
+    def test_overlappingCoalesced(self):
+        """
+        Overlapping and adjacent ranges become one part each: C{0-9,5-19,20-29} is one
+        range, 0-29, sent as a single-part 206.
+        """
+        response = self.request("/k.bin", headers=[("Range", "bytes=0-9,5-19,20-29")])
+        self.assertEqual(response.status, 206)
+        self.assertEqual(response.body, self.data[:30])
+        self.assertEqual(response.headers["content-range"], "bytes 0-29/1024")
+
+    def test_disjointKept(self):
+        """
+        Disjoint ranges stay a multipart 206, the overlapping ones among them merged,
+        in order of offset.
+        """
+        response = self.request("/k.bin",
+                                headers=[("Range", "bytes=100-109,0-3,2-5,200-201")])
+        self.assertEqual(response.status, 206)
+        self.assertEqual(int(response.headers["content-length"]), len(response.body))
+        ranges = [line for line in response.body.split(b"\r\n")
+                  if line.lower().startswith(b"content-range")]
+        self.assertEqual(ranges, [b"Content-range: bytes 0-5/1024",
+                                  b"Content-range: bytes 100-109/1024",
+                                  b"Content-range: bytes 200-201/1024"])
+
+    def test_tooManyRanges(self):
+        """
+        More than 100 ranges, even small disjoint ones, are a 200 with the whole file.
+        """
+        spec = ",".join(f"{i * 3}-{i * 3}" for i in range(101))
+        response = self.request("/k.bin", headers=[("Range", "bytes=" + spec)])
+        self.assertEqual((response.status, response.body), (200, self.data))
+        spec = ",".join(f"{i * 3}-{i * 3}" for i in range(100))
+        self.assertEqual(self.request("/k.bin", headers=[("Range", "bytes=" + spec)])
+                         .status, 206)
+
+    def test_suffixLongerThanFile(self):
+        """
+        A suffix range longer than the file is the whole file, as a 206 (RFC 9110
+        §14.1.2), not a failed seek.
+        """
+        response = self.request("/a.txt", headers=[("Range", "bytes=-100")])
+        self.assertEqual(response.status, 206)
+        self.assertEqual(response.body, CONTENT)
+        self.assertEqual(response.headers["content-range"], f"bytes 0-19/{len(CONTENT)}")
+
+    def test_unsatisfiableAmongSatisfiable(self):
+        """
+        Unsatisfiable ranges are left out; if none is left, a 416.
+        """
+        response = self.request("/a.txt", headers=[("Range", "bytes=100-200,0-1")])
+        self.assertEqual((response.status, response.body), (206, b"01"))
+        response = self.request("/a.txt", headers=[("Range", "bytes=100-200,50-")])
+        self.assertEqual(response.status, 416)
+
+
+class ValidatorTests(MemoryTestsMixin, TestCase):
+    """
+    C{ETag}, C{If-None-Match}, C{If-Modified-Since} and C{If-Range} (RFC 9110 §8.8, §13).
+    """
+
+    def test_strongETag(self):
+        """
+        A file is served with a strong C{ETag}, the same on each request, another once
+        the file changed.
+        """
+        first = etagOf(self.request("/a.txt"))
+        self.assertEqual(etagOf(self.request("/a.txt")), first)
+        path = os.path.join(self.root, "a.txt")
+        with open(path, "wb") as f:
+            f.write(CONTENT.upper())
+        os.utime(path, (MTIME + 5, MTIME + 5))
+        self.assertNotEqual(etagOf(self.request("/a.txt")), first)
+
+    def test_ifNoneMatch(self):
+        """
+        C{If-None-Match} with the file's tag (among others, or weak, or C{*}) is a 304
+        with the tag; with other tags only, a 200.
+        """
+        tag = etagOf(self.request("/a.txt"))
+        for value in (tag, f'"x", {tag}', f"W/{tag}", "*"):
+            response = self.request("/a.txt", headers=[("If-None-Match", value)])
+            self.assertEqual(response.status, 304, value)
+            self.assertEqual(response.body, b"")
+            self.assertEqual(response.headers["etag"], tag)
+        response = self.request("/a.txt", headers=[("If-None-Match", '"other"')])
+        self.assertEqual((response.status, response.body), (200, CONTENT))
+
+    def test_ifNoneMatchBeforeIfModifiedSince(self):
+        """
+        When C{If-None-Match} is sent, C{If-Modified-Since} is ignored (RFC 9110
+        §13.1.3): a tag that does not match is a 200 whatever the date says.
+        """
+        response = self.request("/a.txt", headers=[
+            ("If-None-Match", '"other"'),
+            ("If-Modified-Since", formatdate(MTIME, usegmt=True))])
+        self.assertEqual(response.status, 200)
+
+    def test_notModifiedWithoutContentLength(self):
+        """
+        A 304 carries no C{Content-Length: 0} (RFC 9110 §8.6: it would be the length of
+        the 200 it stands for).
+        """
+        response = self.request(
+            "/a.txt", headers=[("If-Modified-Since", formatdate(MTIME, usegmt=True))])
+        self.assertEqual(response.status, 304)
+        self.assertNotIn("content-length", response.headers)
+
+    def test_futureIfModifiedSince(self):
+        """
+        An C{If-Modified-Since} later than the server's clock is ignored (RFC 9110
+        §13.1.3): a 200.
+        """
+        future = formatdate(self.clock.seconds() + 3600, usegmt=True)
+        response = self.request("/a.txt", headers=[("If-Modified-Since", future)])
+        self.assertEqual((response.status, response.body), (200, CONTENT))
+
+    def test_ifRangeETag(self):
+        """
+        C{If-Range} with the current tag gives the range; with another tag (a changed
+        file) or a weak one, the whole file with 200.
+        """
+        tag = etagOf(self.request("/a.txt"))
+        response = self.request("/a.txt", headers=[("Range", "bytes=5-9"),
+                                                   ("If-Range", tag)])
+        self.assertEqual((response.status, response.body), (206, b"56789"))
+        for other in ('"stale"', f"W/{tag}"):
+            response = self.request("/a.txt", headers=[("Range", "bytes=5-9"),
+                                                       ("If-Range", other)])
+            self.assertEqual((response.status, response.body), (200, CONTENT), other)
+
+    def test_ifRangeDate(self):
+        """
+        C{If-Range} with the file's C{Last-Modified} date gives the range; with any
+        other date, the whole file with 200.
+        """
+        response = self.request("/a.txt", headers=[
+            ("Range", "bytes=5-9"), ("If-Range", formatdate(MTIME, usegmt=True))])
+        self.assertEqual((response.status, response.body), (206, b"56789"))
+        for when in (MTIME - 60, MTIME + 60):
+            response = self.request("/a.txt", headers=[
+                ("Range", "bytes=5-9"), ("If-Range", formatdate(when, usegmt=True))])
+            self.assertEqual((response.status, response.body), (200, CONTENT), when)
+
+
+class RequestCheckTests(MemoryTestsMixin, TestCase):
+    """
+    The request head checks of RFC 9112: C{Host}, absolute-form, and the size limits,
+    each answered with its status and logged, not a silent close.
+    """
+
+    def raw(self, data: bytes, factory=None):
+        """
+        Send C{data} on a fresh connection; return the parsed response and the transport.
+        """
+        protocol, transport = self.connect(factory=factory)
+        protocol.dataReceived(data)
+        return parseResponse(transport.value()), transport
+
+    def assertRefused(self, data, status, factory=None):
+        """
+        C{data} is answered C{status} with a small page and the connection is closed,
+        and the refusal is in the access log.
+        """
+        response, transport = self.raw(data, factory)
+        self.assertEqual(response.status, status)
+        self.assertEqual(int(response.headers["content-length"]), len(response.body))
+        self.assertIn(str(status).encode(), response.body)
+        self.assertEqual(response.headers["connection"], "close")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual([e["status"] for e in self.events][-1:], [status])
+        return response
+
+    def test_http11WithoutHost(self):
+        """
+        An HTTP/1.1 request without C{Host} is a 400 (RFC 9112 §3.2); HTTP/1.0 needs none.
+        """
+        self.assertRefused(b"GET /a.txt HTTP/1.1\r\n\r\n", 400)
+        response, _ = self.raw(b"GET /a.txt HTTP/1.0\r\n\r\n")
+        self.assertEqual((response.status, response.body), (200, CONTENT))
+
+    def test_twoHosts(self):
+        """
+        Two C{Host} headers are a 400.
+        """
+        self.assertRefused(b"GET /a.txt HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400)
+
+    def test_absoluteForm(self):
+        """
+        A request target in absolute-form (C{GET http://host/file}) is served as its
+        path; the log shows the target as sent.
+        """
+        response, _ = self.raw(b"GET http://example.test/a.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual((response.status, response.body), (200, CONTENT))
+        response, _ = self.raw(b"GET http://example.test HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(response.status, 404)  # the root: no index, no listing
+        self.assertEqual(self.events[0]["path"], "http://example.test/a.txt")
+
+    def test_uriTooLong(self):
+        """
+        A request target longer than C{max_uri_length} is a 414, whether its line has
+        ended or is still coming.
+        """
+        self.assertRefused(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414)
+        self.assertRefused(b"GET /" + b"a" * 20000, 414)
+        factory = self.build(max_uri_length=100)
+        self.assertRefused(b"GET /" + b"a" * 100 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414,
+                           factory)
+
+    def test_headersTooLarge(self):
+        """
+        Header fields adding up to more than C{max_header_bytes}, or one longer than
+        it, are a 431.
+        """
+        many = b"".join(b"X-%d: %s\r\n" % (i, b"v" * 100) for i in range(200))
+        self.assertRefused(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n", 431)
+        self.assertRefused(b"GET /a.txt HTTP/1.1\r\nHost: x\r\nX: " + b"v" * 20000, 431)
+        factory = self.build(max_header_bytes=100)
+        self.assertRefused(b"GET /a.txt HTTP/1.1\r\nHost: x\r\nX: " + b"v" * 100
+                           + b"\r\n\r\n", 431, factory)
+
+    def test_malformedLogged(self):
+        """
+        A malformed request line or header is a 400 with a page, and logged.
+        """
+        self.assertRefused(b"NONSENSE\r\n\r\n", 400)
+        self.assertRefused(b"GET /a.txt HTTP/1.1\r\nHost: x\r\nno colon\r\n\r\n", 400)
+
+    def test_http10KeepAlive(self):
+        """
+        An HTTP/1.0 request with C{Connection: keep-alive} keeps the connection open,
+        says so, and the next request on it is answered.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /a.txt HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        self.assertFalse(transport.disconnecting)
+        response = parseResponse(transport.value())
+        self.assertEqual(response.headers["connection"], "keep-alive")
+        transport.clear()
+        protocol.dataReceived(b"GET /in-file HTTP/1.0\r\n\r\n")
+        self.assertEqual(parseResponse(transport.value()).body, CONTENT)
+        self.assertTrue(transport.disconnecting)
+
+    def test_connectionCloseToken(self):
+        """
+        C{close} among other C{Connection} tokens, comma-separated, ends the connection.
+        """
+        response, transport = self.raw(
+            b"GET /a.txt HTTP/1.1\r\nHost: x\r\nConnection: TE,close\r\n\r\n")
+        self.assertEqual(response.status, 200)
+        self.assertTrue(transport.disconnecting)
+
+    def test_halfCloseInMemory(self):
+        """
+        A client that half-closes after its request still gets the whole response, then
+        the connection is closed.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+        IHalfCloseableProtocol(protocol).readConnectionLost()
+        self.assertEqual(parseResponse(transport.value()).body, CONTENT)
+        self.assertTrue(transport.disconnecting)
+
+
+def exchange(port: int, data: bytes, halfClose: bool = True) -> bytes:
+    """
+    Send C{data} on a new connection to 127.0.0.1:C{port}, half-close it if asked, and
+    return all that comes back until the server closes (blocking: run it in a thread).
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as s:
+        s.sendall(data)
+        if halfClose:
+            s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+def headOf(port: int, data: bytes) -> Response:
+    """
+    Send C{data}, read the response head only, then reset the connection (an aborted
+    download); blocking.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as s:
+        s.sendall(data)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    return parseResponse(received.partition(b"\r\n\r\n")[0] + b"\r\n\r\n")
+
+
+class WireTests(TestCase):
+    """
+    A real C{http} service on 127.0.0.1 driven with raw sockets, as C{nc}, C{curl} and
+    a client that never reads drive it.
+    """
+
+    timeout = 60
+
+    def setUp(self):
+        self.root, _ = makeTree(self.mktemp())
+        self.failures = []
+        globalLogPublisher.addObserver(self.observe)
+        self.addCleanup(globalLogPublisher.removeObserver, self.observe)
+
+    def observe(self, event):
+        if "log_failure" in event:
+            self.failures.append(event)
+
+    def serve(self, limits=None, **options):
+        """
+        Start the service with C{options} and C{limits}; return its port.
+        """
+        service = serviceSpec(http, {"root": self.root, **options}, name="web",
+                              limits=limits)
+        self.server = PortServer(makePlan(attrs.evolve(service, port=0)), reactor)
+        self.server.startService()
+        self.addCleanup(self.server.stopService)
+        return self.server.addressOf("web", "tcp").port
+
+    def bigFile(self, size: int) -> str:
+        """
+        A sparse file of C{size} bytes in the root (cheap to make and to read); its name.
+        """
+        with open(os.path.join(self.root, "big.bin"), "wb") as f:
+            f.truncate(size)
+        return "big.bin"
+
+    @inlineCallbacks
+    def closedRecords(self, count=1):
+        """
+        The service's closed records, once C{count} connections have closed.
+        """
+        end = reactor.seconds() + DEADLINE
+        while len(self.server.registry.select(service="web", state=CLOSED)) < count:
+            if reactor.seconds() > end:
+                self.fail(f"no close within {DEADLINE}s")
+            yield deferLater(reactor, 0.01, lambda: None)
+        return self.server.registry.select(service="web", state=CLOSED)
+
+    @inlineCallbacks
+    def test_halfClose(self):
+        """
+        C{printf 'GET /f HTTP/1.1...' | nc -N}: a client that half-closes after its
+        request gets the whole response, here a file larger than the socket buffers.
+        """
+        port = self.serve()
+        name = self.bigFile(4 * 1024 * 1024)
+        data = yield deferToThread(exchange, port,
+                                   f"GET /{name} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        response = parseResponse(data)
+        self.assertEqual(response.status, 200)
+        self.assertEqual(len(response.body), 4 * 1024 * 1024)
+        data = yield deferToThread(exchange, port,
+                                   b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n"
+                                   b"GET /in-file HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(data.count(CONTENT), 2)
+        yield self.closedRecords(2)
+        self.assertEqual(self.failures, [])
+
+    @inlineCallbacks
+    def test_stalledReaderClosed(self):
+        """
+        A client that asks for a large file and never reads is closed once the idle
+        timeout has passed with no progress (our writes into a full buffer are not
+        progress), and the file is closed; nothing is logged as a failure.
+        """
+        port = self.serve(limits={"idle_timeout": 0.5, "close_grace": 0.5})
+        name = self.bigFile(64 * 1024 * 1024)
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(client.close)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(("127.0.0.1", port))
+        client.sendall(f"GET /{name} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        [record] = yield self.closedRecords()
+        self.assertEqual(record.reason, "idle-timeout")
+        self.assertLess(record.bytesOut, 64 * 1024 * 1024)
+        self.assertEqual(openFiles(name), [])
+        self.assertEqual(self.failures, [])
+
+    @inlineCallbacks
+    def test_manyRangesAborted(self):
+        """
+        C{Range: bytes=0-,0-,...} x200 on a large file is a 200 with the file's length;
+        a client that aborts that download leaves no traceback in the log.
+        """
+        port = self.serve()
+        size = 100 * 1024 * 1024
+        name = self.bigFile(size)
+        request = (f"GET /{name} HTTP/1.1\r\nHost: x\r\nRange: bytes="
+                   + ",".join(["0-"] * 200) + "\r\n\r\n").encode()
+        response = yield deferToThread(headOf, port, request)
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.headers["content-length"], str(size))
+        [record] = yield self.closedRecords()
+        self.assertLess(record.bytesOut, size)
+        self.assertEqual(openFiles(name), [])
+        self.assertEqual(self.failures, [])
+
+    @inlineCallbacks
+    def test_badRequestsAnswered(self):
+        """
+        An oversize URI, oversize headers and a missing C{Host} get their status on the
+        wire (414, 431, 400), not a silent close.
+        """
+        port = self.serve()
+        for data, status in ((b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n", 414),
+                             (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"v" * 20000
+                              + b"\r\n\r\n", 431),
+                             (b"GET /a.txt HTTP/1.1\r\n\r\n", 400)):
+            received = yield deferToThread(exchange, port, data, False)
+            self.assertEqual(parseResponse(received).status, status)

@@ -1,8 +1,21 @@
 """
 C{http}: a static file server, L{twisted.web.static.File} behind a few guards.
 
-What C{File} gives and is kept: C{Content-Length}, C{Last-Modified} and C{If-Modified-Since}
-(304), C{Range} (206, 416 when unsatisfiable), and C{HEAD}. What is added:
+What C{File} gives and is kept: C{Content-Length}, C{Last-Modified}, and C{HEAD}. What is
+added:
+
+  - Validators and ranges (L{portserver.protocols.http_ranges}): a strong C{ETag};
+    C{If-None-Match} before C{If-Modified-Since}, which is ignored when in the future; a
+    304 without C{Content-Length}; C{Range} (206, 416) with overlapping and adjacent
+    ranges coalesced, more than 100 ranges or more bytes than the file answered 200
+    with the whole file (C{File} sends 200 copies for C{bytes=0-,0-,...}), a suffix
+    longer than the file served whole; C{If-Range} with a tag or a date.
+  - The request head bounded and checked (L{portserver.protocols.http_channel}): the
+    C{header_timeout}, 414 / 431 / 400 / 408 answered and logged, HTTP/1.1 without one
+    C{Host} a 400, absolute-form targets served, half-closed clients answered, HTTP/1.0
+    keep-alive. A default C{idle_timeout} of 120 s (L{DEFAULT_LIMITS}): bodies are
+    written only when the transport takes them, so a client that reads nothing stops
+    all activity and is cut.
 
   - Containment: C{File} follows symlinks, so every child it is asked for (and every index
     file it finds) is checked with C{os.path.realpath} to be the root or under it, and to be
@@ -35,16 +48,21 @@ What C{File} gives and is kept: C{Content-Length}, C{Last-Modified} and C{If-Mod
 
 from __future__ import annotations
 
+import errno
+import math
 import os
 import re
-from html import escape
+import time
+from urllib.parse import urlsplit
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from twisted.web import resource, server, static
+from twisted.web import http as web, resource, server, static
 from zope.interface import implementer
 
 from portserver.options import Option
+from portserver.protocols import http_ranges as ranges
+from portserver.protocols.http_channel import SERVER_HEADER, StaticChannel, page
 from portserver.provider import PortProtocol
 from portserver.registry import Endpoint
 from portserver.tracking import hostOf
@@ -52,9 +70,11 @@ from portserver.tracking import hostOf
 log = Logger()
 
 ALLOWED_METHODS = (b"GET", b"HEAD")
-SERVER_HEADER = b"portserver"
 DEFAULT_INDEX = ["index.html", "index.htm"]
 DEFAULT_TYPE = "application/octet-stream"
+#: The limits an C{http} service has unless configured: a client that reads nothing of
+#: its response is closed after two minutes without progress.
+DEFAULT_LIMITS = {"idle_timeout": 120}
 
 
 # -- options ------------------------------------------------------------------------------
@@ -102,6 +122,18 @@ def _normaliseMimeTypes(types: dict) -> dict:
     return {ext.lower(): mime.strip() for ext, mime in types.items()}
 
 
+def _positiveSeconds(value) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number of seconds"
+    return None if value > 0 else "must be more than 0 seconds"
+
+
+def _atLeast(minimum: int):
+    def check(value) -> str | None:
+        return None if value >= minimum else f"must be {minimum} or more"
+    return check
+
+
 #: C{root} is required, and kept as an absolute path with symlinks resolved.
 OPTIONS = {
     "root": Option(str, None, _checkRoot, describe="a directory path", required=True,
@@ -112,6 +144,10 @@ OPTIONS = {
     "mime_types": Option(dict, {}, _checkMimeTypes,
                          describe="a mapping of extension to MIME type",
                          convert=_normaliseMimeTypes),
+    "header_timeout": Option((int, float), 30, _positiveSeconds,
+                             describe="a number of seconds"),
+    "max_uri_length": Option(int, 8192, _atLeast(16), describe="a number of bytes"),
+    "max_header_bytes": Option(int, 16384, _atLeast(64), describe="a number of bytes"),
 }
 
 
@@ -140,10 +176,7 @@ class ErrorPage(resource.Resource):
         super().__init__()
         self.code = code
         self.headers = tuple(headers)
-        self.body = (
-            f"<!DOCTYPE html>\n<html><head><title>{code} {escape(brief)}</title></head>"
-            f"<body><h1>{code} {escape(brief)}</h1><p>{escape(detail)}</p></body></html>\n"
-        ).encode("utf-8")
+        self.body = page(code, brief, detail)
 
     def render(self, request):
         request.setResponseCode(self.code)
@@ -331,8 +364,119 @@ class StaticFile(static.File):
         return Lister(self.path, names, self.contentTypes, self.contentEncodings,
                       self.defaultType)
 
-    def makeProducer(self, request, fileForReading):
-        return PushFile(request, super().makeProducer(request, fileForReading))
+    def render_GET(self, request):
+        """
+        L{static.File.render_GET} with validators: a strong C{ETag}, C{If-None-Match}
+        (before C{If-Modified-Since}, which is ignored when in the future), and the
+        length, tag and date of the file as opened (not as named a moment before).
+        """
+        self.restat(False)
+        if self.type is None:
+            self.type, self.encoding = static.getTypeAndEncoding(
+                self.basename(), self.contentTypes, self.contentEncodings,
+                self.defaultType)
+        if not self.exists():
+            return self.childNotFound.render(request)
+        if self.isdir():
+            return self.redirect(request)
+        request.setHeader(b"accept-ranges", b"bytes")
+        try:
+            fileForReading = self.openForReading()
+        except OSError as e:
+            if e.errno == errno.EACCES:
+                return self.forbidden.render(request)
+            raise
+        try:
+            info = os.fstat(fileForReading.fileno())
+        except (AttributeError, OSError, ValueError):  # not a real file: by its name
+            info = os.stat(self.path)
+        size = info.st_size
+        request.etag = ranges.strongETag(size, info.st_mtime_ns)
+        request.lastModified = int(math.ceil(info.st_mtime))
+        if self.notModified(request):
+            fileForReading.close()
+            request.setResponseCode(web.NOT_MODIFIED)
+            return b""
+        if request.method == b"HEAD":
+            self._setContentHeaders(request, size)
+            fileForReading.close()
+            return b""
+        producer = self.makeProducer(request, fileForReading, size)
+        producer.start()
+        return server.NOT_DONE_YET
+
+    render_HEAD = render_GET
+
+    def notModified(self, request) -> bool:
+        """
+        Whether C{request}'s conditions make it a 304, given its C{etag} and
+        C{lastModified} (RFC 9110 §13.2.2: C{If-None-Match} first, and when it is sent
+        C{If-Modified-Since} is not looked at).
+        """
+        tags = request.requestHeaders.getRawHeaders(b"if-none-match")
+        if tags is not None:
+            return ranges.noneMatch(tags, request.etag)
+        since = request.getHeader(b"if-modified-since")
+        return since is not None and not ranges.modifiedSince(
+            since, request.lastModified, _now(request))
+
+    def makeProducer(self, request, fileForReading, size=None):
+        """
+        A L{PushFile} of what C{Range} and C{If-Range} ask for (see
+        L{ranges.plan}): the whole file, one range, several coalesced ones, or a 416.
+        """
+        if size is None:
+            size = self.getFileSize()
+        spans = None
+        value = request.getHeader(b"range")
+        if value is not None:
+            condition = request.getHeader(b"if-range")
+            if condition is None or ranges.rangeStillValid(
+                    condition, request.etag or b"", request.lastModified or 0,
+                    _now(request)):
+                spans = ranges.plan(value, size)
+        if spans is None:
+            request.setResponseCode(web.OK)
+            self._setContentHeaders(request, size)
+            pull = static.NoRangeStaticProducer(request, fileForReading)
+        elif not spans:
+            request.setResponseCode(web.REQUESTED_RANGE_NOT_SATISFIABLE)
+            request.setHeader(b"content-range", b"bytes */%d" % size)
+            self._setContentHeaders(request, 0)
+            pull = static.SingleRangeStaticProducer(request, fileForReading, 0, 0)
+        elif len(spans) == 1:
+            [(start, end)] = spans
+            request.setResponseCode(web.PARTIAL_CONTENT)
+            request.setHeader(b"content-range", b"bytes %d-%d/%d" % (start, end - 1, size))
+            self._setContentHeaders(request, end - start)
+            pull = static.SingleRangeStaticProducer(request, fileForReading, start,
+                                                    end - start)
+        else:
+            pull = static.MultipleRangeStaticProducer(
+                request, fileForReading, self._parts(request, spans, size))
+        return PushFile(request, pull)
+
+    def _parts(self, request, spans, size):
+        """
+        The C{(separator, offset, length)} parts of a C{multipart/byteranges} 206 of
+        C{spans}, its headers set.
+        """
+        boundary = os.urandom(12).hex().encode("ascii")
+        contentType = (self.type or DEFAULT_TYPE).encode("latin-1")
+        parts = []
+        length = 0
+        for start, end in spans:
+            separator = (b"\r\n--%s\r\nContent-type: %s\r\nContent-range: bytes %d-%d/%d"
+                         b"\r\n\r\n" % (boundary, contentType, start, end - 1, size))
+            parts.append((separator, start, end - start))
+            length += len(separator) + end - start
+        final = b"\r\n--%s--\r\n" % boundary
+        parts.append((final, 0, 0))
+        request.setResponseCode(web.PARTIAL_CONTENT)
+        request.setHeader(b"content-type",
+                          b'multipart/byteranges; boundary="%s"' % boundary)
+        request.setHeader(b"content-length", b"%d" % (length + len(final)))
+        return parts
 
     def redirect(self, request):
         try:
@@ -340,6 +484,14 @@ class StaticFile(static.File):
         except ValueError:  # a URI that is not ASCII cannot be redirected to
             return BAD_REQUEST.render(request)
         return _headless(request, body)
+
+
+def _now(request) -> float:
+    """
+    The time by the clock of C{request}'s site (the reactor it was given).
+    """
+    reactor = getattr(getattr(request, "site", None), "reactor", None)
+    return time.time() if reactor is None else reactor.seconds()
 
 
 # -- the site -----------------------------------------------------------------------------
@@ -355,20 +507,52 @@ def _printable(data: bytes) -> str:
 
 class StaticRequest(server.Request):
     """
-    A request that says C{Server: portserver} and is logged even when its client goes
-    away before the response ends.
+    A request that says C{Server: portserver}, is logged even when its client goes away
+    before the response ends, takes its target in absolute-form too, and sends no
+    C{Content-Length} with a 304.
+
+    @ivar target: the request target as sent (what the access log shows).
+    @ivar badTarget: the target is in absolute-form with a scheme other than http(s).
     """
 
     processing = False
+    target = None
+    badTarget = False
 
     def setHeader(self, name, value):
         if isinstance(name, bytes) and name.lower() == b"server":
             value = SERVER_HEADER
         super().setHeader(name, value)
 
+    def requestReceived(self, command, path, version):
+        self.target = path
+        if not path.startswith(b"/") and b"://" in path:
+            # Absolute-form (RFC 9112 §3.2.2): the authority replaces any Host header,
+            # and the path (with the query) is what is served.
+            parts = urlsplit(path)
+            if parts.scheme.lower() not in (b"http", b"https"):
+                self.badTarget = True
+            self.requestHeaders.setRawHeaders(b"host", [parts.netloc])
+            path = (parts.path or b"/") + (b"?" + parts.query if parts.query else b"")
+        super().requestReceived(command, path, version)
+
     def process(self):
         self.processing = True
         super().process()
+
+    def write(self, data):
+        if not self.startedWriting:
+            if self.code == web.NOT_MODIFIED:
+                # Request.render sets "Content-Length: 0" for the empty body; for a 304 it
+                # would claim the 200's length is 0 (RFC 9110 §8.6).
+                self.responseHeaders.removeHeader(b"content-length")
+            elif (self.clientproto != b"HTTP/1.1" and self.channel is not None
+                    and self.channel.persistent and self.method != b"HEAD"
+                    and not self.responseHeaders.hasHeader(b"content-length")):
+                # A kept-alive HTTP/1.0 response can only end with the connection.
+                self.channel.persistent = False
+                self.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        super().write(data)
 
     def connectionLost(self, reason):
         if self.processing and not self.finished:
@@ -386,14 +570,29 @@ class StaticSite(server.Site):
     """
 
     noisy = False
+    protocol = StaticChannel
     requestFactory = StaticRequest
     logger = log
 
-    def __init__(self, root, service: str, reactor, logger: Logger | None = None):
-        super().__init__(root, reactor=reactor)
+    def __init__(self, root, service: str, reactor, logger: Logger | None = None, *,
+                 headerTimeout: float | None = 30.0, maxURILength: int = 8192,
+                 maxHeaderBytes: int = 16384):
+        # No TimeoutMixin timer (timeout=None): the channel's head timeout and the
+        # tracking layer's idle timeout bound a connection.
+        super().__init__(root, reactor=reactor, timeout=None)
         self.service = service
         if logger is not None:
             self.logger = logger
+        self.headerTimeout = headerTimeout
+        self.maxURILength = maxURILength
+        self.maxHeaderBytes = maxHeaderBytes
+
+    def buildProtocol(self, addr):
+        channel = super().buildProtocol(addr)
+        channel.headerTimeout = self.headerTimeout
+        channel.maxURILength = self.maxURILength
+        channel.maxHeaderBytes = self.maxHeaderBytes
+        return channel
 
     def startFactory(self):
         # No access-log file and no timer for its timestamps: log() emits events.
@@ -403,6 +602,14 @@ class StaticSite(server.Site):
         pass
 
     def getResourceFor(self, request):
+        hosts = request.requestHeaders.getRawHeaders(b"host", ())
+        if (request.badTarget or len(hosts) > 1
+                or (not hosts and request.clientproto == b"HTTP/1.1")):
+            # RFC 9112 §3.2: exactly one Host in HTTP/1.1; the connection is closed after
+            # the 400, as for any malformed request.
+            request.channel.persistent = False
+            request.setHeader(b"connection", b"close")
+            return BAD_REQUEST
         if request.method not in ALLOWED_METHODS:
             return METHOD_NOT_ALLOWED
         return super().getResourceFor(request)
@@ -414,7 +621,16 @@ class StaticSite(server.Site):
         """
         Emit the access-log event of C{request}.
         """
-        address = request.getClientAddress()
+        self.logAccess(request.getClientAddress(), request.method,
+                       request.target or request.uri, request.clientproto, request.code,
+                       request.sentLength, aborted)
+
+    def logAccess(self, address, method: bytes, path: bytes, version: bytes, status: int,
+                  sent: int, aborted: bool = False) -> None:
+        """
+        Emit one access-log event: a request from C{address} answered C{status} with
+        C{sent} bytes of body (also for the requests the channel refuses).
+        """
         host = getattr(address, "host", None)
         if host is None:
             ip, port, client = "-", 0, "-"
@@ -424,9 +640,8 @@ class StaticSite(server.Site):
         self.logger.info(
             '{service} {client} "{method} {path} {version}" {status} {bytes}{note}',
             service=self.service, client=client, client_ip=ip, client_port=port,
-            method=_printable(request.method), path=_printable(request.uri),
-            version=_printable(request.clientproto), status=request.code,
-            bytes=request.sentLength, aborted=aborted, note=" aborted" if aborted else "")
+            method=_printable(method), path=_printable(path), version=_printable(version),
+            status=status, bytes=sent, aborted=aborted, note=" aborted" if aborted else "")
 
 
 def buildFactory(service, reactor) -> StaticSite:
@@ -438,7 +653,9 @@ def buildFactory(service, reactor) -> StaticSite:
     contentTypes.update(options["mime_types"])
     root = StaticFile(options["root"], root=options["root"], listing=options["listing"],
                       contentTypes=contentTypes, indexNames=options["index"])
-    return StaticSite(root, service.name, reactor)
+    return StaticSite(root, service.name, reactor, headerTimeout=options["header_timeout"],
+                      maxURILength=options["max_uri_length"],
+                      maxHeaderBytes=options["max_header_bytes"])
 
 
 http = PortProtocol(
@@ -447,4 +664,5 @@ http = PortProtocol(
     wellKnownPort=80,
     factory=buildFactory,
     options=OPTIONS,
+    defaultLimits=DEFAULT_LIMITS,
 )
