@@ -946,7 +946,10 @@ class UnsentBytesPinTests(TestCase):
         transport.write(b"a" * (total // 2))
         transport.writeSequence([b"b" * (total // 4), b"c" * (total // 4)])
         self.assertEqual(unsentBytes(transport), total)
-        yield deferLater(reactor, 0.3, lambda: None)
+        # Wait (no fixed delay) until the reactor has written what the socket takes.
+        end = reactor.seconds() + REAL_DEADLINE
+        while unsentBytes(transport) == total and reactor.seconds() < end:
+            yield deferLater(reactor, 0.01, lambda: None)
         unsent = unsentBytes(transport)
         self.assertTrue(0 < unsent < total, unsent)
         yield client.read(total).addTimeout(REAL_DEADLINE * 3, reactor)

@@ -32,8 +32,9 @@ BUILTINS = ["echo", "discard", "daytime", "qotd", "chargen", "smtp", "time", "ht
             "exec", "forward"]
 
 #: Run C{twistd} as its console script does: its C{console_scripts} entry point, run by
-#: the given interpreter. (With C{--system-site-packages}, Twisted is the system's, so its
-#: C{twistd} script is not in the virtualenv's C{bin/}; this is that script's code.)
+#: the given interpreter. (Twisted is found in the running interpreter's site directories,
+#: so its C{twistd} script is not in the test virtualenv's C{bin/}; this is that script's
+#: code.)
 TWISTD = ("import sys; from importlib.metadata import entry_points; "
           "[ep] = entry_points(group='console_scripts', name='twistd'); "
           "sys.argv[0] = 'twistd'; sys.exit(ep.load()())")
@@ -117,10 +118,38 @@ def builtWheel() -> str:
     return _cache["wheel"]
 
 
+def outerSiteDirectories() -> list[str]:
+    """
+    The directories this interpreter finds its third-party packages in (Twisted and the
+    other requirements): its site directories, and the one Twisted was imported from if
+    it is elsewhere. Wherever the suite runs (a system Python, a virtualenv, CI's fresh
+    virtualenv), these are the directories that hold portserver's requirements.
+    """
+    import site
+
+    import twisted
+
+    directories = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        directories.append(site.getusersitepackages())
+    directories.append(os.path.dirname(os.path.dirname(os.path.abspath(twisted.__file__))))
+    unique = []
+    for d in directories:
+        d = os.path.realpath(d)
+        if os.path.isdir(d) and d != ROOT and d not in unique:
+            unique.append(d)
+    return unique
+
+
 def installedVenv() -> str:
     """
-    A virtualenv (made once per process) seeing the system's site-packages, with the
-    wheel installed in it, from no index.
+    A fresh virtualenv (made once per process) with the wheel installed in its own
+    site-packages, from no index, and this interpreter's site directories added after
+    its own (a C{.pth} file calling C{site.addsitedir}), for the requirements.
+
+    Not C{--system-site-packages}: from inside a virtualenv, that option exposes the
+    I{base} interpreter's site-packages, which need not have Twisted at all. The wheel
+    is installed before the C{.pth} is written, so pip sees only the empty virtualenv.
 
     @return: the virtualenv's directory.
     """
@@ -128,16 +157,22 @@ def installedVenv() -> str:
         return _cache["venv"]
     wheel = builtWheel()
     venv = os.path.join(_scratch(), "venv")
-    for command in (
-        [sys.executable, "-m", "venv", "--system-site-packages", venv],
-        # --force-reinstall: the system site-packages has a portserver of this version
-        # too, which pip would otherwise take as "already installed".
-        [os.path.join(venv, "bin", "pip"), "install", "--no-deps", "--no-build-isolation",
-         "--no-index", "--force-reinstall", wheel],
-    ):
-        result = run(command, cwd=_scratch())
-        if result.returncode != 0:
-            raise AssertionError(describe(result))
+    python = os.path.join(venv, "bin", "python")
+    result = run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=_scratch())
+    if result.returncode != 0:
+        raise AssertionError(describe(result))
+    result = run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                 cwd=_scratch())
+    if result.returncode != 0:
+        raise AssertionError(describe(result))
+    sitePackages = result.stdout.strip()
+    result = run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index",
+                  "--no-compile", "--target", sitePackages, wheel], cwd=_scratch())
+    if result.returncode != 0:
+        raise AssertionError(describe(result))
+    with open(os.path.join(sitePackages, "zz-outer-site.pth"), "w") as f:
+        for directory in outerSiteDirectories():
+            f.write(f"import site; site.addsitedir({directory!r})\n")
     _cache["venv"] = venv
     return venv
 
@@ -202,9 +237,9 @@ class InstalledTests(SynchronousTestCase):
     SLOW (builds the wheel and a virtualenv once for the module, then runs subprocesses):
     the wheel installed in a virtualenv, used from a directory that is not the checkout.
 
-    The virtualenv sees the system's site-packages (for Twisted and the other
-    requirements), where a portserver is installed too; these tests check that the
-    virtualenv's copy is the one used.
+    The virtualenv also sees the running interpreter's site directories (for Twisted and
+    the other requirements), where a portserver may be installed too; these tests check
+    that the virtualenv's copy is the one used.
     """
 
     def setUp(self):
@@ -229,7 +264,7 @@ class InstalledTests(SynchronousTestCase):
     def test_importsFromVirtualenv(self):
         """
         The virtualenv's Python imports portserver from the virtualenv, not from the
-        system site-packages nor the checkout.
+        running interpreter's site directories nor the checkout.
         """
         result = run([self.python, "-c",
                       "import portserver.tap; print(portserver.__file__); "

@@ -72,18 +72,25 @@ class ReloadUnderLoadTests(TestCase):
         self.addCleanup(server.stopService)
         reloader = Reloader(server, path, discover=lambda: Discovery,
                             loadPlan=lambda *a, **k: loadPlan(*a, dualStack=True, **k))
-        state = {"reloads": 0, "outcomes": set(), "stop": False}
+        # Touched only in the reactor thread: whether to go on, the next reload's
+        # delayed call and the reload in flight. The test ends (in the reactor thread)
+        # by cancelling the one and waiting for the other, so nothing is left behind.
+        state = {"reloads": 0, "outcomes": set(), "stop": False, "next": None,
+                 "inFlight": None}
 
         def reloadAgain():
+            state["next"] = None
             if state["stop"]:
                 return
             write(state["reloads"] + 1)
-            reloader.reload().addCallback(reloaded)
+            state["inFlight"] = reloader.reload().addCallback(reloaded)
 
         def reloaded(outcome):
+            state["inFlight"] = None
             state["outcomes"].add(outcome["result"])
             state["reloads"] += 1
-            reactor.callLater(0.002, reloadAgain)
+            if not state["stop"]:
+                state["next"] = reactor.callLater(0.002, reloadAgain)
 
         def clients():
             deadline = time.monotonic() + 90
@@ -110,11 +117,20 @@ class ReloadUnderLoadTests(TestCase):
                 assert held.recv(100) == b"held at the end"
             finally:
                 held.close()
-                state["stop"] = True
             return served, refused
 
-        reactor.callLater(0, reloadAgain)
+        def stopReloading(result):
+            state["stop"] = True
+            if state["next"] is not None:
+                state["next"].cancel()
+                state["next"] = None
+            if state["inFlight"] is not None:
+                return state["inFlight"].addCallback(lambda _: result)
+            return result
+
+        state["next"] = reactor.callLater(0, reloadAgain)
         d = deferToThread(clients)
+        d.addBoth(stopReloading)
 
         def check(result):
             served, refused = result
