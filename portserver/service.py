@@ -27,7 +27,12 @@ from portserver import udp
 from portserver.admission import Admission
 from portserver.plan import Listener, Plan
 from portserver.registry import CLOSED, SHUTDOWN, Registry
-from portserver.tracking import DENIED, TrackingDatagram, TrackingFactory
+from portserver.tracking import (
+    DENIED,
+    FlowControlledTransport,
+    TrackingDatagram,
+    TrackingFactory,
+)
 
 log = Logger()
 
@@ -84,10 +89,13 @@ def ownTransportClass(port) -> None:
     orders, and once the shared table no longer fits, every later connection's dict is
     a full one: about 0.7 KiB more per connection in a server holding three kinds (see
     bench/README.md). A class per listener keeps each listener's connections alike.
+
+    The class is also where portserver's flow control hooks in
+    (L{FlowControlledTransport}: reading resumes once the output has drained).
     """
     transport = getattr(port, "transport", None)
     if isinstance(transport, type):
-        port.transport = type(transport.__name__, (transport,), {
+        port.transport = type(transport.__name__, (FlowControlledTransport, transport), {
             "__module__": transport.__module__, "__doc__": transport.__doc__})
 
 

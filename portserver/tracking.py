@@ -38,6 +38,16 @@ the connection they happen on:
    (chargen, forward, exec) keep the buffer small themselves; a connection whose
    buffer passes C{maxOutput} (one write larger than the cap included) is aborted,
    "output-cap".
+ - B{Flow control.} A plugin that writes in answer to what it reads (echo, a proxy)
+   must never be aborted by the output cap because its peer reads slowly. After each
+   write, when the connection's unsent output passes the high-water mark
+   (L{HIGH_WATER}, or half the output cap when that is smaller), the tracker stops
+   reading from the peer; portserver's TCP transport (L{FlowControlledTransport}, the
+   class of every connection a portserver listener accepts) tells it when the buffer is
+   back under the low-water mark (L{LOW_WATER}), and reading resumes, as asyncio's
+   transports do. This is separate from a plugin's own C{pauseProducing} (reading
+   resumes only when neither wants it paused) and from its producers, which Twisted
+   pauses as before; the cap stays, for output that no input drives.
  - B{Admission.} An optional admission object (L{portserver.admission}) is asked
    before the plugin's factory: a refused peer never reaches the plugin; it gets the
    admission's banner (if any) and is closed. An admitted connection is released
@@ -99,6 +109,15 @@ VERDICTS = frozenset({IDLE_TIMEOUT, DEADLINE, OUTPUT_CAP, CLOSE_TIMEOUT, PLUGIN_
 # must not make it schedule itself again for 1e-16 seconds, forever).
 _SLACK = 1e-6
 
+#: Unsent output (bytes) past which a connection's reading is paused, and under which
+#: it resumes: asyncio's defaults.
+HIGH_WATER = 64 * 1024
+LOW_WATER = 16 * 1024
+
+# Tracker.paused: who wants reading paused (it resumes when none does). PAUSED_EOF:
+# the peer's end of input was read; reading never resumes after it.
+PAUSED_PLUGIN, PAUSED_FLOW, PAUSED_EOF = 1, 2, 4
+
 # Tracker.connected: the plugin may read it (as a transport's C{connected}), so it stays
 # true while a close is under way.
 _LOST, _OPEN, _CLOSING = 0, 1, 2
@@ -146,10 +165,11 @@ class Tracker:
     @ivar lastActive: when a byte was last received or written (only with an idle
         timeout); C{deadlineAt}: when the deadline passes (only with a deadline).
     @ivar admitted: the host the factory's admission admitted, until released.
+    @ivar paused: who wants reading from the peer paused, a mask of C{PAUSED_*}.
     """
 
     __slots__ = ("transport", "wrapped", "record", "factory", "remote", "closer",
-                 "connected", "timer", "lastActive", "deadlineAt", "admitted",
+                 "connected", "timer", "lastActive", "deadlineAt", "admitted", "paused",
                  "__weakref__")
 
     def __init__(self, wrapped, factory: "TrackingFactory", remote: tuple | None = None,
@@ -163,6 +183,7 @@ class Tracker:
         self.connected = _LOST
         self.timer = None
         self.admitted = admitted
+        self.paused = 0
 
     def logPrefix(self) -> str:
         wrapped = self.wrapped
@@ -359,9 +380,33 @@ class Tracker:
         factory = self.factory
         if factory.idleTimeout is not None:
             self.lastActive = factory.clock.seconds()
-        cap = factory.maxOutput
-        if cap is not None and unsentBytes(self.transport) > cap:
-            self._overCap()
+        unsent = unsentBytes(self.transport)
+        if unsent > factory.highWater:
+            cap = factory.maxOutput
+            if cap is not None and unsent > cap:
+                self._overCap()
+            elif not self.paused & PAUSED_FLOW:
+                self._pauseReading(PAUSED_FLOW)
+
+    def _pauseReading(self, why: int) -> None:
+        if not self.paused:
+            self.transport.pauseProducing()
+        self.paused |= why
+
+    def _resumeReading(self, why: int) -> None:
+        paused = self.paused
+        if paused & why:
+            self.paused = paused = paused & ~why
+            if not paused and self.connected == _OPEN:
+                self.transport.resumeProducing()
+
+    def drained(self, unsent: int) -> None:
+        """
+        The transport wrote some of its buffer and has C{unsent} bytes left: below the
+        low-water mark, reading paused for flow control resumes.
+        """
+        if unsent <= LOW_WATER:
+            self._resumeReading(PAUSED_FLOW)
 
     def loseConnection(self) -> None:
         if self.closer is None:
@@ -411,10 +456,10 @@ class Tracker:
         self.transport.unregisterProducer()
 
     def pauseProducing(self) -> None:
-        self.transport.pauseProducing()
+        self._pauseReading(PAUSED_PLUGIN)
 
     def resumeProducing(self) -> None:
-        self.transport.resumeProducing()
+        self._resumeReading(PAUSED_PLUGIN)
 
     def stopProducing(self) -> None:
         self.transport.stopProducing()
@@ -433,6 +478,23 @@ class Tracker:
         return getattr(transport, name)
 
 
+class FlowControlledTransport:
+    """
+    Mixed into the transport class of every connection a portserver TCP listener
+    accepts (see L{portserver.service.ownTransportClass}): after each write to the
+    socket, a L{Tracker} whose reading is paused for flow control learns how much is
+    left unsent. C{doWrite} runs only while output is buffered, so the common path (a
+    write the kernel takes at once) costs nothing more.
+    """
+
+    def doWrite(self):
+        result = super().doWrite()
+        protocol = self.protocol
+        if result is None and getattr(protocol, "paused", 0) & PAUSED_FLOW:
+            protocol.drained(unsentBytes(self))
+        return result
+
+
 @implementer(IHalfCloseableProtocol)
 class HalfCloseableTracker(Tracker):
     """
@@ -442,6 +504,7 @@ class HalfCloseableTracker(Tracker):
     __slots__ = ()
 
     def readConnectionLost(self) -> None:
+        self.paused |= PAUSED_EOF  # resuming would read the end of input again
         if self.closer is None:
             self.closer = CLIENT_CLOSED  # the client ended first, whoever closes now
         try:
@@ -539,6 +602,8 @@ class TrackingFactory(_Wrapping, ServerFactory):
         self.deadline = limits.deadline
         self.timed = limits.idleTimeout is not None or limits.deadline is not None
         self.maxOutput = limits.maxOutput
+        self.highWater = (HIGH_WATER if limits.maxOutput is None
+                          else min(HIGH_WATER, limits.maxOutput // 2))
         self.closeGrace = limits.closeGrace
         # Every protocol built and not yet freed, to abort those left when a drain ends
         # (the registry holds plain records only). Weak: a closed connection's tracker

@@ -848,17 +848,21 @@ class IntegrationTests(TestCase):
         self.addCleanup(protocol.transport.abortConnection)
 
     @inlineCallbacks
-    def test_echoOutputCap(self):
+    def test_echoNonReaderPausedNotCapped(self):
         """
-        A client that sends to echo but never reads is aborted once 64 KiB of echo are
-        unsent: the client sees the connection end, and the registry says "output-cap".
+        A client that floods echo but never reads is not aborted for the output cap:
+        once the echo it does not read passes the high-water mark, the server stops
+        reading from it (flow control), nothing more is buffered, and the connection
+        goes quiet until the idle timeout ends it: the registry says "idle-timeout".
+        (With the default 1 MiB cap: what stays buffered is the high-water mark plus
+        at most one read, 64 KiB, so only a cap under 128 KiB could still be reached.)
         """
-        server = self.serve("echo", Limits(maxOutput=64 * 1024, closeGrace=1))
+        server = self.serve("echo", Limits(idleTimeout=0.5, closeGrace=0.5))
         closed = self.closedRecord(server)
         client = Flood()
         yield self.connect(server, "echo", client)
         record = yield closed.addTimeout(REAL_DEADLINE, reactor)
-        self.assertEqual((record.service, record.reason), ("echo", OUTPUT_CAP))
+        self.assertEqual((record.service, record.reason), ("echo", IDLE_TIMEOUT))
         client.transport.resumeProducing()  # read again, to see the end at once
         yield client.lost.addTimeout(REAL_DEADLINE, reactor)
 
