@@ -11,32 +11,39 @@ import signal
 import socket
 from types import SimpleNamespace
 
+import attrs
+
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.internet.threads import deferToThread
-from twisted.logger import capturedLogs, globalLogPublisher
+from twisted.logger import LogLevel, capturedLogs, formatEvent, globalLogPublisher
 from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from portserver.config import parseConfig
 from portserver.interfaces import IPortProtocol
-from portserver.options import OptionsError
+from portserver.limits import LIMITS_SCHEMA, Limits
+from portserver.options import OptionsError, checkOptions
 from portserver.protocols import execute as module
 from portserver.protocols.execute import (
     CHILD_FDS,
     DEFAULT_PATH,
     PrivilegeError,
+    StderrBudget,
     StderrLines,
     execute,
 )
+from portserver.protocols.process_group import ProgramGroups
 from portserver.service import PortServer, StartupError
 from tests.support import makePlan, spec
 
@@ -77,12 +84,11 @@ class FakeProcess:
     The L{IProcessTransport} side of a spawned program, recording what it is asked.
     """
 
-    pid = 4242
-
-    def __init__(self, proto):
+    def __init__(self, proto, pid=4242, reactor=None):
+        self.pid = pid
+        self.reactor = reactor
         self.proto = proto
         self.written = []
-        self.signals = []
         self.closed = set()
         self.producer = None
         self.streaming = None
@@ -116,9 +122,7 @@ class FakeProcess:
         self.closed.update({0, 1, 2})
 
     def signalProcess(self, signalID):
-        if self.exited:
-            raise ProcessExitedAlready()
-        self.signals.append(signalID)
+        raise AssertionError("exec signals the program's group, never the program alone")
 
     def pauseProducing(self):
         self.paused = True
@@ -140,11 +144,22 @@ class FakeProcess:
         return object()
 
     # what a test drives
-    def exit(self, reason):
+    @property
+    def signals(self):
         """
-        The program exits with C{reason}; its pipes close, as Twisted reports it.
+        The names of the signals sent to this program's process group (not the C{0} of
+        a check).
+        """
+        return [signal.Signals(number).name[3:]
+                for pgid, number in self.reactor.signalled if pgid == self.pid and number]
+
+    def exit(self, reason, leftovers=0):
+        """
+        The program exits with C{reason}, leaving C{leftovers} processes it started in
+        its group; its pipes close, as Twisted reports it.
         """
         self.exited = True
+        self.reactor.members[self.pid] = leftovers
         self.proto.processExited(Failure(reason))
         for fd in (0, 1, 2):
             self.proto.childConnectionLost(fd)
@@ -153,25 +168,47 @@ class FakeProcess:
 
 class ProcessReactor(MemoryReactorClock):
     """
-    A L{MemoryReactorClock} that records C{spawnProcess} calls and answers with a
-    L{FakeProcess}, or raises C{self.spawnError} when set.
+    A L{MemoryReactorClock} that is also the factory's spawner (the
+    L{portserver.protocols.process_group.SessionSpawner} interface): it records
+    C{spawn} calls and answers with a L{FakeProcess} (or raises C{self.spawnError}), and
+    records C{killpg} calls, raising L{ProcessLookupError} for a group with no member
+    left (C{members}: pgid -> processes in it; C{SIGKILL} empties it).
     """
 
     def __init__(self):
         super().__init__()
         self.spawned = []
         self.spawnError = None
+        self.signalled = []
+        self.members = {}
+        self.ungrouped = set()  # pids not yet in a group of their own (before setsid)
+        self.nextPid = 4242
 
-    def spawnProcess(self, processProtocol, executable, args=(), env={}, path=None,
-                     uid=None, gid=None, usePTY=0, childFDs=None):
+    def spawn(self, reactor, processProtocol, executable, args, env, path, uid, gid,
+              childFDs):
+        assert reactor is self
         if self.spawnError is not None:
             raise self.spawnError
-        process = FakeProcess(processProtocol)
+        pid, self.nextPid = self.nextPid, self.nextPid + 1
+        self.members[pid] = 1
+        process = FakeProcess(processProtocol, pid, self)
         self.spawned.append(SimpleNamespace(
             protocol=processProtocol, executable=executable, args=list(args),
-            env=dict(env), path=path, uid=uid, gid=gid, usePTY=usePTY,
-            childFDs=childFDs, process=process))
+            env=dict(env), path=path, uid=uid, gid=gid, childFDs=childFDs,
+            process=process))
         return process
+
+    def killpg(self, pgid, number):
+        self.signalled.append((pgid, number))
+        if not self.members.get(pgid) or pgid in self.ungrouped:
+            raise ProcessLookupError(3, "No such process")
+        if number == signal.SIGKILL:
+            self.members[pgid] = 0
+
+    def kill(self, pid, number):
+        self.signalled.append((-pid, number))  # negative: the program alone
+        if not self.members.get(pid):
+            raise ProcessLookupError(3, "No such process")
 
 
 def service(options, name="svc"):
@@ -201,6 +238,7 @@ def connect(options=None, reactor=None, host=HOST, peer=PEER):
     """
     reactor = reactor or ProcessReactor()
     factory = execute.buildFactory(service(options or {"argv": CAT}), reactor)
+    factory.spawner = reactor
     protocol = factory.buildProtocol(peer)
     transport = Transport(hostAddress=host, peerAddress=peer)
     protocol.makeConnection(transport)
@@ -237,7 +275,8 @@ class OptionTests(SynchronousTestCase):
         options = execute.validateOptions({"argv": CAT})
         self.assertEqual(options, {
             "argv": CAT, "executable": "/bin/cat", "env": {}, "user": None,
-            "group": None, "cwd": None, "kill_grace": 5, "local_host": None})
+            "group": None, "cwd": None, "kill_grace": 5, "eof_grace": 10,
+            "local_host": None})
 
     def test_revalidate(self):
         """
@@ -342,6 +381,8 @@ class OptionTests(SynchronousTestCase):
         A user and group are accepted by name or number.
         """
         nobody = pwd.getpwnam("nobody")
+        self.patch(os, "geteuid", lambda: 0)
+        self.patch(os, "getegid", lambda: 0)
         execute.validateOptions({"argv": CAT, "user": "nobody", "group": nobody.pw_gid})
         execute.validateOptions({"argv": CAT, "user": nobody.pw_uid})
 
@@ -447,11 +488,8 @@ class CredentialTests(SynchronousTestCase):
         switch at all.
         """
         self.asUid(0)
-        error = self.assertRaises(
-            PrivilegeError, execute.buildFactory,
-            service({"argv": CAT, "user": "root", "group": self.nobody.pw_gid}),
-            ProcessReactor())
-        self.assertIn("only its group", str(error))
+        self.assertIn("only its group", problemsOf(
+            self, {"argv": CAT, "user": "root", "group": self.nobody.pw_gid})["user"])
         reactor, protocol, transport = connect({"argv": CAT, "user": "root", "group": 0})
         self.assertEqual((reactor.spawned[0].uid, reactor.spawned[0].gid), (None, None))
 
@@ -465,15 +503,53 @@ class CredentialTests(SynchronousTestCase):
 
     def test_otherUserNotRoot(self):
         """
-        A server that is not root refuses to build a service that runs as another user,
-        with a message saying why.
+        A process that is not root refuses a service that runs as another user when
+        checking the options (C{--check}, a reload after C{twistd --uid}), and refuses
+        to build it from options checked as root, with a message saying why.
+        """
+        self.asUid(0)
+        checked = service({"argv": CAT, "user": "nobody"})
+        self.asUid(1000)
+        message = problemsOf(self, {"argv": CAT, "user": "nobody"})["user"]
+        self.assertIn(f"uid {self.nobody.pw_uid}", message)
+        self.assertIn("not root", message)
+        error = self.assertRaises(
+            PrivilegeError, execute.buildFactory, checked, ProcessReactor())
+        self.assertIn("not root", str(error))
+
+    def test_configErrorLocated(self):
+        """
+        Through the config loader, a C{user} a non-root server cannot switch to is a
+        located error naming the file, line, service and option.
         """
         self.asUid(1000)
-        error = self.assertRaises(
-            PrivilegeError, execute.buildFactory,
-            service({"argv": CAT, "user": "nobody"}), ProcessReactor())
-        self.assertIn(f"uid {self.nobody.pw_uid}", str(error))
-        self.assertIn("not root", str(error))
+        _, _, _, _, problems = parseConfig(
+            "services:\n"
+            "  - name: asnobody\n"
+            "    protocol: exec\n"
+            "    options: {argv: [/bin/cat], user: nobody}\n", "x.yaml", PROVIDERS)
+        [problem] = [str(p) for p in problems]
+        self.assertIn("x.yaml:", problem)
+        self.assertIn("'asnobody'", problem)
+        self.assertIn("'user'", problem)
+        self.assertIn("not root", problem)
+
+    def test_droppedBeforeRunning(self):
+        """
+        Built as root, then dropped to another uid before the reactor runs (C{twistd
+        --uid}): once running, an error naming the service is logged at once, not only
+        at each connection.
+        """
+        self.asUid(0)
+        reactor = ProcessReactor()
+        execute.buildFactory(service({"argv": CAT, "user": "nobody"}, name="drop"),
+                             reactor)
+        self.asUid(1000)
+        with capturedLogs() as events:
+            reactor.run()
+        [event] = [e for e in events if e.get("log_level") == LogLevel.error]
+        self.assertEqual(event["service"], "drop")
+        self.assertIn("not root", event["error"])
 
     def test_sameUserNotRoot(self):
         """
@@ -521,7 +597,6 @@ class ProtocolTests(SynchronousTestCase):
         self.assertEqual(spawned.childFDs, {0: "w", 1: "r", 2: "r"})
         self.assertEqual(spawned.childFDs, CHILD_FDS)
         self.assertEqual(spawned.path, "/")
-        self.assertFalse(spawned.usePTY)
 
     def test_environment(self):
         """
@@ -715,14 +790,257 @@ class ProtocolTests(SynchronousTestCase):
 
     def test_exitedAlready(self):
         """
-        A program that exited just before SIGTERM (L{ProcessExitedAlready}) gets no
-        SIGKILL timer.
+        A program gone before it is reaped, and its group with it, gets no SIGKILL
+        timer, and is not signalled again.
         """
         reactor, protocol, transport = connect()
         process = reactor.spawned[0].process
-        process.exited = True
+        reactor.members[process.pid] = 0
         protocol.connectionLost(Failure(Exception("gone")))
         self.assertEqual(reactor.getDelayedCalls(), [])
+        process.exit(ProcessTerminated(None, signal.SIGTERM, signal.SIGTERM))
+        self.assertEqual(reactor.signalled, [(process.pid, signal.SIGTERM),
+                                             (-process.pid, signal.SIGTERM)])
+        self.assertEqual(protocol.group.state, "gone")
+
+    def test_beforeSetsid(self):
+        """
+        A program whose group does not exist yet (just forked, before its setsid()) is
+        signalled alone, and its group still gets SIGKILL after C{kill_grace}: a
+        connection closed at once cannot leave its program running.
+        """
+        reactor, protocol, transport = connect({"argv": CAT, "kill_grace": 1})
+        process = reactor.spawned[0].process
+        reactor.ungrouped.add(process.pid)
+        protocol.connectionLost(Failure(Exception("gone")))
+        self.assertEqual(reactor.signalled, [(process.pid, signal.SIGTERM),
+                                             (-process.pid, signal.SIGTERM)])
+        self.assertEqual(protocol.group.state, "ending")
+        reactor.ungrouped.clear()
+        reactor.advance(1)
+        self.assertEqual(process.signals, ["TERM", "KILL"])
+
+    def test_groupSignalled(self):
+        """
+        The signals go to the program's process group (its pid), so that what it started
+        gets them too.
+        """
+        reactor, protocol, transport = connect({"argv": CAT, "kill_grace": 1})
+        process = reactor.spawned[0].process
+        protocol.connectionLost(Failure(Exception("gone")))
+        reactor.advance(1)
+        self.assertEqual(reactor.signalled, [
+            (process.pid, signal.SIGTERM), (process.pid, 0), (process.pid, signal.SIGKILL)])
+
+    def test_leftoversEndedWithConnection(self):
+        """
+        A program that exits leaving a process it started in its group (which holds
+        nothing of the connection): when the connection closes, the group gets SIGTERM,
+        then SIGKILL after C{kill_grace}.
+        """
+        reactor, protocol, transport = connect({"argv": CAT, "kill_grace": 3})
+        process = reactor.spawned[0].process
+        process.exit(ProcessDone(0), leftovers=1)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(process.signals, [])
+        protocol.connectionLost(Failure(Exception("closed")))
+        self.assertEqual(process.signals, ["TERM"])
+        reactor.advance(3)
+        self.assertEqual(process.signals, ["TERM", "KILL"])
+        self.assertEqual(protocol.group.state, "gone")
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_leftoversGoneBeforeKill(self):
+        """
+        Leftovers that end on SIGTERM are not sent SIGKILL: the group is found empty
+        when the grace is over.
+        """
+        reactor, protocol, transport = connect({"argv": CAT, "kill_grace": 3})
+        process = reactor.spawned[0].process
+        process.exit(ProcessDone(0), leftovers=1)
+        protocol.connectionLost(Failure(Exception("closed")))
+        reactor.members[process.pid] = 0
+        reactor.advance(3)
+        self.assertEqual(process.signals, ["TERM"])
+        self.assertFalse(protocol.group.killed)
+
+    def test_cannotSignal(self):
+        """
+        A group the server may not signal (EPERM: a set-uid program in it) is logged,
+        naming the service, and still counted as running until the grace is over.
+        """
+        reactor, protocol, transport = connect({"argv": CAT, "kill_grace": 1})
+
+        def refuse(pgid, number):
+            reactor.signalled.append((pgid, number))
+            raise PermissionError(1, "Operation not permitted")
+
+        reactor.killpg = refuse
+        with capturedLogs() as events:
+            protocol.connectionLost(Failure(Exception("gone")))
+        [event] = [e for e in events if e.get("signal") == "SIGTERM"]
+        self.assertIn("exec service 'svc'", event["label"])
+        self.assertEqual(protocol.group.state, "ending")
+        reactor.advance(1)  # SIGKILL (refused too)
+        reactor.advance(1)  # never reaped: given up one more grace later
+        self.assertEqual(protocol.group.state, "gone")
+
+
+class EofGraceTests(SynchronousTestCase):
+    """
+    After the client's end of input, a program that stays silent for C{eof_grace}
+    seconds is taken to have lost its client: TCP cannot tell a client that closed from
+    one that half-closed and waits, until something is written.
+    """
+
+    def test_silentProgramEnded(self):
+        """
+        A program that writes nothing for C{eof_grace} seconds after the client's
+        half-close (or close) has its connection closed and its group ended.
+        """
+        reactor, protocol, transport = connect({"argv": CAT, "eof_grace": 2,
+                                                "kill_grace": 1})
+        process = reactor.spawned[0].process
+        protocol.readConnectionLost()
+        reactor.advance(1.9)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(process.signals, [])
+        with capturedLogs() as events:
+            reactor.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(process.signals, ["TERM"])
+        self.assertTrue(any(e.get("grace") == 2 and "end of input" in e["log_format"]
+                            for e in events))
+        protocol.connectionLost(Failure(Exception("closed")))
+        reactor.advance(1)
+        self.assertEqual(process.signals, ["TERM", "KILL"])
+
+    def test_outputPushesBack(self):
+        """
+        Each write of the program after the client's half-close starts C{eof_grace}
+        again: a program that answers slowly but steadily is not ended.
+        """
+        reactor, protocol, transport = connect({"argv": CAT, "eof_grace": 2})
+        process = reactor.spawned[0].process
+        protocol.readConnectionLost()
+        for _ in range(5):
+            reactor.advance(1.5)
+            process.proto.childDataReceived(1, b"tick\n")
+        self.assertFalse(transport.disconnecting)
+        reactor.advance(2)
+        self.assertTrue(transport.disconnecting)
+
+    def test_exitCancels(self):
+        """
+        A program that ends after the client's half-close leaves no timer behind.
+        """
+        reactor, protocol, transport = connect({"argv": CAT, "eof_grace": 2})
+        process = reactor.spawned[0].process
+        protocol.readConnectionLost()
+        process.exit(ProcessDone(0))
+        protocol.connectionLost(Failure(Exception("closed")))
+        self.assertEqual(reactor.getDelayedCalls(), [])
+        self.assertEqual(process.signals, [])
+
+    def test_null(self):
+        """
+        C{eof_grace: null} waits for the program as long as it runs (tcpserver's way).
+        """
+        reactor, protocol, transport = connect({"argv": CAT, "eof_grace": None})
+        protocol.readConnectionLost()
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_checked(self):
+        """
+        C{eof_grace} is a number of seconds from 0 to a day, or null; so is
+        C{kill_grace} (not null), as longer ones cannot be scheduled.
+        """
+        for value in (-1, "soon", float("inf"), 86401, 1e300):
+            self.assertIn("eof_grace", problemsOf(self, {"argv": CAT, "eof_grace": value}))
+            self.assertIn("kill_grace",
+                          problemsOf(self, {"argv": CAT, "kill_grace": value}))
+        self.assertIn("kill_grace", problemsOf(self, {"argv": CAT, "kill_grace": None}))
+
+
+class ShutdownTests(SynchronousTestCase):
+    """
+    The reactor's shutdown waits until every program group is gone.
+    """
+
+    def test_triggerRegistered(self):
+        """
+        Building an C{exec} factory registers, once per reactor, a C{before shutdown}
+        trigger that waits for the reactor's program groups.
+        """
+        reactor, protocol, transport = connect()
+        execute.buildFactory(service({"argv": CAT}), reactor)
+        [(trigger, args, kwargs)] = reactor.triggers["before"]["shutdown"]
+        groups = ProgramGroups.forReactor(reactor)
+        self.assertEqual(trigger, groups.atShutdown)
+
+    def test_waitsForGroups(self):
+        """
+        The shutdown wait fires only once every group is gone: a running program's once
+        its connection is closed and its group killed after C{kill_grace}.
+        """
+        reactor, protocol, transport = connect({"argv": CAT, "kill_grace": 4})
+        other, otherProtocol, _ = connect(reactor=reactor)
+        groups = ProgramGroups.forReactor(reactor)
+        self.assertEqual(len(groups.live), 2)
+        waited = groups.atShutdown()
+        self.assertNoResult(waited)
+        reactor.spawned[1].process.exit(ProcessDone(0))
+        self.assertNoResult(waited)
+        protocol.connectionLost(Failure(Exception("drained")))
+        reactor.advance(3.9)
+        self.assertNoResult(waited)
+        reactor.advance(0.1)
+        self.assertEqual(reactor.spawned[0].process.signals, ["TERM", "KILL"])
+        self.assertNoResult(waited)  # until the killed program is reaped
+        reactor.spawned[0].process.exit(
+            ProcessTerminated(None, signal.SIGKILL, signal.SIGKILL))
+        self.successResultOf(waited)
+
+    def test_neverReaped(self):
+        """
+        A program that is never reaped after SIGKILL (stuck in the kernel) holds the
+        shutdown for one more C{kill_grace} at most.
+        """
+        reactor, protocol, transport = connect({"argv": CAT, "kill_grace": 4})
+        waited = ProgramGroups.forReactor(reactor).atShutdown()
+        protocol.connectionLost(Failure(Exception("drained")))
+        reactor.advance(4)
+        self.assertNoResult(waited)
+        reactor.advance(4)
+        self.successResultOf(waited)
+
+    def test_nothingToWaitFor(self):
+        """
+        Without programs the shutdown does not wait.
+        """
+        reactor = ProcessReactor()
+        execute.buildFactory(service({"argv": CAT}), reactor)
+        self.successResultOf(ProgramGroups.forReactor(reactor).atShutdown())
+
+
+class LimitsTests(SynchronousTestCase):
+    """
+    C{exec}'s default limits.
+    """
+
+    def test_maxConnections(self):
+        """
+        An C{exec} service runs at most 40 programs at once unless configured
+        (tcpserver's C{-c} default); its own C{limits:} can change that.
+        """
+        self.assertEqual(execute.defaultLimits, {"max_connections": 40})
+        specs, _, _, _, problems = parseConfig(
+            "services:\n"
+            "  - {name: a, protocol: exec, options: {argv: [/bin/cat]}}\n"
+            "  - {name: b, protocol: exec, port: 8024, options: {argv: [/bin/cat]},\n"
+            "     limits: {max_connections: 5}}\n", "x.yaml", PROVIDERS)
+        self.assertEqual(problems, [])
+        self.assertEqual([s.limits.maxConnections for s in specs], [40, 5])
 
     def test_endLogged(self):
         """
@@ -805,6 +1123,70 @@ class StderrLinesTests(SynchronousTestCase):
         lines = []
         StderrLines(lines.append).feed(b"caf\xe9\n")
         self.assertEqual(lines, ["caf\ufffd"])
+
+
+class StderrBudgetTests(SynchronousTestCase):
+    """
+    L{StderrBudget} bounds the stderr lines one service logs, and counts the rest.
+    """
+
+    def budget(self, lines=3, interval=10.0):
+        clock = Clock()
+        return clock, StderrBudget("svc", clock, lines=lines, interval=interval)
+
+    def test_windowThenSummary(self):
+        """
+        The first C{lines} lines of a window are logged; the rest are counted, and the
+        count is logged, naming the service, when the window closes.
+        """
+        clock, budget = self.budget()
+        logged = []
+        splitter = StderrLines(logged.append, budget=budget)
+        with capturedLogs() as events:
+            splitter.feed(b"".join(b"line %d\n" % i for i in range(10)))
+            self.assertEqual(logged, ["line 0", "line 1", "line 2"])
+            self.assertEqual(events, [])
+            clock.advance(10)
+        [event] = events
+        self.assertEqual(event["suppressed"], 7)
+        self.assertEqual(formatEvent(event),
+                         "exec service 'svc': 7 more stderr lines suppressed in the last "
+                         "10 s")
+        self.assertEqual(clock.getDelayedCalls(), [])
+        splitter.feed(b"next\n")
+        self.assertEqual(logged[-1], "next")
+
+    def test_countedWithoutSplitting(self):
+        """
+        While the budget is exhausted, a chunk's lines are counted exactly, with lines
+        cut across chunks, a long line and an unfinished last line, as logging them one
+        by one would.
+        """
+        clock, budget = self.budget(lines=1)
+        splitter = StderrLines(lambda line: None, limit=10, budget=budget)
+        splitter.feed(b"first\nsecond li")          # 1 logged, "second li" buffered
+        splitter.feed(b"ne\nthird\n" + b"x" * 30)   # second, third ended; long line
+        splitter.feed(b"yyy\nfourth\nfif")           # long line ends; fourth; "fif"
+        splitter.feed(b"th")
+        splitter.flush()                              # "fifth"
+        self.assertEqual(budget.suppressed, 5)  # second, third, the long one, 4th, 5th
+
+    def test_sharedByConnections(self):
+        """
+        The budget is the service's: every connection's program draws on it.
+        """
+        reactor = ProcessReactor()
+        factory = execute.buildFactory(service({"argv": CAT}), reactor)
+        factory.spawner = reactor
+        for _ in range(2):
+            protocol = factory.buildProtocol(PEER)
+            protocol.makeConnection(Transport(hostAddress=HOST, peerAddress=PEER))
+        with capturedLogs() as events:
+            for spawned in reactor.spawned:
+                spawned.process.proto.childDataReceived(2, b"oops\n" * 100)
+        self.assertEqual(len([e for e in events if "line" in e]), module.STDERR_LINES)
+        self.assertEqual(factory.stderrBudget.suppressed, 200 - module.STDERR_LINES)
+        factory.stderrBudget.summarise()
 
 
 # -- real programs -----------------------------------------------------------------------
@@ -1072,14 +1454,16 @@ class RealProgramTests(TestCase):
 
     def test_buildFailureNamesService(self):
         """
-        A service that must switch users on a server that is not root fails to start,
-        naming the service.
+        A service that must switch users on a server that is not root (its options
+        checked by a root process) fails to start, naming the service.
         """
+        self.patch(os, "geteuid", lambda: 0)
+        self.patch(os, "getegid", lambda: 0)
+        plan = makePlan(spec("asnobody", protocol="exec", port=0, providers=PROVIDERS,
+                             options={"argv": CAT, "user": "nobody"}))
         self.patch(os, "geteuid", lambda: 1000)
         self.patch(os, "getegid", lambda: 1000)
-        server = PortServer(makePlan(spec(
-            "asnobody", protocol="exec", port=0, providers=PROVIDERS,
-            options={"argv": CAT, "user": "nobody"})), reactor)
+        server = PortServer(plan, reactor)
         error = self.assertRaises(StartupError, server.startService)
         self.assertIn("'asnobody'", str(error))
         self.assertIn("not root", str(error))
@@ -1097,3 +1481,308 @@ class RealProgramTests(TestCase):
         received = yield self.client(port).done
         self.assertEqual(received.decode().split(), [str(nobody.pw_uid), str(nobody.pw_gid)])
         yield self.ended(watcher)
+
+
+# -- a program never outlives its connection ------------------------------------------
+
+
+#: Ignores SIGTERM, starts a child that ignores it too (inherited), never reads its
+#: stdin, says its pid and its child's, and waits.
+STUBBORN = ["/bin/sh", "-c", 'trap "" TERM; sleep 300 & echo $$ $!; wait']
+
+
+def alive(pid: int) -> bool:
+    """
+    Whether process C{pid} still runs (a zombie, dead but not yet reaped by init, does
+    not).
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def closeWait(port: int) -> int:
+    """
+    How many TCP sockets of local port C{port} are in CLOSE_WAIT (Linux C{/proc}).
+    """
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "08":
+                count += 1
+    return count
+
+
+def whenEmpty(registry) -> Deferred:
+    """
+    Fires once C{registry} holds no live connection.
+    """
+    done = Deferred()
+    if not len(registry):
+        done.callback(None)
+        return done
+
+    def observe(event, record):
+        if not len(registry) and not done.called:
+            unsubscribe()
+            reactor.callLater(0, done.callback, None)
+
+    unsubscribe = registry.subscribe(observe)
+    return done
+
+
+class Line(Protocol):
+    """
+    A client that fires C{line} with the first line it receives and C{done} when the
+    connection ends.
+    """
+
+    def __init__(self, send=b""):
+        self.send = send
+        self.buffer = b""
+        self.line = Deferred()
+        self.done = Deferred()
+
+    def connectionMade(self):
+        if self.send:
+            self.transport.write(self.send)
+
+    def dataReceived(self, data):
+        self.buffer += data
+        if b"\n" in self.buffer and not self.line.called:
+            self.line.callback(self.buffer.split(b"\n", 1)[0])
+
+    def connectionLost(self, reason):
+        if not self.line.called:
+            self.line.callback(None)
+        self.done.callback(self.buffer)
+
+
+class Hangup(Protocol):
+    """
+    A client that closes as soon as it is connected, and fires C{done} once closed.
+    """
+
+    def __init__(self):
+        self.done = Deferred()
+
+    def connectionMade(self):
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        self.done.callback(None)
+
+
+def processesWith(marker: str) -> list[int]:
+    """
+    The pids of the live processes (not zombies) whose command line holds C{marker}.
+    """
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                command = f.read()
+        except OSError:
+            continue
+        if marker.encode() in command and alive(int(name)):
+            found.append(int(name))
+    return found
+
+
+@inlineCallbacks
+def untilGone(pids, deadline=DEADLINE):
+    """
+    Wait until none of C{pids} is alive (a process sent SIGKILL dies when the kernel
+    next schedules it), for C{deadline} seconds at most; return those left.
+    """
+    end = reactor.seconds() + deadline
+    left = [pid for pid in pids if alive(pid)]
+    while left and reactor.seconds() < end:
+        yield deferLater(reactor, 0.01, lambda: None)
+        left = [pid for pid in left if alive(pid)]
+    return left
+
+
+class LifetimeTests(TestCase):
+    """
+    Real programs behind a real listener on 127.0.0.1: a program, and what it started,
+    ends with its connection; at most C{max_connections} run; stderr floods are bounded.
+    """
+
+    timeout = 60
+
+    def serve(self, name, limits=None, **options):
+        """
+        Serve C{exec} with C{options} under C{limits} (C{exec}'s defaults unless given).
+        """
+        item = attrs.evolve(
+            spec(name, protocol="exec", port=0, options=options, providers=PROVIDERS),
+            limits=Limits.fromOptions({**checkOptions({}, LIMITS_SCHEMA),
+                                       **execute.defaultLimits, **(limits or {})}))
+        server = PortServer(makePlan(item), reactor)
+        server.startService()
+        self.addCleanup(self.stop, server)
+        return server, server.addressOf(name, "tcp").port
+
+    @inlineCallbacks
+    def stop(self, server):
+        if server.running:
+            stopping = server.stopService()
+            server.endDrain()
+            yield stopping
+        yield ProgramGroups.forReactor(reactor).whenGone().addTimeout(DEADLINE, reactor)
+
+    def client(self, port, protocol):
+        connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), protocol)
+        protocol.line.addTimeout(DEADLINE, reactor)
+        protocol.done.addTimeout(DEADLINE, reactor)
+        return protocol
+
+    @inlineCallbacks
+    def test_clientClosesStubbornProgram(self):
+        """
+        The issue's case: a program that ignores SIGTERM and does not read its stdin,
+        with a child. Once its client closes, after C{eof_grace} the group gets
+        SIGTERM and after C{kill_grace} SIGKILL: the program and its child are gone,
+        the registry record closed, and no socket is left in CLOSE_WAIT.
+        """
+        server, port = self.serve("stubborn", argv=STUBBORN, eof_grace=0.2,
+                                  kill_grace=0.5)
+        watcher = EndWatcher(self, "stubborn")
+        client = self.client(port, Line())
+        pids = [int(p) for p in (yield client.line).split()]
+        self.assertTrue(all(alive(pid) for pid in pids))
+        closed = reactor.seconds()
+        client.transport.loseConnection()
+        event = yield self.ended(watcher)
+        yield whenEmpty(server.registry).addTimeout(DEADLINE, reactor)
+        self.assertEqual(event["exitSignal"], signal.SIGKILL)
+        self.assertLess(reactor.seconds() - closed, 0.2 + 0.5 + 3)
+        self.assertEqual((yield untilGone(pids)), [])
+        self.assertEqual(closeWait(port), 0)
+
+    @inlineCallbacks
+    def test_clientResetsStubbornProgram(self):
+        """
+        A client that resets its connection: the same program and its child are gone
+        C{kill_grace} after, without waiting for C{eof_grace}.
+        """
+        server, port = self.serve("stubborn", argv=STUBBORN, eof_grace=60,
+                                  kill_grace=0.5)
+        watcher = EndWatcher(self, "stubborn")
+        client = self.client(port, Line())
+        pids = [int(p) for p in (yield client.line).split()]
+        client.transport.abortConnection()
+        event = yield self.ended(watcher)
+        self.assertEqual(event["exitSignal"], signal.SIGKILL)
+        self.assertEqual((yield untilGone(pids)), [])
+
+    @inlineCallbacks
+    def test_ownSession(self):
+        """
+        Each program leads a session and process group of its own.
+        """
+        server, port = self.serve("ids", argv=[
+            "/bin/sh", "-c", "echo $$ $(ps -o sid= -p $$) $(ps -o pgid= -p $$)"])
+        if not os.path.exists("/bin/ps") and not os.path.exists("/usr/bin/ps"):
+            raise SkipTest("no ps")
+        client = self.client(port, Line())
+        pid, sid, pgid = (yield client.line).split()
+        self.assertEqual((sid, pgid), (pid, pid))
+        self.assertNotEqual(os.getsid(0), int(pid))
+        yield client.done
+
+    @inlineCallbacks
+    def test_closedAtOnce(self):
+        """
+        Clients that close at once, maybe before their program has even set up its
+        session, leave nothing running: 20 in a row, each program a stubborn one with a
+        child (marked, to be found among the host's processes).
+        """
+        marker = f"299.{os.getpid()}{id(self) % 100000}"  # seconds, unique to this test
+        server, port = self.serve("quick", eof_grace=0, kill_grace=0.3, argv=[
+            "/bin/sh", "-c", 'trap "" TERM; sleep "$0" & wait', marker])
+        clients = []
+        for _ in range(20):
+            protocol = Hangup()
+            connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), protocol)
+            clients.append(protocol.done.addTimeout(DEADLINE, reactor))
+        yield gatherResults(clients)
+        yield whenEmpty(server.registry).addTimeout(DEADLINE, reactor)
+        yield ProgramGroups.forReactor(reactor).whenGone().addTimeout(DEADLINE, reactor)
+        self.assertEqual((yield untilGone(processesWith(marker))), [])
+
+    @inlineCallbacks
+    def test_maxConnectionsByDefault(self):
+        """
+        By default 40 programs run at once: the 41st connection is refused (closed
+        with nothing sent) and counted as C{max-connections}.
+        """
+        server, port = self.serve("many", argv=CAT)
+        clients = [self.client(port, Line(send=b"hi\n")) for _ in range(40)]
+        yield gatherResults([c.line for c in clients])
+        extra = self.client(port, Line(send=b"hi\n"))
+        received = yield extra.done
+        self.assertEqual(received, b"")
+        self.assertEqual(server.registry.refused[("many", "max-connections")], 1)
+        for c in clients:
+            c.transport.loseConnection()
+        yield gatherResults([c.done for c in clients])
+
+    @inlineCallbacks
+    def test_stderrFlood(self):
+        """
+        A program that writes 100000 lines to its stderr costs the log at most
+        L{STDERR_LINES} lines and a count of the rest (which adds up).
+        """
+        server, port = self.serve("noisy", argv=["/bin/sh", "-c", "seq 1 100000 >&2"])
+        events = []
+
+        def observe(event):
+            if event.get("service") == "noisy":
+                events.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        watcher = EndWatcher(self, "noisy")
+        client = self.client(port, Line())
+        yield client.done
+        yield self.ended(watcher)
+        budget = server.listeners[0].served.wrapped.stderrBudget
+        budget.summarise()
+        logged = [e for e in events if "line" in e]
+        suppressed = sum(e["suppressed"] for e in events if "suppressed" in e)
+        self.assertLessEqual(len(logged), 2 * module.STDERR_LINES)
+        self.assertEqual(len(logged) + suppressed, 100000)
+        self.assertEqual(logged[0]["line"], "1")
+
+    @inlineCallbacks
+    def test_serverStopEndsGroups(self):
+        """
+        At server stop (drain cut short), every program group is ended, SIGKILL after
+        C{kill_grace} included, before the reactor's shutdown wait returns.
+        """
+        server, port = self.serve("stopping", argv=STUBBORN, kill_grace=0.5,
+                                  eof_grace=None)
+        clients = [self.client(port, Line()) for _ in range(3)]
+        lines = yield gatherResults([c.line for c in clients])
+        pids = [int(pid) for line in lines for pid in line.split()]
+        stopping = server.stopService()
+        server.endDrain()
+        yield stopping
+        yield ProgramGroups.forReactor(reactor).atShutdown().addTimeout(DEADLINE, reactor)
+        self.assertEqual([pid for pid in pids[::2] if alive(pid)], [])  # programs reaped
+        self.assertEqual((yield untilGone(pids)), [])
+
+    def ended(self, watcher):
+        return watcher.ended.addTimeout(DEADLINE, reactor)

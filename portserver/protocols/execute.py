@@ -2,10 +2,11 @@
 C{exec}: each connection runs a configured program with the connection as its standard
 input and output, the inetd "nowait" / ucspi-tcp C{tcpserver} model.
 
-The program is started with C{reactor.spawnProcess} and three pipes (Twisted cannot hand a
-socket to a child as its stdin/stdout, and the pipes let the tracking layer count every
-byte). What the client sends goes to the program's stdin; what the program writes to its
-stdout goes to the client; each line of its stderr is logged.
+The program is started with Twisted's process machinery (a L{Process} that makes it a
+session leader: L{portserver.protocols.process_group}) and three pipes (Twisted cannot
+hand a socket to a child as its stdin/stdout, and the pipes let the tracking layer count
+every byte). What the client sends goes to the program's stdin; what the program writes
+to its stdout goes to the client; each line of its stderr is logged.
 
 Backpressure both ways: the program's stdin pipe pauses the client's connection when the
 pipe is full (the client's side is registered as the stdin writer's streaming producer),
@@ -23,20 +24,32 @@ C{TCPLOCALHOST} when C{local_host} is configured (C{tcpserver -l}). The server's
 environment (which may hold secrets) is not passed on. A configured C{env} may not name a
 connection variable: those always describe the connection.
 
-Ends of a connection:
+Each program leads a session and process group of its own
+(L{portserver.protocols.process_group}), so that it and everything it starts end with
+its connection. Ends of a connection:
 
   - the client half-closes (or closes: TCP cannot tell the two apart until something is
-    written to it): the program's stdin is closed; its output still reaches the client;
+    written to it): the program's stdin is closed; its output still reaches the client
+    (a write to a client that has closed is answered by a reset: the connection is then
+    lost). A program that writes nothing for C{eof_grace} seconds after that, and has
+    not exited, is taken to have lost its client: the connection is closed and the
+    program ended as below. Without this a program that does not read its stdin would
+    hold its socket in CLOSE_WAIT, its registry record and its processes forever;
   - the program closes its stdout: the client gets what was written, then a half-close
     (end of output); the program may still read its stdin;
   - the program has exited and its stdout is closed: the connection is closed, after
     what was written;
-  - the connection is lost (reset, or a write to a client that has gone) while the
-    program runs: its stdin and stdout are closed, and it gets C{SIGTERM}, then
-    C{SIGKILL} if it is still running C{kill_grace} seconds later. Only the program is
-    signalled, not processes it started.
+  - the connection is lost or closed, whatever the program is doing: its stdin and
+    stdout are closed, and its process group gets C{SIGTERM}, then C{SIGKILL} if
+    anything is left in it C{kill_grace} seconds later. The group of a program that
+    exited is signalled too when something it started is still in it.
 
-The end of each program is logged with its exit status, run time, pid and client.
+At the reactor's shutdown the process waits for every group to be gone (each connection
+is closed by the server's drain at the latest). At most C{max_connections} programs run
+at once (40 by default, as C{tcpserver -c}). Stderr lines are logged at most
+L{STDERR_LINES} per L{STDERR_INTERVAL} seconds per service; the rest are counted and
+the count logged. The end of each program is logged with its exit status, run time, pid
+and client.
 """
 
 from __future__ import annotations
@@ -48,13 +61,13 @@ import pwd
 import shutil
 import signal
 
-from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from portserver.options import Option, OptionProblem
+from portserver.protocols.process_group import ProgramGroup, ProgramGroups, SessionSpawner
 from portserver.provider import PortProtocol
 
 log = Logger()
@@ -66,6 +79,19 @@ DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 #: Seconds between C{SIGTERM} and C{SIGKILL} when the connection ends before the program.
 DEFAULT_KILL_GRACE = 5
+
+#: Seconds a program may stay silent after its client's end of input (a half-close or a
+#: close) before the connection is taken as gone.
+DEFAULT_EOF_GRACE = 10
+
+#: The limits an C{exec} service has unless configured: as many programs at once as
+#: C{tcpserver}'s default (C{-c 40}).
+DEFAULT_LIMITS = {"max_connections": 40}
+
+#: Stderr lines of one service logged per L{STDERR_INTERVAL} seconds; the rest are
+#: counted and the count logged.
+STDERR_LINES = 100
+STDERR_INTERVAL = 10.0
 
 #: The longest stderr line logged; the rest of a longer line is dropped.
 MAX_STDERR_LINE = 1000
@@ -165,10 +191,19 @@ def _checkGroup(group) -> str | None:
     return None
 
 
+#: The longest C{kill_grace} or C{eof_grace}: longer ones cannot be scheduled (the
+#: reactor's poll timeout overflows) and would mean "never" anyway.
+MAX_GRACE = 86400
+
+
 def _checkKillGrace(value) -> str | None:
-    if not math.isfinite(value) or value < 0:
-        return "must be a number of seconds, 0 or more"
+    if not math.isfinite(value) or value < 0 or value > MAX_GRACE:
+        return f"must be a number of seconds, 0 to {MAX_GRACE}"
     return None
+
+
+def _checkEofGrace(value) -> str | None:
+    return None if value is None else _checkKillGrace(value)
 
 
 def _checkDirectory(path) -> str | None:
@@ -214,6 +249,9 @@ OPTIONS = {
                   describe="an absolute directory path"),
     "kill_grace": Option((int, float), default=DEFAULT_KILL_GRACE, check=_checkKillGrace,
                          describe="a number of seconds"),
+    "eof_grace": Option((int, float, type(None)), default=DEFAULT_EOF_GRACE,
+                        check=_checkEofGrace,
+                        describe="a number of seconds, or null to wait for the program"),
     "local_host": Option((str, type(None)), default=None, check=_checkLocalHost,
                          describe="a host name"),
 }
@@ -245,13 +283,20 @@ def completeOptions(options: dict) -> list[OptionProblem]:
     """
     The C{validate} of C{exec}: C{group} needs C{user}; and unless C{executable} is
     given, the program, C{argv[0]}, is looked up on the C{PATH} that C{env} gives it and
-    C{executable} is set to its absolute path.
+    C{executable} is set to its absolute path. A C{user} (or C{group}) this process
+    cannot switch to (it is not root, or only the group would change) is refused here,
+    so that C{--check} and a reload say so, located, rather than every connection.
     """
     problems = []
     if options["group"] is not None and options["user"] is None:
         problems.append(OptionProblem(
             "group", "needs a user too: the program runs as a user, with this group "
                      "instead of the user's primary group"))
+    elif options["user"] is not None:
+        try:
+            spawnCredentials(*resolveCredentials(options["user"], options["group"]))
+        except PrivilegeError as e:
+            problems.append(OptionProblem("user", str(e)))
     if options["executable"] is None:
         path = options["env"].get("PATH", DEFAULT_PATH)
         executable, message = resolveProgram(options["argv"][0], path)
@@ -337,19 +382,97 @@ def _exitText(reason) -> str:
     return f"exit code {code or 0}"
 
 
+class StderrBudget:
+    """
+    How many stderr lines of one service may be logged: L{STDERR_LINES} per window of
+    L{STDERR_INTERVAL} seconds (a window opens with the first line after the last one
+    closed). The lines past that are counted, and the count is logged when the window
+    closes: a program that floods its stderr costs a line count, not a log line each.
+    """
+
+    def __init__(self, service: str, clock, lines: int = STDERR_LINES,
+                 interval: float = STDERR_INTERVAL):
+        self.service = service
+        self.clock = clock
+        self.lines = lines
+        self.interval = interval
+        self.opened = None  # when the window opened, or None between windows
+        self.logged = 0
+        self.suppressed = 0
+        self.summaryCall = None
+
+    def _window(self) -> None:
+        now = self.clock.seconds()
+        if self.opened is None or now - self.opened >= self.interval:
+            if self.suppressed:
+                self.summarise()
+            self.opened, self.logged = now, 0
+
+    def exhausted(self) -> bool:
+        """
+        Whether the lines arriving now would all be dropped.
+        """
+        self._window()
+        return self.logged >= self.lines
+
+    def allow(self) -> bool:
+        """
+        Whether a line may be logged now; counts it either way.
+        """
+        self._window()
+        if self.logged < self.lines:
+            self.logged += 1
+            return True
+        self.drop(1)
+        return False
+
+    def drop(self, count: int) -> None:
+        """
+        Count C{count} lines not logged, to be summarised when the window closes.
+        """
+        if count <= 0:
+            return
+        self.suppressed += count
+        if self.summaryCall is None:
+            self._window()
+            delay = max(0.0, self.opened + self.interval - self.clock.seconds())
+            self.summaryCall = self.clock.callLater(delay, self.summarise)
+
+    def summarise(self) -> None:
+        """
+        Log how many lines were dropped since the last summary, if any (also at the end
+        of the window; call it to flush).
+        """
+        call, self.summaryCall = self.summaryCall, None
+        if call is not None and call.active():
+            call.cancel()
+        count, self.suppressed = self.suppressed, 0
+        if count:
+            log.warn("exec service {service!r}: {count} more stderr lines suppressed in "
+                     "the last {interval:g} s", service=self.service, count=count,
+                     interval=self.interval, suppressed=count)
+
+
 class StderrLines:
     """
     Splits a program's stderr into lines and hands each to C{emit}, truncated to
-    C{limit} characters; the rest of a longer line is dropped.
+    C{limit} characters; the rest of a longer line is dropped. With a C{budget}
+    (L{StderrBudget}), lines past it are only counted: while it is exhausted, a chunk's
+    lines are counted without being split or decoded.
     """
 
-    def __init__(self, emit, limit: int = MAX_STDERR_LINE):
+    def __init__(self, emit, limit: int = MAX_STDERR_LINE,
+                 budget: StderrBudget | None = None):
         self.emit = emit
         self.limit = limit
+        self.budget = budget
         self.buffer = b""
-        self.skipping = False  # in the dropped rest of a long line
+        self.skipping = False  # in the rest of a long line, already emitted or counted
 
     def feed(self, data: bytes) -> None:
+        if self.budget is not None and self.budget.exhausted():
+            self._count(data)
+            return
         lines = (self.buffer + data).split(b"\n")
         self.buffer = b""
         rest = lines.pop()
@@ -366,6 +489,25 @@ class StderrLines:
         else:
             self.buffer = rest
 
+    def _count(self, data: bytes) -> None:
+        """
+        Count the lines of C{data} as dropped (the budget is exhausted).
+        """
+        last = data.rfind(b"\n")
+        if last >= 0:
+            ended = data.count(b"\n", 0, last + 1)
+            if self.skipping:
+                ended -= 1  # the end of a line counted (or emitted) already
+            self.budget.drop(ended)
+            self.buffer, self.skipping = b"", False
+            data = data[last + 1:]
+        if self.skipping or not data:
+            return
+        self.buffer += data
+        if len(self.buffer) > self.limit:  # a long unfinished line: counted now
+            self.budget.drop(1)
+            self.buffer, self.skipping = b"", True
+
     def flush(self) -> None:
         if self.buffer and not self.skipping:
             self._emit(self.buffer)
@@ -373,6 +515,8 @@ class StderrLines:
         self.skipping = False
 
     def _emit(self, line: bytes) -> None:
+        if self.budget is not None and not self.budget.allow():
+            return
         text = line.rstrip(b"\r").decode("utf-8", "replace")
         if len(text) > self.limit:
             text = text[:self.limit] + " [truncated]"
@@ -478,12 +622,16 @@ class ExecProtocol(Protocol):
     @ivar closing: the server has asked to close the connection.
     @ivar readClosed: the client has half-closed (no more data from it).
     @ivar running: the program has been spawned and has not exited.
+    @ivar group: the program's L{ProgramGroup} once spawned, else L{None}.
+    @ivar eofCall: while the client has half-closed and the program runs, the end of
+        C{eof_grace} (pushed back by each write of the program).
     """
 
     process = None
     pid = None
+    group = None
     started = None
-    killCall = None
+    eofCall = None
     gone = False
     closing = False
     readClosed = False
@@ -497,7 +645,7 @@ class ExecProtocol(Protocol):
         self.factory = factory
         self.peer = "?"
         self.input = ClientInput(self)
-        self.stderr = StderrLines(self.logStderr)
+        self.stderr = StderrLines(self.logStderr, budget=factory.stderrBudget)
 
     # -- the client's side -------------------------------------------------------------
 
@@ -510,12 +658,12 @@ class ExecProtocol(Protocol):
         self.started = factory.reactor.seconds()
         try:
             uid, gid = spawnCredentials(factory.uid, factory.gid)
-            factory.reactor.spawnProcess(
-                ProgramProtocol(self), factory.executable, factory.argv, env=environment,
-                path=factory.cwd, uid=uid, gid=gid, childFDs=dict(CHILD_FDS))
+            factory.spawner.spawn(
+                factory.reactor, ProgramProtocol(self), factory.executable, factory.argv,
+                environment, factory.cwd, uid, gid, dict(CHILD_FDS))
         except Exception as e:
             log.error(
-                "exec {service}: cannot start {executable} for {peer}: {error}",
+                "exec service {service!r}: cannot start {executable} for {peer}: {error}",
                 service=factory.service, executable=factory.executable, peer=self.peer,
                 error=f"{type(e).__name__}: {e}" if not isinstance(e, PrivilegeError)
                 else str(e))
@@ -544,6 +692,29 @@ class ExecProtocol(Protocol):
         if process is not None:
             process.unregisterProducer()
             process.closeStdin()
+            grace = self.factory.eofGrace
+            if grace is not None and not (self.gone or self.closing):
+                self.eofCall = self.factory.reactor.callLater(grace, self.clientSilent)
+
+    def clientSilent(self) -> None:
+        """
+        C{eof_grace} seconds since the client's end of input (or the program's last
+        write after it) and the program has neither written nor exited: the client is
+        taken as gone (TCP cannot tell its close from a half-close without a write).
+        """
+        self.eofCall = None
+        log.info("exec service {service!r}: pid {pid} for {peer} wrote nothing for "
+                 "{grace}s after the client's end of input: closing the connection",
+                 service=self.factory.service, pid=self.pid, peer=self.peer,
+                 grace=self.factory.eofGrace)
+        self.close()
+        if self.group is not None:
+            self.group.end()
+
+    def cancelEof(self) -> None:
+        call, self.eofCall = self.eofCall, None
+        if call is not None and call.active():
+            call.cancel()
 
     def writeConnectionLost(self):
         pass
@@ -551,6 +722,7 @@ class ExecProtocol(Protocol):
     def connectionLost(self, reason=None):
         self.gone = True
         self.producing = False
+        self.cancelEof()
         process = self.process
         if process is None:
             return
@@ -563,11 +735,7 @@ class ExecProtocol(Protocol):
             # must not be started again); the program's stdout goes nowhere now.
             process.resumeProducing()
             process.closeStdout()
-        if self.running:
-            self.sendSignal("TERM")
-            if self.running and self.killCall is None:
-                self.killCall = self.factory.reactor.callLater(
-                    self.factory.killGrace, self.kill)
+        self.group.end()
 
     def close(self) -> None:
         """
@@ -576,6 +744,7 @@ class ExecProtocol(Protocol):
         if self.gone or self.closing:
             return
         self.closing = True
+        self.cancelEof()
         if self.producing:
             self.producing = False
             self.transport.unregisterProducer()  # else a paused producer holds it open
@@ -587,10 +756,17 @@ class ExecProtocol(Protocol):
         self.process = process
         self.pid = process.pid
         self.running = True
+        factory = self.factory
+        self.group = ProgramGroup(
+            process.pid, factory.reactor, factory.killGrace, factory.spawner,
+            f"exec service {factory.service!r}: pid {process.pid} for {self.peer}",
+            factory.groups)
 
     def programOutput(self, data: bytes) -> None:
         if not (self.gone or self.closing):
             self.transport.write(data)
+            if self.eofCall is not None:
+                self.eofCall.reset(self.factory.eofGrace)
 
     def stdinLost(self) -> None:
         pass  # ClientInput.stopProducing already let the client go on
@@ -615,35 +791,6 @@ class ExecProtocol(Protocol):
         if loseWriteConnection is not None:
             loseWriteConnection()
 
-    def sendSignal(self, name: str) -> None:
-        """
-        Send the program C{SIG}C{name}, unless it has exited.
-        """
-        try:
-            self.process.signalProcess(name)
-        except ProcessExitedAlready:
-            self.running = False
-        except OSError as e:
-            log.warn("exec {service}: cannot send SIG{signal} to pid {pid} for {peer}: "
-                     "{error}", service=self.factory.service, signal=name, pid=self.pid,
-                     peer=self.peer, error=e)
-
-    def kill(self) -> None:
-        """
-        The program outlived C{kill_grace}: C{SIGKILL} it.
-        """
-        self.killCall = None
-        if self.running:
-            log.info("exec {service}: pid {pid} for {peer} still running {grace}s after "
-                     "SIGTERM: sending SIGKILL", service=self.factory.service,
-                     pid=self.pid, peer=self.peer, grace=self.factory.killGrace)
-            self.sendSignal("KILL")
-
-    def cancelKill(self) -> None:
-        call, self.killCall = self.killCall, None
-        if call is not None and call.active():
-            call.cancel()
-
     def programExited(self, reason) -> None:
         """
         The program has exited (its pipes may still be open): no signal is needed now,
@@ -651,7 +798,7 @@ class ExecProtocol(Protocol):
         """
         self.running = False
         self.exited = True
-        self.cancelKill()
+        self.group.leaderExited()
         if self.outputDone:
             self.close()
 
@@ -662,12 +809,12 @@ class ExecProtocol(Protocol):
         """
         self.running = False
         self.exited = self.ended = True
-        self.cancelKill()
         self.stderr.flush()
         factory = self.factory
         elapsed = factory.reactor.seconds() - self.started
         log.info(
-            "exec {service}: pid {pid} for {peer} ended: {status} after {elapsed:.3f}s",
+            "exec service {service!r}: pid {pid} for {peer} ended: {status} after "
+            "{elapsed:.3f}s",
             service=factory.service, pid=self.pid, peer=self.peer,
             status=_exitText(reason), elapsed=elapsed,
             exitCode=getattr(reason.value, "exitCode", None),
@@ -675,18 +822,22 @@ class ExecProtocol(Protocol):
         self.close()
 
     def logStderr(self, line: str) -> None:
-        log.info("exec {service}: pid {pid} for {peer} stderr: {line}",
+        log.info("exec service {service!r}: pid {pid} for {peer} stderr: {line}",
                  service=self.factory.service, pid=self.pid, peer=self.peer, line=line)
 
 
 class ExecFactory(Factory):
     """
     Builds an L{ExecProtocol} per connection, for one configured service.
+
+    @ivar spawner: starts programs and signals their groups (a L{SessionSpawner}).
+    @ivar groups: the reactor's L{ProgramGroups}, waited for at its shutdown.
+    @ivar stderrBudget: the service's L{StderrBudget}, shared by its connections.
     """
 
     noisy = False
 
-    def __init__(self, service: str, reactor, options):
+    def __init__(self, service: str, reactor, options, spawner=None):
         self.service = service
         self.reactor = reactor
         self.executable = options["executable"]
@@ -694,11 +845,31 @@ class ExecFactory(Factory):
         self.env = dict(options["env"])
         self.cwd = options["cwd"]
         self.killGrace = options["kill_grace"]
+        self.eofGrace = options["eof_grace"]
         self.localHost = options["local_host"]
         self.uid, self.gid = resolveCredentials(options["user"], options["group"])
+        self.spawner = spawner if spawner is not None else SessionSpawner()
+        self.groups = ProgramGroups.forReactor(reactor)
+        self.stderrBudget = StderrBudget(service, reactor)
+
+    def checkCredentials(self) -> None:
+        """
+        Log, naming the service, when the program can no longer be run as its C{user}
+        (C{twistd --uid} dropped root after the service was built): every connection
+        would be closed.
+        """
+        try:
+            spawnCredentials(self.uid, self.gid)
+        except PrivilegeError as e:
+            log.error("exec service {service!r}: {error}; each connection will be closed "
+                      "(run portserver as root, or drop the service's user option)",
+                      service=self.service, error=str(e))
 
     def buildProtocol(self, addr):
         return ExecProtocol(self)
+
+    def stopFactory(self):
+        self.stderrBudget.summarise()  # no longer listening: say now what was dropped
 
     def environment(self, host, peer) -> dict[str, str]:
         """
@@ -727,6 +898,8 @@ def buildFactory(service, reactor) -> ExecFactory:
     """
     factory = ExecFactory(service.name, reactor, service.options)
     spawnCredentials(factory.uid, factory.gid)
+    # twistd drops to --uid/--gid after building, before the reactor runs: check again.
+    reactor.callWhenRunning(factory.checkCredentials)
     return factory
 
 
@@ -738,4 +911,5 @@ execute = PortProtocol(
     factory=buildFactory,
     options=OPTIONS,
     validate=completeOptions,
+    defaultLimits=DEFAULT_LIMITS,
 )
