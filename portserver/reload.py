@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
@@ -141,3 +142,85 @@ def installReloadSignal(reactor, reloader: Reloader, number=signal.SIGHUP,
 
     setSignal(number, handler)
     return True
+
+
+class ReloadSignal(Service):
+    """
+    SIGHUP for the whole life of the server, start-up included: first in the service
+    tree, it installs the handler (L{installReloadSignal}) in C{privilegedStartService},
+    before any port is bound, so a SIGHUP during start-up never ends the process (its
+    default action). A reload asked for while starting is run once, when start-up
+    completes (the first reactor turn after every service has started); one asked for
+    while stopping is ignored, with a log line.
+
+    @ivar state: C{"starting"}, C{"serving"} or C{"stopping"}.
+    @param install: L{installReloadSignal}, or L{None} to leave the process's signals
+        alone (a tree on a test's reactor).
+    """
+
+    name = "reload-signal"
+
+    def __init__(self, reactor, reloader: Reloader, install=installReloadSignal):
+        self.reactor = reactor
+        self.reloader = reloader
+        self._install = install
+        self._installed = False
+        self._ready = None
+        self._pending = False
+        self.state = "starting"
+
+    @property
+    def path(self) -> str:
+        return self.reloader.path
+
+    def installSignal(self) -> None:
+        """
+        Take SIGHUP (once): from now on it calls L{reload} in the reactor thread.
+        """
+        if not self._installed and self._install is not None:
+            self._install(self.reactor, self)
+        self._installed = True
+
+    def privilegedStartService(self):
+        self.installSignal()
+        super().privilegedStartService()
+
+    def startService(self):
+        self.installSignal()
+        super().startService()
+        self.state = "starting"
+        self._ready = self.reactor.callLater(0, self._started)
+
+    def _started(self) -> None:
+        self._ready = None
+        self.state = "serving"
+        if self._pending:
+            self._pending = False
+            log.info("Start-up complete: running the reload asked for during start-up")
+            self.reloader.reload()
+
+    def reload(self) -> Deferred | None:
+        """
+        Reload as SIGHUP asks: now when serving, once start-up completes when starting
+        (however many are asked for meanwhile), not at all when stopping.
+
+        @return: the reloader's L{Deferred} when a reload starts now, else L{None}.
+        """
+        if self.state == "serving":
+            return self.reloader.reload()
+        if self.state == "starting":
+            if not self._pending:
+                log.info("Reload of {path} asked for during start-up: it runs once "
+                         "start-up completes", path=self.path)
+            self._pending = True
+        else:
+            log.info("Reload of {path} ignored: portserver is stopping", path=self.path)
+        return None
+
+    def stopService(self):
+        if self._ready is not None and self._ready.active():
+            self._ready.cancel()
+        self._ready = None
+        self._pending = False
+        self.state = "stopping"
+        return super().stopService()

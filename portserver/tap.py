@@ -155,14 +155,21 @@ def makeService(options, reactor=None):
     The service tree for C{options} (parsed L{Options}): a L{MultiService} holding the
     L{PortServer} (named C{"portserver"}) and, unless the config turns them off, the
     connection log (C{"connection-log"}) and the status web service (named C{"status"}).
-    Once the reactor runs, SIGTERM/SIGINT stop it gracefully and SIGHUP reloads the
-    config (L{portserver.reload}).
+
+    SIGHUP reloads the config (L{portserver.reload}): the C{"reload-signal"} service,
+    first in the tree, takes it before any port is bound. Once the reactor runs,
+    SIGTERM/SIGINT stop it gracefully. Run by twistd with a pid file, the tree ends with
+    the C{"runtime-file"} service (L{portserver.runtime}), which tells C{portserver
+    status} and C{portserver reload} where this server is. On an injected C{reactor} (a
+    test's), the process's signals are left alone.
     """
     from portserver.connlog import ConnectionLog
-    from portserver.reload import Reloader, installReloadSignal
+    from portserver.reload import Reloader, ReloadSignal, installReloadSignal
+    from portserver.runtime import RuntimeFile, runtimePath
     from portserver.service import PortServer, ServerTree
     from portserver.status.web import StatusService
 
+    takeSignals = reactor is None
     if reactor is None:
         from twisted.internet import reactor
     sys.excepthook = _startupExceptHook(sys.excepthook)
@@ -170,16 +177,37 @@ def makeService(options, reactor=None):
     tree = ServerTree()
     server = PortServer(plan, reactor)
     server.setName("portserver")
+    reloader = Reloader(server, plan.config.path, plan.portOffset,
+                        discover=getattr(options, "_discover", discover),
+                        loadPlan=getattr(options, "_loadPlan", loadPlan))
+    ReloadSignal(reactor, reloader, install=installReloadSignal if takeSignals else None
+                 ).setServiceParent(tree)
     if plan.config.registry.connectionLog is not None:
         # First in, last out: it still logs the connections closed at shutdown.
         ConnectionLog(server.registry, plan.config.registry.connectionLog,
                       reactor).setServiceParent(tree)
     server.setServiceParent(tree)
     reactor.callWhenRunning(installStopSignals, reactor, server)
-    reloader = Reloader(server, plan.config.path, plan.portOffset,
-                        discover=getattr(options, "_discover", discover),
-                        loadPlan=getattr(options, "_loadPlan", loadPlan))
-    reactor.callWhenRunning(installReloadSignal, reactor, reloader)
+    status = None
     if plan.config.status.listen is not None:
-        StatusService(server, plan.config.status.listen, reactor).setServiceParent(tree)
+        status = StatusService(server, plan.config.status.listen, reactor)
+        status.setServiceParent(tree)
+    pidfile = twistdPidfile(options)
+    if pidfile:
+        RuntimeFile(runtimePath(pidfile), pidfile, os.path.abspath(plan.config.path),
+                    status).setServiceParent(tree)
     return tree
+
+
+def twistdPidfile(options) -> str | None:
+    """
+    The pid file twistd writes for this run: the C{--pidfile} of the twistd options
+    that C{options} is the subcommand of (twistd makes it absolute, and writes it
+    before the services start). L{None} when there is none: C{--pidfile=}, or not run
+    by twistd.
+    """
+    parent = getattr(options, "parent", None)
+    if not isinstance(parent, dict):
+        return None
+    pidfile = parent.get("pidfile")
+    return os.path.abspath(pidfile) if isinstance(pidfile, str) and pidfile else None

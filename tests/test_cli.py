@@ -679,3 +679,105 @@ class NetworkTests(SynchronousTestCase):
             self.assertEqual((status, stdout.getvalue(), stderr.getvalue()),
                              (1, "", f"portserver status: no status service answers at "
                                      f"{url} (the reply to /api/listeners {why})\n"))
+
+
+class FindTheServerTests(SynchronousTestCase):
+    """
+    Without C{--url} or C{--config}, C{portserver status} asks the server whose runtime
+    file is beside the pid file, while that file's pid is a live portserver.
+    """
+
+    def setUp(self):
+        self.directory = os.path.abspath(self.mktemp())
+        os.mkdir(self.directory)
+        self.pidfile = os.path.join(self.directory, "twistd.pid")
+        self.config = os.path.join(self.directory, "my.yaml")
+        with open(self.config, "w") as f:
+            f.write("status:\n  listen: tcp:0:interface=127.0.0.1\n")
+        self.commandLines = {4242: ["/venv/bin/twistd", "portserver", "-c", "my.yaml"]}
+
+    def writeRuntime(self, pid=4242, url="http://127.0.0.1:40001"):
+        with open(os.path.join(self.directory, "twistd.portserver.json"), "w") as f:
+            json.dump({"pid": pid, "config": self.config, "status_url": url,
+                       "pidfile": self.pidfile}, f)
+
+    def readCommandLine(self, pid):
+        if pid not in self.commandLines:
+            raise ProcessLookupError(pid)
+        return self.commandLines[pid]
+
+    def status(self, *argv, summary=None):
+        urls = []
+
+        def fetch(url):
+            urls.append(url)
+            if urlsplit(url).path == "/api/summary" and summary is not None:
+                return summary
+            return reply(url)
+
+        stdout, stderr = io.StringIO(), io.StringIO()
+        code = cli.main(["status", "--pidfile", self.pidfile, *argv], stdout=stdout,
+                        stderr=stderr, fetch=fetch, now=lambda: NOW, environ={},
+                        readCommandLine=self.readCommandLine)
+        return code, stdout.getvalue(), stderr.getvalue(), urls
+
+    def test_runtimeFile(self):
+        """
+        The runtime file's status URL is asked (a port no config names).
+        """
+        self.writeRuntime()
+        code, out, err, urls = self.status()
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(urls[0], "http://127.0.0.1:40001/api/listeners")
+
+    def test_explicitWins(self):
+        """
+        C{--url} and C{--config} win over the runtime file.
+        """
+        self.writeRuntime()
+        self.assertEqual(self.status("--url", URL)[3][0], f"{URL}/api/listeners")
+        other = os.path.join(self.directory, "other.yaml")
+        with open(other, "w") as f:
+            f.write("status:\n  listen: tcp:9200:interface=127.0.0.6\n")
+        self.assertEqual(self.status("--config", other)[3][0],
+                         "http://127.0.0.6:9200/api/listeners")
+
+    def test_staleRuntimeFile(self):
+        """
+        A runtime file whose pid is gone, or now another program, is ignored with a
+        note on stderr; the bundled config is asked instead.
+        """
+        bundled = cli.urlFromConfig(bundledConfigPath()) + "/api/listeners"
+        self.writeRuntime(pid=77)
+        code, out, err, urls = self.status()
+        self.assertEqual((code, urls[0]), (0, bundled))
+        self.assertIn("twistd.portserver.json: its pid 77 is not running (stale)", err)
+        self.commandLines[77] = ["sleep", "100"]
+        code, out, err, urls = self.status()
+        self.assertEqual(urls[0], bundled)
+        self.assertIn("its pid 77 is not portserver (sleep 100)", err)
+
+    def test_anotherServerAnswers(self):
+        """
+        A status service that reports another pid than the runtime file's is another
+        server's (its port was reused): exit 1, saying so.
+        """
+        self.writeRuntime()
+        code, out, err, urls = self.status(summary=dict(SUMMARY, pid=99))
+        self.assertEqual((code, out), (1, ""))
+        self.assertIn("is portserver pid 99, not pid 4242", err)
+
+
+class VersionTests(SynchronousTestCase):
+    """
+    C{portserver --version}.
+    """
+
+    def test_version(self):
+        """
+        C{--version} prints C{portserver} and portserver's version, and exits 0.
+        """
+        from portserver import __version__
+        result = run("--version")
+        self.assertEqual((result.status, result.stdout, result.stderr),
+                         (0, f"portserver {__version__}\n", ""))

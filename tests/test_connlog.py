@@ -223,7 +223,8 @@ class RealFileTests(SynchronousTestCase):
             plan.config, registry=attrs.evolve(plan.config.registry, connectionLog=path)))
         reactor = PortReactor()
         tree = tap.makeService({"plan": plan}, reactor=reactor)
-        self.assertEqual([s.name for s in tree], ["connection-log", "portserver", "status"])
+        self.assertEqual([s.name for s in tree],
+                         ["reload-signal", "connection-log", "portserver", "status"])
         tree.privilegedStartService()
         tree.startService()
         registry = tree.getServiceNamed("portserver").registry

@@ -15,15 +15,15 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransportWithDisconnection
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from portserver.limits import AccessRules, Limits, ShutdownSpec, parseNetwork
 from portserver.plan import loadPlan
 from portserver.provider import PortProtocol
-from portserver.reload import Reloader, installReloadSignal
-from portserver.service import PortServer, ReloadError, socketKey
+from portserver.reload import Reloader, ReloadSignal, installReloadSignal
+from portserver.service import PortServer, ReloadError, ServerTree, socketKey
 from tests.support import PROVIDERS, RULE, Discovery, PortReactor, makePlan, spec
 
 
@@ -561,6 +561,147 @@ class SignalTests(SynchronousTestCase):
                 object(), object(), setSignal=installed.__setitem__,
                 getSignal=lambda n: current))
         self.assertEqual(installed, {})
+
+
+class ThreadedReactor(PortReactor):
+    """
+    A L{PortReactor} with C{callFromThread}: calls wait in C{fromThread} until the test
+    runs them (as the reactor thread would, at its next turn).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.fromThread = []
+
+    def callFromThread(self, f, *args, **kwargs):
+        self.fromThread.append((f, args, kwargs))
+
+    def runThreadCalls(self):
+        calls, self.fromThread = self.fromThread, []
+        for f, args, kwargs in calls:
+            f(*args, **kwargs)
+
+
+class RecordingReloader:
+    """
+    A stand-in for L{Reloader} that counts the reloads asked of it.
+    """
+
+    path = "/etc/portserver.yaml"
+
+    def __init__(self):
+        self.reloads = 0
+
+    def reload(self):
+        self.reloads += 1
+        return succeed({"result": "applied"})
+
+
+class ReloadSignalServiceTests(SynchronousTestCase):
+    """
+    L{ReloadSignal} takes SIGHUP before any port is bound, holds a reload asked for
+    during start-up until start-up completes, and ignores one asked for while stopping.
+    """
+
+    def setUp(self):
+        self.reactor = ThreadedReactor()
+        self.reloader = RecordingReloader()
+        self.installed = {}
+        self.boundAtInstall = []
+
+        def install(reactor, target):
+            self.boundAtInstall.append(len(self.reactor.tcpServers))
+            return installReloadSignal(reactor, target, setSignal=self.installed.__setitem__,
+                                       getSignal=lambda n: signal.SIG_DFL)
+
+        self.service = ReloadSignal(self.reactor, self.reloader, install=install)
+        self.tree = ServerTree()
+        self.service.setServiceParent(self.tree)
+        PortServer(makePlan(spec("echo", port=7)), self.reactor).setServiceParent(self.tree)
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def hangUp(self):
+        """
+        Deliver SIGHUP to the installed handler, and let the reactor thread run.
+        """
+        self.installed[signal.SIGHUP](signal.SIGHUP, None)
+        self.reactor.runThreadCalls()
+
+    def messages(self):
+        return [formatEvent(e) for e in self.events]
+
+    def test_installedBeforeTheFirstBind(self):
+        """
+        The handler is installed (once) by the time C{privilegedStartService} binds the
+        first port, so a SIGHUP from then on is handled rather than ending the process.
+        """
+        self.tree.privilegedStartService()
+        self.assertEqual(self.boundAtInstall, [0])
+        self.assertIn(signal.SIGHUP, self.installed)
+        self.assertEqual(len(self.reactor.tcpServers), 1)
+        self.tree.startService()
+        self.assertEqual(self.boundAtInstall, [0])
+
+    def test_reloadDuringStartUpRunsOnceStarted(self):
+        """
+        SIGHUPs that arrive while starting (after binding, before start-up completes)
+        are one reload, run at the first reactor turn after every service has started,
+        with a log line saying so; later ones reload at once.
+        """
+        self.tree.privilegedStartService()
+        self.hangUp()
+        self.hangUp()
+        self.assertEqual(self.reloader.reloads, 0)
+        self.assertEqual(self.service.state, "starting")
+        self.tree.startService()
+        self.assertEqual(self.reloader.reloads, 0)
+        self.reactor.advance(0)
+        self.assertEqual((self.service.state, self.reloader.reloads), ("serving", 1))
+        messages = self.messages()
+        self.assertEqual(sum("it runs once start-up completes" in m for m in messages), 1)
+        self.assertEqual(sum(m.startswith("Start-up complete") for m in messages), 1)
+        self.hangUp()
+        self.assertEqual(self.reloader.reloads, 2)
+
+    def test_noPendingReloadNoReload(self):
+        """
+        Without a SIGHUP during start-up, completing start-up reloads nothing.
+        """
+        self.tree.privilegedStartService()
+        self.tree.startService()
+        self.reactor.advance(0)
+        self.assertEqual((self.service.state, self.reloader.reloads), ("serving", 0))
+
+    def test_ignoredWhileStopping(self):
+        """
+        A SIGHUP once stopping is ignored with a log line; a start-up that is stopped
+        before it completes does not run the pending reload.
+        """
+        self.tree.privilegedStartService()
+        self.hangUp()
+        self.tree.startService()
+        self.tree.stopService()
+        self.reactor.advance(0)
+        self.assertEqual(self.reloader.reloads, 0)
+        self.hangUp()
+        self.assertEqual(self.reloader.reloads, 0)
+        self.assertIn("Reload of /etc/portserver.yaml ignored: portserver is stopping",
+                      self.messages())
+
+    def test_withoutInstall(self):
+        """
+        With C{install=None} (a tree on a test's reactor), the process's signals are
+        left alone; L{ReloadSignal.reload} still gates reloads by state.
+        """
+        service = ReloadSignal(self.reactor, self.reloader, install=None)
+        service.privilegedStartService()
+        service.startService()
+        self.reactor.advance(0)
+        self.assertEqual(self.installed, {})
+        service.reload()
+        self.assertEqual(self.reloader.reloads, 1)
 
 
 class SocketKeyTests(SynchronousTestCase):

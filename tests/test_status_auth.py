@@ -691,15 +691,16 @@ class CLITokenTests(SynchronousTestCase):
 
     def fakeKill(self) -> list[int]:
         """
-        Make C{portserver reload} signal nothing and never sleep; return the list of the
-        pids it signals.
+        Make C{portserver reload} signal nothing, never sleep, and see every pid as a
+        portserver; return the list of the pids it signals.
         """
         killed: list[int] = []
         real = cli.runReload
 
         def runReload(args, stdout, fetch, now):
             return real(args, stdout, fetch, now, kill=lambda pid, n: killed.append(pid),
-                        sleep=lambda seconds: None)
+                        sleep=lambda seconds: None,
+                        readCommandLine=lambda pid: ["twistd", "portserver"])
 
         self.patch(cli, "runReload", runReload)
         return killed
@@ -837,7 +838,8 @@ class CLITokenTests(SynchronousTestCase):
         self.assertEqual((run.status, killed), (1, []))
         self.assertEqual(run.stderr, f"portserver reload: the status service at {URL} wants "
                                      "a token: give --token-file or set PORTSERVER_TOKEN (or "
-                                     "use --no-wait to only send the signal)\n")
+                                     "use --no-wait to only send the signal); nothing was "
+                                     "signalled\n")
 
 
 class FetchJSONTests(SynchronousTestCase):

@@ -282,7 +282,8 @@ class ListenersAndSummaryTests(SynchronousTestCase):
         """
         The summary counts listeners and live connections by port class and privilege,
         per service, with totals, uptime on the server's clock, the version, the
-        config path and its generation (no reload yet).
+        process id (which C{portserver reload} checks), the config path and its
+        generation (no reload yet).
         """
         response = self.filled.get(b"/api/summary")
         self.assertEqual(response.code, 200)
@@ -308,6 +309,7 @@ class ListenersAndSummaryTests(SynchronousTestCase):
             "refused_by_reason": {},
             "flags": [],
             "state": "serving",
+            "pid": os.getpid(),
             "version": portserver.__version__,
             "config": "<test>",
             "config_generation": 1,
@@ -569,7 +571,7 @@ class ListeningTests(SynchronousTestCase):
 
         off = attrs.evolve(plan, config=attrs.evolve(plan.config, status=StatusSpec(None)))
         self.assertEqual([s.name for s in tap.makeService({"plan": off}, PortReactor())],
-                         ["connection-log", "portserver"])
+                         ["reload-signal", "connection-log", "portserver"])
 
         refusing = PortReactor(refuse={("tcp", 8790): errno.EADDRINUSE})
         tree = tap.makeService({"plan": plan}, reactor=refusing)

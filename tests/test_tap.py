@@ -3,6 +3,7 @@ Tests for L{portserver.tap}: the options of C{twistd portserver} and the service
 """
 
 import io
+import json
 import os
 import sys
 
@@ -160,3 +161,65 @@ class ExceptHookTests(SynchronousTestCase):
         self.assertEqual(stderr.getvalue(), "portserver: cannot listen for service 'echo'\n")
         hook(KeyError, KeyError("x"), None)
         self.assertEqual(seen, [KeyError])
+
+
+class ServiceTreeTests(SynchronousTestCase):
+    """
+    The tree C{makeService} builds: SIGHUP taken first, the runtime file written last.
+    """
+
+    def options(self, pidfile=None):
+        options = tap.Options(stdout=io.StringIO(), stderr=io.StringIO(),
+                              discover=lambda: Discovery(dict(PROVIDERS), {}))
+        options.parseOptions(["--port-offset", "20000"])
+        if pidfile is not None:
+            options.parent = {"pidfile": pidfile}  # as twistd's ServerOptions would be
+        return options
+
+    def test_reloadSignalFirst(self):
+        """
+        The C{reload-signal} service comes first, so it takes SIGHUP before any other
+        service binds a port; on an injected reactor it leaves the process's signals
+        alone. Without a pid file there is no runtime file.
+        """
+        self.addCleanup(setattr, sys, "excepthook", sys.excepthook)
+        tree = tap.makeService(self.options(), reactor=PortReactor())
+        names = [s.name for s in tree]
+        self.assertEqual(names[0], "reload-signal")
+        self.assertNotIn("runtime-file", names)
+        self.assertIsNone(tree.getServiceNamed("reload-signal")._install)
+
+    def test_runtimeFileBesideThePidFile(self):
+        """
+        Run by twistd with a pid file, the tree ends with the C{runtime-file} service,
+        which writes the pid, the absolute config path and the status service's actual
+        URL beside the pid file once started, and removes the file when stopped.
+        """
+        self.addCleanup(setattr, sys, "excepthook", sys.excepthook)
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        pidfile = os.path.join(directory, "twistd.pid")
+        reactor = PortReactor()
+        tree = tap.makeService(self.options(pidfile), reactor=reactor)
+        self.assertEqual([s.name for s in tree][-2:], ["status", "runtime-file"])
+        tree.privilegedStartService()
+        tree.startService()
+        path = os.path.join(directory, "twistd.portserver.json")
+        with open(path) as f:
+            content = json.load(f)
+        self.assertEqual(content, {"pid": os.getpid(), "config": tap.bundledConfigPath(),
+                                   "status_url": "http://127.0.0.1:8790",
+                                   "pidfile": pidfile})
+        tree.stopService()
+        self.assertFalse(os.path.exists(path))
+
+    def test_twistdPidfile(self):
+        """
+        L{tap.twistdPidfile} is the parent (twistd) options' C{pidfile}, or L{None}
+        for C{--pidfile=}, for options with no parent, and for a plain dict.
+        """
+        options = self.options("run/x.pid")
+        self.assertEqual(tap.twistdPidfile(options), os.path.abspath("run/x.pid"))
+        self.assertIsNone(tap.twistdPidfile(self.options("")))
+        self.assertIsNone(tap.twistdPidfile(self.options()))
+        self.assertIsNone(tap.twistdPidfile({"plan": None}))

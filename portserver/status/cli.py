@@ -9,8 +9,15 @@ for its listeners, connections and summary, and prints them as an C{ss}-like tab
 line per listener, its connections indented under it, then a summary. The CLI is a plain
 program: it fetches with the standard library and runs no reactor.
 
-Where to ask: C{--url}, or else the C{status.listen} endpoint string of the config
-(C{--config}, by default the bundled one), turned into a URL by L{urlFromEndpoint}.
+Where to ask: C{--url}; else the C{status.listen} endpoint string of C{--config},
+turned into a URL by L{urlFromEndpoint}; else the server whose runtime file is beside
+the pid file (C{--pidfile}, by default C{twistd.pid}: see L{portserver.runtime}), while
+its pid is a live portserver; else the bundled config's C{status.listen}.
+
+Which process C{portserver reload} signals: the pid file's, only once it is known to be a
+live portserver (its command line runs twistd's C{portserver}, or it is the C{pid} the
+status service reports). Exit statuses: L{EXIT_OK}, L{EXIT_FAILED}, L{EXIT_USAGE}, and
+for C{reload} L{EXIT_UNCONFIRMED}.
 
 With what token (L{findToken}): the one in the file C{--token-file} names, else the
 environment variable C{PORTSERVER_TOKEN}, else (when the URL comes from a config) the
@@ -38,6 +45,8 @@ import yaml
 
 from portserver import __version__
 from portserver.config import DEFAULT_STATUS_LISTEN
+from portserver.runtime import (commandLine, describeCommand, isPortserverCommand,
+                                readRuntime, runtimePath)
 from portserver.status.access import readTokenFile, splitEndpoint, tokenProblem
 
 #: Seconds to wait for the status service, per request.
@@ -56,11 +65,28 @@ PROGRAM = "portserver"
 #: The environment variable that may hold the status service's token.
 TOKEN_ENV = "PORTSERVER_TOKEN"
 
+#: Exit statuses. OK: done (status printed; reload applied, or only sent with
+#: C{--no-wait}). FAILED: an error, nothing done (no server, stale pid file, ...), or
+#: a reload that was rejected. USAGE: bad command line. UNCONFIRMED: C{reload} sent
+#: SIGHUP but cannot tell the outcome (no status service answers, or none reported
+#: within C{--timeout}).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNCONFIRMED = 0, 1, 2, 3
+
 
 class CLIError(Exception):
     """
-    A problem to report as one line on stderr, with exit status 1.
+    A problem to report as one line on stderr, with exit status C{status}.
     """
+
+    status = EXIT_FAILED
+
+
+class Unconfirmed(CLIError):
+    """
+    The signal was sent, but its outcome is not known.
+    """
+
+    status = EXIT_UNCONFIRMED
 
 
 class FetchError(Exception):
@@ -567,6 +593,10 @@ def makeParser(stdout, stderr) -> argparse.ArgumentParser:
         description="Show a running portserver's listeners, each with its connections, "
                     "and a summary, from its status web service.")
     _whereArguments(status)
+    status.add_argument("--pidfile", default=DEFAULT_PIDFILE, metavar="PATH",
+                        help="without --url or --config, ask the server that wrote this "
+                             "twistd pid file (its runtime file beside it says where) "
+                             "[default: %(default)s]")
     status.add_argument("--service", metavar="NAME", help="only this service")
     status.add_argument("--class", dest="portClass", choices=PORT_CLASSES,
                         help="only listeners on ports of this class, and their connections")
@@ -581,14 +611,17 @@ def makeParser(stdout, stderr) -> argparse.ArgumentParser:
         "reload", stdout=stdout, stderr=stderr,
         help="make a running portserver re-read its config",
         description="Send SIGHUP to the portserver whose pid twistd wrote to the pid "
-                    "file, then wait for the outcome in its status service: exit 0 when "
-                    "the new config is in force, 1 when it was rejected (the errors are "
-                    "printed; the old config stays in force).")
+                    "file (once it is checked to be a live portserver), then wait for the "
+                    "outcome in its status service: exit 0 when the new config is in "
+                    "force; 1 when it was rejected (the errors are printed; the old config "
+                    "stays in force) or nothing was sent (e.g. a stale pid file); 3 when "
+                    "the signal was sent but no outcome could be read.")
     reload.add_argument("--pidfile", default=DEFAULT_PIDFILE, metavar="PATH",
                         help="twistd's pid file [default: %(default)s]")
     _whereArguments(reload)
     reload.add_argument("--timeout", type=float, default=RELOAD_TIMEOUT, metavar="SECONDS",
-                        help="how long to wait for the outcome [default: %(default)s]")
+                        help="how long to wait for the outcome (then exit 3) "
+                             "[default: %(default)s]")
     reload.add_argument("--no-wait", action="store_true",
                         help="send the signal and exit, without asking for the outcome")
     reload.set_defaults(run=runReload)
@@ -620,8 +653,20 @@ class _NoTokenOption(argparse.Action):
 
 
 def _statusBase(args) -> str:
+    """
+    The status service's base URL: C{--url}, C{--config}'s, the runtime file's (then
+    its config gives the token), or the bundled config's.
+    """
     if args.url is not None:
         return args.url.rstrip("/")
+    runtime = getattr(args, "runtime", None)
+    if args.config is None and runtime is not None:
+        args.config = runtime.get("config")
+        if runtime.get("status_url"):
+            return runtime["status_url"].rstrip("/")
+        if args.config is None:
+            raise CLIError(f"portserver pid {runtime['pid']} names no status service "
+                           "in its runtime file; use --url or --config")
     if args.config is None:
         from portserver.tap import bundledConfigPath
         args.config = bundledConfigPath()
@@ -648,6 +693,8 @@ def runStatus(args, stdout, fetch: Callable[..., dict], now: Callable[[], float]
 
     @raise CLIError: the service cannot be found, does not answer, or wants a token.
     """
+    if args.url is None and args.config is None:
+        args.runtime = findRuntime(args.pidfile, _commandLineReader(args), _warner(args))
     base, fetch, source = _connect(args, fetch)
     try:
         if urllib.parse.urlsplit(base).scheme not in ("http", "https"):
@@ -658,6 +705,11 @@ def runStatus(args, stdout, fetch: Callable[..., dict], now: Callable[[], float]
     except (FetchError, OSError, ValueError, http.client.HTTPException) as e:
         reason = str(e) if isinstance(e, FetchError) else _reason(e)
         raise CLIError(f"no status service answers at {base} ({reason})") from None
+    runtime = getattr(args, "runtime", None)
+    served = _servedPid(status["summary"])
+    if runtime is not None and served is not None and served != runtime["pid"]:
+        raise CLIError(f"the status service at {base} is portserver pid {served}, not pid "
+                       f"{runtime['pid']} of {runtime['path']}; use --url or --config")
     status = applyFilters(status, args.service, args.portClass)
     if args.json:
         stdout.write(json.dumps(status, indent=2) + "\n")
@@ -684,6 +736,81 @@ def readPid(path: str) -> int:
     if not text.isdigit() or int(text) <= 0:
         raise CLIError(f"the pid file {path} holds no process id ({text[:40]!r})")
     return int(text)
+
+
+# -- which process -------------------------------------------------------------------------
+
+#: What L{processState} finds at a pid.
+GONE, PORTSERVER, OTHER, UNKNOWN = "gone", "portserver", "other", "unknown"
+
+
+def processState(pid: int, readCommandLine=commandLine, kill=os.kill):
+    """
+    What runs as process C{pid}: L{GONE} (nothing), L{PORTSERVER} (twistd's
+    C{portserver}, L{isPortserverCommand}), L{OTHER} (another program), or L{UNKNOWN}
+    (a live process whose command line cannot be read: no C{/proc}, or not allowed).
+
+    @param readCommandLine: C{readCommandLine(pid)}, the process's arguments, L{None}
+        when unreadable; raises L{ProcessLookupError} for no such process
+        (L{portserver.runtime.commandLine}).
+    @param kill: L{os.kill}, to ask (signal 0) whether an unreadable process exists.
+    @return: the state and the command line (or L{None}).
+    """
+    try:
+        argv = readCommandLine(pid)
+    except ProcessLookupError:
+        return GONE, None
+    if argv is None:
+        try:
+            kill(pid, 0)
+        except ProcessLookupError:
+            return GONE, None
+        except PermissionError:
+            pass  # it exists, as another user's
+        return UNKNOWN, None
+    return (PORTSERVER if isPortserverCommand(argv) else OTHER), argv
+
+
+def findRuntime(pidfile: str, readCommandLine=commandLine, warn=lambda message: None,
+                kill=os.kill) -> dict | None:
+    """
+    The runtime file that goes with C{pidfile} (L{portserver.runtime.runtimePath}),
+    with its C{path} added, when its pid is a live portserver (or a live process that
+    cannot be checked: the status service's C{pid} is then compared); else L{None}, and
+    C{warn(message)} says why a file that exists is ignored.
+    """
+    path = runtimePath(os.path.abspath(pidfile))
+    runtime = readRuntime(path)
+    if runtime is None:
+        if os.path.exists(path):
+            warn(f"ignoring {path}: not a portserver runtime file")
+        return None
+    pid = runtime["pid"]
+    state, argv = processState(pid, readCommandLine, kill)
+    if state == GONE:
+        warn(f"ignoring {path}: its pid {pid} is not running (stale)")
+        return None
+    if state == OTHER:
+        warn(f"ignoring {path}: its pid {pid} is not portserver ({describeCommand(argv)})")
+        return None
+    runtime["path"] = path
+    return runtime
+
+
+def _servedPid(summary: dict) -> int | None:
+    pid = summary.get("pid") if isinstance(summary, dict) else None
+    return pid if type(pid) is int else None
+
+
+def _commandLineReader(args):
+    return getattr(args, "readCommandLine", None) or commandLine
+
+
+def _warner(args):
+    stderr = getattr(args, "stderr", None)
+    if stderr is None:
+        return lambda message: None
+    return lambda message: stderr.write(f"{PROGRAM} {args.command}: {message}\n")
 
 
 def _reloadCount(summary: dict) -> int | None:
@@ -714,42 +841,76 @@ def _describeReload(outcome: dict) -> str:
 
 
 def runReload(args, stdout, fetch: Callable[[str], dict], now: Callable[[], float],
-              kill=os.kill, sleep=time.sleep) -> int:
+              kill=os.kill, sleep=time.sleep, readCommandLine=None) -> int:
     """
-    C{portserver reload}: SIGHUP the server, then (unless C{--no-wait}) poll its status
-    service until the reload count goes up, and print the outcome.
+    C{portserver reload}: check that the pid file's process is a live portserver, SIGHUP
+    it, then (unless C{--no-wait}) poll its status service until the reload count goes
+    up, and print the outcome.
 
-    @return: 0 when the reload was applied (or only sent), 1 when rejected.
-    @raise CLIError: no pid, no such process, or no outcome within C{--timeout}; or the
-        status service wants a token (then no signal is sent).
+    The process is portserver when its command line says so (L{processState}) or when
+    the status service reports its pid; a status service that reports another pid is
+    another server's, and nothing is sent.
+
+    @return: L{EXIT_OK} when the reload was applied (or only sent), L{EXIT_FAILED} when
+        rejected.
+    @raise CLIError: no pid; a stale pid file (no such process, or another program);
+        a process that cannot be checked; the status service of another server, or
+        one that wants a token. Nothing is sent then.
+    @raise Unconfirmed: SIGHUP was sent, but no status service answers, or none
+        reported the outcome within C{--timeout}.
     """
+    readCommandLine = readCommandLine or _commandLineReader(args)
     pid = readPid(args.pidfile)
-    base = None
+    state, argv = processState(pid, readCommandLine, kill)
+    if state == GONE:
+        raise CLIError(f"stale pid file {args.pidfile}: pid {pid} is not running "
+                       "(portserver stopped without removing it?); nothing was signalled")
+    if state == OTHER:
+        raise CLIError(f"stale pid file {args.pidfile}: pid {pid} is not portserver but "
+                       f"{describeCommand(argv)!r}; nothing was signalled")
+    if args.url is None and args.config is None:
+        runtime = findRuntime(args.pidfile, readCommandLine, _warner(args), kill)
+        args.runtime = runtime if runtime is not None and runtime["pid"] == pid else None
+    base = summaryURL = summary = None
+    why = ""
     if not args.no_wait:
         base, fetch, source = _connect(args, fetch)
-    summaryURL = None if base is None else _api(base, "/api/summary")
-    before = None
-    if summaryURL is not None:
+        summaryURL = _api(base, "/api/summary")
         try:
-            before = _reloadCount(fetch(summaryURL))
+            summary = fetch(summaryURL)
         except Unauthorized:
             raise CLIError(unauthorizedMessage(base, source) + " (or use --no-wait to "
-                           "only send the signal)") from None
-        except (FetchError, OSError, ValueError, http.client.HTTPException):
-            before = None
+                           "only send the signal); nothing was signalled") from None
+        except (FetchError, OSError, ValueError, http.client.HTTPException) as e:
+            why = str(e) if isinstance(e, FetchError) else _reason(e)
+    served = _servedPid(summary)
+    if served is not None and served != pid:
+        raise CLIError(f"the status service at {base} is portserver pid {served}, not pid "
+                       f"{pid} from {args.pidfile}: name this server's status service with "
+                       "--url or --config; nothing was signalled")
+    if state == UNKNOWN and served != pid:
+        how = ("its status service does not say (use it: drop --no-wait)" if args.no_wait
+               else f"no status service answers at {base} ({why})" if summary is None
+               else f"the status service at {base} does not report its pid")
+        raise CLIError(f"cannot check that pid {pid} (from {args.pidfile}) is portserver: "
+                       f"its command line cannot be read, and {how}; nothing was signalled")
     try:
         kill(pid, signal.SIGHUP)
     except ProcessLookupError:
-        raise CLIError(f"no process {pid} (from {args.pidfile}): is the pid file "
-                       "stale?") from None
+        raise CLIError(f"stale pid file {args.pidfile}: pid {pid} is not running; nothing "
+                       "was signalled") from None
     except PermissionError:
         raise CLIError(f"not allowed to signal process {pid} (from {args.pidfile}): run "
                        "as its user") from None
+    if args.no_wait:
+        stdout.write(f"sent SIGHUP to portserver (pid {pid}); the outcome is in its log\n")
+        return EXIT_OK
+    before = None if summary is None else _reloadCount(summary)
     if before is None:
-        why = "" if args.no_wait else f" (no status service answers at {base})"
-        stdout.write(f"sent SIGHUP to portserver (pid {pid}){why}; the outcome is in its "
-                     "log\n")
-        return 0
+        reason = (f"no status service answers at {base} ({why})" if summary is None
+                  else f"the status service at {base} does not report reloads")
+        raise Unconfirmed(f"sent SIGHUP to portserver (pid {pid}), but {reason}: the "
+                          "outcome is unknown; see the server's log")
     deadline = now() + args.timeout
     while True:
         try:
@@ -761,14 +922,16 @@ def runReload(args, stdout, fetch: Callable[[str], dict], now: Callable[[], floa
                                                                 dict):
             outcome = summary["last_reload"]
             stdout.write(_describeReload(outcome))
-            return 0 if outcome.get("result") == "applied" else 1
+            return EXIT_OK if outcome.get("result") == "applied" else EXIT_FAILED
         if now() >= deadline:
-            raise CLIError(f"sent SIGHUP to pid {pid}, but {base} reported no reload "
-                           f"within {args.timeout:g}s; see the server's log")
+            raise Unconfirmed(f"sent SIGHUP to portserver (pid {pid}), but {base} reported "
+                              f"no reload within {args.timeout:g}s: the outcome is unknown; "
+                              "see the server's log")
         sleep(0.1)
 
 
-def main(argv=None, stdout=None, stderr=None, fetch=None, now=None, environ=None) -> int:
+def main(argv=None, stdout=None, stderr=None, fetch=None, now=None, environ=None,
+         readCommandLine=None) -> int:
     """
     Run C{portserver} with C{argv} (default: the process's arguments).
 
@@ -777,7 +940,11 @@ def main(argv=None, stdout=None, stderr=None, fetch=None, now=None, environ=None
         L{FetchError} (L{Unauthorized} for a 401).
     @param now: the time now, in seconds since the epoch, for connection ages.
     @param environ: the environment, for C{PORTSERVER_TOKEN} (default: L{os.environ}).
-    @return: the exit status: 0, 1 when the service cannot be asked, 2 for bad usage.
+    @param readCommandLine: a process's arguments by pid (default:
+        L{portserver.runtime.commandLine}, from C{/proc}).
+    @return: the exit status: L{EXIT_OK}; L{EXIT_FAILED} when the service cannot be
+        asked, the pid file is stale, or a reload was rejected; L{EXIT_USAGE} for bad
+        usage; L{EXIT_UNCONFIRMED} when a reload was sent but its outcome is unknown.
     """
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
@@ -787,11 +954,13 @@ def main(argv=None, stdout=None, stderr=None, fetch=None, now=None, environ=None
     except _Exit as e:
         return e.status
     args.environ = os.environ if environ is None else environ
+    args.readCommandLine = readCommandLine
+    args.stderr = stderr
     try:
         return args.run(args, stdout, fetch or fetchJSON, now or time.time)
     except CLIError as e:
         stderr.write(f"{PROGRAM} {args.command}: {e}\n")
-        return 1
+        return e.status
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ The status web service: what a L{PortServer}'s registry knows, over HTTP.
     GET /api/connections   live connections: ?service=NAME, ?state=open|closed,
                            ?transport=tcp|udp (live UDP flows with udp)
     GET /api/listeners     every listener with its live connection count
-    GET /api/summary       totals by port class and privilege, version, config path
+    GET /api/summary       totals by port class and privilege, version, pid, config path
     GET /api/history       live connections and accepts per service, once a second for
                            the last 10 minutes (L{portserver.status.history})
     GET /metrics           Prometheus text exposition
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 from time import perf_counter
 
 import attrs
@@ -223,7 +224,8 @@ class Listeners(JSONPage):
 
 class Summary(JSONPage):
     """
-    C{GET /api/summary}: the registry's summary, the version and the config path, and the
+    C{GET /api/summary}: the registry's summary, the version, the process id (C{pid}:
+    C{portserver reload} checks it is the pid it signals) and the config path, and the
     server's C{state}: C{"serving"}, or C{"draining"} while stopping (with C{remaining},
     the TCP connections still live, and C{drain_left}, the seconds until they are
     aborted); C{config_generation} (1 as started, +1 per reload applied),
@@ -241,6 +243,7 @@ class Summary(JSONPage):
         summary = server.registry.summary(server.boundListeners())
         summary.update(server.drainState())
         summary["version"] = portserver.__version__
+        summary["pid"] = os.getpid()
         summary["config"] = server.plan.config.path
         summary["config_generation"] = server.generation
         summary["config_loaded_at"] = server.loadedAt
