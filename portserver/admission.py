@@ -151,7 +151,7 @@ class Admission:
         self._allows = lru_cache(maxsize=CACHE_SIZE)(access.allows) if access else None
         self._open = not access and self._maxConnections is None \
             and self._maxPerSource is None and self._rate is None
-        self._banner = None if limits.banner is None else limits.banner.encode() + b"\r\n"
+        self._banners = {reason: line.encode() + b"\r\n" for reason, line in limits.banner}
         if self._rate is None:
             self._buckets.clear()
         else:
@@ -164,12 +164,11 @@ class Admission:
                     networks[network] = networks.get(network, 0) + count
             self._networks = networks
 
-    @property
-    def banner(self) -> bytes | None:
+    def banner(self, reason: str) -> bytes | None:
         """
-        The line to send a refused connection (with its CRLF), or L{None}.
+        The line to send a connection refused for C{reason} (with its CRLF), or L{None}.
         """
-        return self._banner
+        return self._banners.get(reason)
 
     def allows(self, host: str) -> bool:
         """

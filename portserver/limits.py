@@ -32,6 +32,44 @@ def _prefix(value) -> str | None:
 
 SECONDS = "a number of seconds, or null for none"
 
+#: The refusal reasons a banner can be given for (C{limits.banner} as a mapping). A
+#: single line is for the overload reasons only: a peer the access rules deny is not
+#: told to "try later".
+BANNER_REASONS = ("denied", "max-connections", "max-per-source", "rate-per-source")
+OVERLOAD_REASONS = BANNER_REASONS[1:]
+
+
+def _oneLine(value) -> bool:
+    return "\n" not in value and "\r" not in value
+
+
+def _bannerProblem(value) -> str | None:
+    if isinstance(value, str):
+        return None if _oneLine(value) else "must be one line"
+    if isinstance(value, dict):
+        for reason, line in value.items():
+            if reason not in BANNER_REASONS:
+                return (f"has unknown refusal reason {reason!r} "
+                        f"(known: {', '.join(BANNER_REASONS)})")
+            if line is not None and not (isinstance(line, str) and _oneLine(line)):
+                return f"{reason!r} must be one line of text, or null"
+    return None
+
+
+def bannerLines(value) -> tuple[tuple[str, str], ...]:
+    """
+    C{limits.banner} as (reason, line) pairs: a single line stands for every overload
+    reason (L{OVERLOAD_REASONS}); a mapping gives each reason its own, null or absent
+    for none.
+    """
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple((reason, value) for reason in OVERLOAD_REASONS)
+    if isinstance(value, dict):
+        value = value.items()
+    return tuple((reason, line) for reason, line in value if line is not None)
+
 #: The keys of a C{limits:} mapping (service or top level). None means no limit.
 LIMITS_SCHEMA: dict[str, Option] = {
     "max_connections": Option((int, type(None)), None,
@@ -57,9 +95,9 @@ LIMITS_SCHEMA: dict[str, Option] = {
                          lambda v: None if v is None or v >= 1 else "must be 1 or more bytes",
                          describe="a number of bytes, or null for no cap"),
     "close_grace": Option((int, float), 10, _positive("seconds"), describe="seconds"),
-    "banner": Option((str, type(None)), None,
-                     lambda v: None if v is None or ("\n" not in v and "\r" not in v)
-                     else "must be one line", describe="one line of text, or null"),
+    "banner": Option((str, dict, type(None)), None, lambda v: _bannerProblem(v),
+                     describe="one line of text, a mapping of refusal reason to a line "
+                              "(or null), or null"),
 }
 
 
@@ -78,7 +116,9 @@ class Limits:
     @ivar maxOutput: bytes of output not yet taken by the peer before the connection is
         aborted.
     @ivar closeGrace: seconds a close may take before the connection is aborted.
-    @ivar banner: a line sent to a refused connection before it is closed.
+    @ivar banner: the line sent to a connection refused for each reason before it is
+        closed, as (reason, line) pairs (see L{bannerLines}: a single line or a mapping
+        is taken too).
     """
 
     maxConnections: int | None = None
@@ -90,7 +130,7 @@ class Limits:
     deadline: float | None = None
     maxOutput: int | None = 1024 * 1024
     closeGrace: float = 10.0
-    banner: str | None = None
+    banner: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=bannerLines)
 
     @classmethod
     def fromOptions(cls, values: Mapping[str, Any]) -> "Limits":
@@ -103,6 +143,15 @@ class Limits:
             rateBurst=values["rate_burst"], idleTimeout=values["idle_timeout"],
             deadline=values["deadline"], maxOutput=values["max_output"],
             closeGrace=float(values["close_grace"]), banner=values["banner"])
+
+    def bannerFor(self, reason: str) -> str | None:
+        """
+        The line for a connection refused for C{reason}, or L{None}.
+        """
+        for known, line in self.banner:
+            if known == reason:
+                return line
+        return None
 
     @property
     def burst(self) -> int | None:

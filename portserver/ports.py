@@ -4,6 +4,7 @@ Port numbers: the IANA classes, this host's privileged rule, and service names.
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from typing import Callable
@@ -71,6 +72,30 @@ class PrivilegeRule:
         except (OSError, ValueError):
             return cls(1024, "default (sysctl unreadable)")
         return cls(value, "net.ipv4.ip_unprivileged_port_start")
+
+
+#: The capability that lets a process bind privileged ports (linux/capability.h).
+CAP_NET_BIND_SERVICE = 10
+PROCESS_STATUS_FILE = "/proc/self/status"
+
+
+def canBindPrivileged(euid: Callable[[], int] = os.geteuid,
+                      statusFile: str = PROCESS_STATUS_FILE) -> bool:
+    """
+    Whether this process may bind privileged ports: it runs as root, or holds
+    C{CAP_NET_BIND_SERVICE} in its effective set (C{CapEff} in C{/proc/self/status}).
+    Where the set cannot be read, only root is assumed able to.
+    """
+    if euid() == 0:
+        return True
+    try:
+        with open(statusFile) as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_BIND_SERVICE & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 def lookupServicePort(name: str, transport: str,

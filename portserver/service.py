@@ -25,6 +25,7 @@ from twisted.logger import Logger
 
 from portserver import udp
 from portserver.admission import Admission
+from portserver.logfilter import quietPortChatter
 from portserver.plan import Listener, Plan
 from portserver.registry import CLOSED, SHUTDOWN, Registry
 from portserver.tracking import (
@@ -56,26 +57,84 @@ def _reason(error: BaseException) -> tuple[int | None, str]:
     return code, (f"[Errno {code}] {text}" if code else text)
 
 
-def bindFailureMessage(listener: Listener, error: BaseException) -> str:
+#: What an operator can do about a privileged port this process may not bind.
+PRIVILEGED_REMEDY = (
+    "privileged ports need root or CAP_NET_BIND_SERVICE: start as root and drop "
+    "privileges with `twistd --uid=USER --gid=GROUP portserver ...`, or grant the Python "
+    "binary CAP_NET_BIND_SERVICE (setcap 'cap_net_bind_service=+ep'), or run unprivileged "
+    "with `--port-offset N` (e.g. 10000)")
+
+
+def bindFailure(listener: Listener, error: BaseException) -> tuple[str, str | None]:
     """
-    One message naming the service, transport, address, port and OS error, with the
-    remedies an operator has for the usual causes.
+    What went wrong binding C{listener}: one line naming the service, transport,
+    address, port and OS error, and the remedy an operator has for the usual causes
+    (L{None} when there is none to give).
     """
     code, reason = _reason(error)
-    message = f"cannot listen for service {listener.service!r}: {listener.describe()}: {reason}"
+    line = f"cannot listen for service {listener.service!r}: {listener.describe()}: {reason}"
+    remedy = None
     if code in (errno.EACCES, errno.EPERM) and listener.privileged:
-        message += (
-            f"\n  port {listener.port} is privileged on this host; either start as root and "
-            "drop privileges with `twistd --uid=USER --gid=GROUP portserver ...`, or grant "
-            "the Python binary CAP_NET_BIND_SERVICE (setcap 'cap_net_bind_service=+ep'), or "
-            "run unprivileged with `--port-offset N` (e.g. 10000)")
+        remedy = PRIVILEGED_REMEDY
     elif code == errno.EADDRINUSE:
-        message += (f"\n  another program holds {listener.transport} port {listener.port}: "
-                    f"find it with `ss -lnp{'t' if listener.transport == 'tcp' else 'u'} "
-                    f"'sport = :{listener.port}'`")
+        remedy = (f"another program holds {listener.transport} port {listener.port}: "
+                  f"find it with `ss -lnp{'t' if listener.transport == 'tcp' else 'u'} "
+                  f"'sport = :{listener.port}'`")
     elif code == errno.EADDRNOTAVAIL:
-        message += f"\n  {listener.interface} is not an address of this host"
-    return message
+        remedy = f"{listener.interface} is not an address of this host"
+    return line, remedy
+
+
+def bindFailureMessage(listener: Listener, error: BaseException) -> str:
+    """
+    L{bindFailure} as one message: the line, then the remedy indented below it.
+    """
+    line, remedy = bindFailure(listener, error)
+    return line if remedy is None else f"{line}\n  {remedy}"
+
+
+def groupFailures(messages: list[str]) -> str:
+    """
+    Many failure messages (L{bindFailureMessage}'s, or any other) as one: each
+    message's first line, in order, then each distinct remedy once (twelve privileged
+    ports refused give twelve lines and one remedy, not the remedy twelve times).
+    """
+    lines, remedies = [], []
+    for message in messages:
+        first, *rest = message.split("\n")
+        lines.append(first)
+        for remedy in rest:
+            if remedy not in remedies:
+                remedies.append(remedy)
+    return "\n".join(lines + remedies)
+
+
+def preflight(listeners, family=socket.getaddrinfo) -> list[str]:
+    """
+    Try to bind each of C{listeners} with a plain socket, closed at once, and return a
+    L{bindFailureMessage} for each that fails (port 0 always binds, and is skipped).
+
+    C{twistd} binds in C{privilegedStartService}, after it has forked into the
+    background and started its log, where a failure can only reach the log (and the
+    daemon's parent prints a truncated repr of it). Run before that, in the
+    foreground, this gives the operator the reasons at once, on the terminal.
+    """
+    failures = []
+    for listener in listeners:
+        if listener.port == 0:
+            continue
+        kind = socket.SOCK_STREAM if listener.transport == "tcp" else socket.SOCK_DGRAM
+        try:
+            info = family(listener.interface, listener.port, 0, kind)[0]
+            with socket.socket(info[0], kind) as probe:
+                if kind == socket.SOCK_STREAM:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if info[0] == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind(info[4])
+        except OSError as e:
+            failures.append(bindFailureMessage(listener, e))
+    return failures
 
 
 def ownTransportClass(port) -> None:
@@ -678,7 +737,7 @@ class PortServer(MultiService):
         if failures:
             for child in self.listeners:
                 child.unbind()
-            raise StartupError("\n".join(failures))
+            raise StartupError(groupFailures(failures))
 
     def privilegedStartService(self):
         self.bindAll()
@@ -970,7 +1029,12 @@ class ServerTree(MultiService):
     """
     The whole server (the L{PortServer} and the status service): every child starts, or
     start-up fails with L{StartupError} and what had already bound is released.
+
+    @ivar quiet: drop Twisted's own port chatter from the log once start-up begins
+        (L{portserver.logfilter}); set by C{makeService} under twistd only.
     """
+
+    quiet = False
 
     def _startAll(self, method: str) -> None:
         started = []
@@ -984,6 +1048,8 @@ class ServerTree(MultiService):
             raise
 
     def privilegedStartService(self):
+        if self.quiet:
+            quietPortChatter()
         Service.privilegedStartService(self)
         self._startAll("privilegedStartService")
 

@@ -15,6 +15,8 @@ from twisted.python import usage
 from portserver.config import ConfigError
 from portserver.plan import formatPlan, loadPlan
 from portserver.plugins import DuplicateProtocolError, discover, formatProtocols
+from portserver.ports import canBindPrivileged
+from portserver.service import PRIVILEGED_REMEDY, groupFailures, preflight
 
 log = Logger()
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -52,8 +54,11 @@ class Options(usage.Options):
         ["list-protocols", None, "List the protocol plugins found, and exit."],
     ]
 
-    def __init__(self, stdout=None, stderr=None, discover=discover, loadPlan=loadPlan):
+    def __init__(self, stdout=None, stderr=None, discover=discover, loadPlan=loadPlan,
+                 preflight=preflight, canBindPrivileged=canBindPrivileged):
         super().__init__()
+        self._preflight = preflight
+        self._canBindPrivileged = canBindPrivileged
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr
         self._discover = discover
@@ -85,22 +90,45 @@ class Options(usage.Options):
             self.fail(f"portserver: {path}: {e.report()}")
         if self["check"]:
             print(formatPlan(plan), file=self.stdout)
+            warning = self._privilegeWarning(plan)
+            if warning:
+                print(warning, file=self.stdout)
             print(f"portserver: {path}: configuration is valid", file=self.stdout)
             raise SystemExit(0)
+        if isinstance(self.parent, dict):
+            # Run by twistd: say now, on the terminal, which ports cannot be bound,
+            # before twistd forks into the background and starts its log.
+            failures = self._preflight(plan.listeners)
+            if failures:
+                self.fail(f"portserver: {groupFailures(failures)}")
         self["plan"] = plan
+
+    def _privilegeWarning(self, plan) -> str | None:
+        """
+        For C{--check}: a warning when the plan has privileged ports and this user may
+        not bind them (the config is valid all the same), with the remedies.
+        """
+        ports = sorted({l.port for l in plan.listeners if l.privileged})
+        if not ports or self._canBindPrivileged():
+            return None
+        return (f"portserver: warning: {len(ports)} privileged port(s) "
+                f"({', '.join(map(str, ports))}; below {plan.rule.unprivilegedStart}) "
+                f"cannot be bound by this user (uid {os.geteuid()}):\n  {PRIVILEGED_REMEDY}")
 
 
 def _startupExceptHook(previous):
     """
-    An C{excepthook} that prints a L{StartupError} as its message alone: twistd lets an
-    exception from C{privilegedStartService} reach the top, and a traceback is not a
-    message for an operator. Anything else goes to the previous hook.
+    An C{excepthook} that logs a L{StartupError} as its message alone, as one critical
+    event: twistd lets an exception from C{privilegedStartService} reach the top (its log
+    has begun by then), and a traceback is not a message for an operator. Anything else
+    goes to the previous hook.
     """
     from portserver.service import StartupError
 
     def hook(kind, value, tb):
         if issubclass(kind, StartupError):
-            print(f"portserver: {value}", file=sys.stderr)
+            # One event, not a "[stderr#error]" line per line of the message.
+            log.critical("portserver: {error}", error=str(value))
         else:
             previous(kind, value, tb)
 
@@ -175,6 +203,7 @@ def makeService(options, reactor=None):
     sys.excepthook = _startupExceptHook(sys.excepthook)
     plan = options["plan"]
     tree = ServerTree()
+    tree.quiet = takeSignals
     server = PortServer(plan, reactor)
     server.setName("portserver")
     reloader = Reloader(server, plan.config.path, plan.portOffset,

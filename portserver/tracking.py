@@ -641,8 +641,9 @@ class TrackingFactory(_Wrapping, ServerFactory):
         admission = self.admission
         admitted = None
         if admission is not None and host is not None:
-            if admission.admit(host) is not None:
-                return self.refuse()
+            reason = admission.admit(host)
+            if reason is not None:
+                return self.refuse(reason)
             admitted = host
         try:
             protocol = self.wrapped.buildProtocol(addr)
@@ -657,12 +658,12 @@ class TrackingFactory(_Wrapping, ServerFactory):
         cls = HalfCloseableTracker if IHalfCloseableProtocol.providedBy(protocol) else Tracker
         return cls(protocol, self, None if host is None else (host, addr.port), admitted)
 
-    def refuse(self):
+    def refuse(self, reason: str):
         """
-        The protocol for a peer the admission refused: L{None} (Twisted closes the
-        socket at once) or, with a banner, a L{Refusal}.
+        The protocol for a peer the admission refused for C{reason}: L{None} (Twisted
+        closes the socket at once) or, with a banner for that reason, a L{Refusal}.
         """
-        banner = self.admission.banner
+        banner = self.admission.banner(reason)
         if not banner:
             return None
         return Refusal(banner, self.clock, self.closeGrace)

@@ -346,12 +346,29 @@ class UpdateTests(SynchronousTestCase):
 
     def test_banner(self):
         """
-        The banner is the configured line with CRLF, or L{None}; a reload changes it.
+        A single banner line, with CRLF, is for the overload reasons only: a denied peer
+        is not told to try later. A reload changes it.
         """
         h = Harness()
-        self.assertIsNone(h.admission.banner)
+        self.assertIsNone(h.admission.banner(MAX_CONNECTIONS))
         h.admission.update(Limits(banner="busy, try later"), AccessRules())
-        self.assertEqual(h.admission.banner, b"busy, try later\r\n")
+        for reason in (MAX_CONNECTIONS, MAX_PER_SOURCE, RATE_PER_SOURCE):
+            self.assertEqual(h.admission.banner(reason), b"busy, try later\r\n")
+        self.assertIsNone(h.admission.banner(DENIED))
+
+    def test_bannerPerReason(self):
+        """
+        A mapping gives each refusal reason its own line; a reason left out or null
+        gets none.
+        """
+        h = Harness()
+        h.admission.update(Limits(banner={"denied": "not for you", "rate-per-source":
+                                          "slow down", "max-connections": None}),
+                           AccessRules())
+        self.assertEqual(h.admission.banner(DENIED), b"not for you\r\n")
+        self.assertEqual(h.admission.banner(RATE_PER_SOURCE), b"slow down\r\n")
+        self.assertIsNone(h.admission.banner(MAX_CONNECTIONS))
+        self.assertIsNone(h.admission.banner(MAX_PER_SOURCE))
 
     def test_openFastPath(self):
         """

@@ -458,15 +458,19 @@ class Fake:
     C{refuse}, records every call.
     """
 
-    def __init__(self, refuse=(), banner=None):
+    def __init__(self, refuse=(), banner=None, reason="max-connections"):
         self.refuse = set(refuse)
-        self.banner = banner
+        self.banners = {} if banner is None else {reason: banner}
+        self.reason = reason
         self.admitted = []
         self.released = []
 
+    def banner(self, reason):
+        return self.banners.get(reason)
+
     def admit(self, host):
         if host in self.refuse:
-            return "denied"
+            return self.reason
         self.admitted.append(host)
         return None
 
@@ -513,6 +517,16 @@ class AdmissionTests(SynchronousTestCase):
         self.assertFalse(protocol.connected)
         self.assertEqual(served.clock.getDelayedCalls(), [])
         self.assertEqual((served.built, admission.released, len(served.registry)), ([], [], 0))
+
+    def test_bannerIsPerReason(self):
+        """
+        A peer refused for a reason that has no banner (the banner is for
+        C{max-connections}, the peer is C{denied}) gets none: the socket is closed.
+        """
+        admission = Fake(refuse={"127.0.0.2"}, banner=b"busy\r\n")
+        admission.reason = "denied"
+        served = Served(admission=admission)
+        self.assertIsNone(served.factory.buildProtocol(PEER))
 
     def test_bannerClosedInTime(self):
         """

@@ -76,6 +76,23 @@ class LayeringTests(SynchronousTestCase):
         self.assertEqual(Limits(ratePerSource=2.5, rateBurst=10).burst, 10)
         self.assertIsNone(Limits().burst)
 
+    def test_bannerMapping(self):
+        """
+        C{banner} as a mapping names refusal reasons; an unknown reason or a line of two
+        lines is a located error naming the known reasons.
+        """
+        _, _, problems = load(
+            "services:\n"
+            "  - name: e\n"
+            "    protocol: echo\n"
+            "    limits: {banner: {denied: \"no\", overloaded: \"busy\"}}\n")
+        self.assertEqual(len(problems), 1)
+        self.assertIn("service 'e': limits: 'banner' has unknown refusal reason "
+                      "'overloaded' (known: denied, max-connections, max-per-source, "
+                      "rate-per-source)", problems[0])
+        self.assertEqual(Limits(banner={"denied": "no", "max-connections": None}).banner,
+                         (("denied", "no"),))
+
     def test_errorsLocated(self):
         """
         Every bad limit, access item and drain is reported at once, at its line, with the

@@ -96,13 +96,14 @@ class LimitsLiveTests(TestCase):
 
     def test_accessRules(self):
         """
-        A denied block is refused, and a more specific allow inside it is served.
+        A denied block is refused (with the banner given for C{denied}), and a more
+        specific allow inside it is served.
         """
         server, port = self.serve(
             "access: {deny: [127.0.0.0/8]}\n"
             "services:\n  - name: echo\n    protocol: echo\n    port: 0\n"
             "    interface: 127.0.0.1\n    access: {allow: [127.0.0.3/32]}\n"
-            "    limits: {banner: go away}\n")
+            "    limits: {banner: {denied: go away, max-connections: busy}}\n")
 
         def clients():
             denied, refused = connect(port, "127.0.0.2")
@@ -115,6 +116,27 @@ class LimitsLiveTests(TestCase):
             refused, served = result
             self.assertEqual(refused, b"go away\r\n")
             self.assertEqual(served, b"ping")
+            self.assertEqual(server.registry.refused[("echo", "denied")], 1)
+
+        return deferToThread(clients).addCallback(check)
+
+    def test_deniedPeerNotToldToTryLater(self):
+        """
+        A single-line banner is for overload: a denied peer gets no "try later" line,
+        its connection is just closed.
+        """
+        server, port = self.serve(
+            "services:\n  - name: echo\n    protocol: echo\n    port: 0\n"
+            "    interface: 127.0.0.1\n    access: {deny: [127.0.0.2/32]}\n"
+            "    limits: {banner: \"busy, try later\"}\n")
+
+        def clients():
+            denied, refused = connect(port, "127.0.0.2")
+            denied.close()
+            return refused
+
+        def check(refused):
+            self.assertEqual(refused, b"")
             self.assertEqual(server.registry.refused[("echo", "denied")], 1)
 
         return deferToThread(clients).addCallback(check)

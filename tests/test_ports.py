@@ -13,6 +13,7 @@ from portserver.ports import (
     UNPRIVILEGED_START_FILE,
     WELL_KNOWN,
     PrivilegeRule,
+    canBindPrivileged,
     lookupServicePort,
     portClass,
 )
@@ -185,3 +186,34 @@ class LookupServicePortTests(SynchronousTestCase):
         """
         self.assertIsNone(lookupServicePort("\ud800", "tcp"))
 
+
+
+class CanBindPrivilegedTests(SynchronousTestCase):
+    """
+    L{canBindPrivileged}: root, or CAP_NET_BIND_SERVICE in the effective set.
+    """
+
+    def statusFile(self, capEff):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(f"Name:\tpython\nCapInh:\t0000000000000000\nCapEff:\t{capEff}\n")
+        return path
+
+    def test_root(self):
+        """
+        Root may, whatever the capability sets say.
+        """
+        self.assertTrue(canBindPrivileged(lambda: 0, self.statusFile("0" * 16)))
+
+    def test_capability(self):
+        """
+        A user with bit 10 (CAP_NET_BIND_SERVICE) in CapEff may; one without may not.
+        """
+        self.assertTrue(canBindPrivileged(lambda: 1000, self.statusFile("0000000000000400")))
+        self.assertFalse(canBindPrivileged(lambda: 1000, self.statusFile("00000000000003ff")))
+
+    def test_unreadable(self):
+        """
+        Where the status file cannot be read, only root is assumed able to.
+        """
+        self.assertFalse(canBindPrivileged(lambda: 1000, self.mktemp()))

@@ -10,7 +10,9 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from portserver.provider import PortProtocol
-from portserver.service import PortServer, StartupError
+from portserver.service import PRIVILEGED_REMEDY, PortServer, StartupError, preflight
+from portserver.plan import planListeners
+from portserver.ports import PrivilegeRule
 from tests.support import PortReactor, makePlan, spec
 
 
@@ -101,10 +103,28 @@ class PortServerTests(SynchronousTestCase):
         reactor = PortReactor(refuse={("tcp", 7): errno.EACCES})
         server = self.server(reactor, spec("echo"))
         message = str(self.assertRaises(StartupError, server.privilegedStartService))
-        self.assertIn("[Errno 13]", message)
-        self.assertIn("port 7 is privileged", message)
+        self.assertIn("echo/tcp 127.0.0.1:7: [Errno 13]", message)
+        self.assertIn("privileged ports need root", message)
         for remedy in ("--uid", "CAP_NET_BIND_SERVICE", "--port-offset"):
             self.assertIn(remedy, message)
+
+    def test_manyPrivilegedFailuresOneRemedy(self):
+        """
+        Six privileged listeners refused: one line per listener, in plan order, then the
+        remedies once (not six times).
+        """
+        refuse = {(t, p): errno.EACCES for t in ("tcp", "udp") for p in (7, 9, 13)}
+        reactor = PortReactor(refuse=refuse)
+        server = self.server(reactor, *(spec(n, transports=("tcp", "udp"))
+                                        for n in ("echo", "discard", "daytime")))
+        lines = str(self.assertRaises(StartupError, server.privilegedStartService)
+                    ).splitlines()
+        self.assertEqual(len(lines), 7)
+        self.assertEqual([l.split(": ")[1] for l in lines[:6]],
+                         ["echo/tcp 127.0.0.1:7", "echo/udp 127.0.0.1:7",
+                          "discard/tcp 127.0.0.1:9", "discard/udp 127.0.0.1:9",
+                          "daytime/tcp 127.0.0.1:13", "daytime/udp 127.0.0.1:13"])
+        self.assertEqual(lines[6], "  " + PRIVILEGED_REMEDY)
 
     def test_everyFailureReported(self):
         """
@@ -177,6 +197,45 @@ class PortServerTests(SynchronousTestCase):
               e["configuredPort"], e["privileged"]) for e in listening],
             [("echo", "echo", "tcp", "127.0.0.1", 10007, 7, False),
              ("echo", "echo", "udp", "127.0.0.1", 10007, 7, False)])
+
+
+class PreflightTests(SynchronousTestCase):
+    """
+    L{preflight} tries each listener's bind with a plain socket, before twistd forks.
+    """
+
+    def listeners(self, port, transports=("tcp", "udp")):
+        listeners, _ = planListeners([spec("echo", port=port, transports=transports)], 0,
+                                     PrivilegeRule(), True)
+        return listeners
+
+    def test_portInUse(self):
+        """
+        A TCP port another socket listens on is reported with the OS error and the
+        C{ss} remedy; the free UDP port of the same number is not.
+        """
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        failures = preflight(self.listeners(port))
+        self.assertEqual(len(failures), 1)
+        self.assertIn(f"echo/tcp 127.0.0.1:{port}: [Errno 98]", failures[0])
+        self.assertIn(f"ss -lnpt 'sport = :{port}'", failures[0])
+
+    def test_freePortsAndPortZero(self):
+        """
+        Free ports and port 0 pass, and nothing stays bound: the same ports bind again.
+        """
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        self.assertEqual(preflight(self.listeners(port)), [])
+        self.assertEqual(preflight(self.listeners(0)), [])
+        with socket.socket() as again:
+            again.bind(("127.0.0.1", port))
 
 
 class ServerTreeTests(SynchronousTestCase):

@@ -82,6 +82,57 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(self.exitCode("--config", self.configFile(BAD)), 1)
         self.assertIn("configuration error", self.stderr.getvalue())
 
+    def test_twistdPreflightFailureIsOneMessage(self):
+        """
+        Run by twistd, a plan whose ports cannot be bound stops in C{postOptions}, on
+        stderr, before twistd forks or starts its log: one line per listener, then each
+        remedy once, exit 1.
+        """
+        failures = [f"cannot listen for service 'echo': echo/{t} 127.0.0.1:7: "
+                    "[Errno 13] Permission denied\n  REMEDY" for t in ("tcp", "udp")]
+        self.stdout, self.stderr = io.StringIO(), io.StringIO()
+        options = tap.Options(stdout=self.stdout, stderr=self.stderr,
+                              discover=lambda: Discovery(dict(PROVIDERS), {}),
+                              preflight=lambda listeners: failures)
+        options.parent = {"pidfile": None}
+        self.assertEqual(self.assertRaises(SystemExit, options.parseOptions, []).code, 1)
+        self.assertEqual(self.stderr.getvalue().splitlines(), [
+            "portserver: cannot listen for service 'echo': echo/tcp 127.0.0.1:7: "
+            "[Errno 13] Permission denied",
+            "cannot listen for service 'echo': echo/udp 127.0.0.1:7: "
+            "[Errno 13] Permission denied",
+            "  REMEDY"])
+
+    def test_noPreflightOutsideTwistd(self):
+        """
+        Parsed outside twistd (no parent options), nothing is bound or probed.
+        """
+        probed = []
+        options = tap.Options(stdout=io.StringIO(), stderr=io.StringIO(),
+                              discover=lambda: Discovery(dict(PROVIDERS), {}),
+                              preflight=probed.append)
+        options.parseOptions([])
+        self.assertEqual(probed, [])
+
+    def test_checkWarnsWhenPrivilegedPortsCannotBeBound(self):
+        """
+        C{--check} by a user who may not bind privileged ports warns once, naming the
+        ports and the remedies, and still exits 0 for a valid config; a user who may
+        gets no warning.
+        """
+        for able, warned in ((False, True), (True, False)):
+            self.stdout, self.stderr = io.StringIO(), io.StringIO()
+            options = tap.Options(stdout=self.stdout, stderr=self.stderr,
+                                  discover=lambda: Discovery(dict(PROVIDERS), {}),
+                                  canBindPrivileged=lambda: able)
+            code = self.assertRaises(SystemExit, options.parseOptions, ["--check"]).code
+            self.assertEqual(code, 0)
+            out = self.stdout.getvalue()
+            self.assertEqual("privileged port(s) (7, 9, 13, 17, 19, 37; below" in out,
+                             warned)
+            self.assertEqual(out.count("setcap"), int(warned))
+            self.assertIn("configuration is valid", out)
+
     def test_missingConfigFile(self):
         """
         A config path that does not exist is reported by name.
@@ -148,17 +199,22 @@ class ExceptHookTests(SynchronousTestCase):
 
     def test_startupErrorIsAMessage(self):
         """
-        A L{StartupError} reaching the top prints "portserver: <message>" on stderr and
-        not a traceback; other exceptions go to the previous hook.
+        A L{StartupError} reaching the top is logged as one critical event,
+        "portserver: <message>" (not a "[stderr#error]" line per line, nor a traceback);
+        other exceptions go to the previous hook.
         """
+        from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
         from portserver.service import StartupError
 
-        seen = []
+        seen, events = [], []
         hook = tap._startupExceptHook(lambda *args: seen.append(args[0]))
-        stderr = io.StringIO()
-        self.patch(sys, "stderr", stderr)
-        hook(StartupError, StartupError("cannot listen for service 'echo'"), None)
-        self.assertEqual(stderr.getvalue(), "portserver: cannot listen for service 'echo'\n")
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        hook(StartupError, StartupError("cannot listen for service 'echo'\n  remedy"), None)
+        self.assertEqual([(e["log_level"], formatEvent(e)) for e in events],
+                         [(LogLevel.critical,
+                           "portserver: cannot listen for service 'echo'\n  remedy")])
         hook(KeyError, KeyError("x"), None)
         self.assertEqual(seen, [KeyError])
 

@@ -120,10 +120,15 @@ class TwistdTests(SynchronousTestCase):
             s.settimeout(DEADLINE)
             s.sendto(b"over udp", ("127.0.0.1", port))
             self.assertEqual(s.recvfrom(100), (b"over udp", ("127.0.0.1", port)))
+        self.assertFalse([l for l in lines if "starting on" in l])
         process.send_signal(signal.SIGTERM)
         lines = waitForLine(process, "Server Shut Down.")
-        self.assertIn(f"(TCP Port {port} Closed)", "\n".join(lines))
         self.assertEqual(process.wait(DEADLINE), 0)
+        output = "\n".join(lines + [process.stdout.read().decode()])
+        # Each listener is announced once, in portserver's words; Twisted's own port
+        # chatter is not in the log.
+        self.assertNotIn("starting on", output)
+        self.assertNotIn("Closed)", output)
         with open(os.path.join(self.cwd, "connections.log")) as f:
             logged = f.read().splitlines()
         self.assertEqual(len(logged), 2, logged)  # the TCP connection; the UDP flow at stop
@@ -206,6 +211,37 @@ class TwistdTests(SynchronousTestCase):
         self.assertIn(f"portserver: cannot listen for service 'echo': echo/tcp "
                       f"127.0.0.1:{port}: [Errno 98] Address already in use", output)
         self.assertNotIn("Traceback", output)
+
+    def test_bindFailureInDaemonModeIsASentence(self):
+        """
+        Started as a daemon (no C{-n}), a taken port is reported by the process the
+        operator started, on its terminal, as portserver's own sentence (not twistd's
+        truncated repr, C{b"portserver.service.StartupError: ...[Errn"}), exit 1, and no
+        daemon is left running.
+        """
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        cwd = tempfile.mkdtemp(prefix="portserver-twistd-")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["PYTHONPATH"] = ROOT
+        result = subprocess.run(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+             "--pidfile=twistd.pid", "--logfile=twistd.log", "portserver", "--config",
+             writeConfig(self, echoConfig(port))],
+            cwd=cwd, env=env, capture_output=True, stdin=subprocess.DEVNULL,
+            timeout=DEADLINE)
+        self.assertEqual(result.returncode, 1)
+        err = result.stderr.decode()
+        self.assertEqual(err.splitlines()[0],
+                         f"portserver: cannot listen for service 'echo': echo/tcp "
+                         f"127.0.0.1:{port}: [Errno 98] Address already in use")
+        self.assertNotIn("b'", err)
+        self.assertNotIn('b"', err)
+        self.assertNotIn("Traceback", err)
+        self.assertFalse(os.path.exists(os.path.join(cwd, "twistd.pid")))
 
     def test_configErrorsBeforeBinding(self):
         """
