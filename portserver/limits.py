@@ -153,6 +153,19 @@ class Limits:
                 return line
         return None
 
+    def asOptions(self, transport: str = "tcp") -> dict[str, Any]:
+        """
+        The limits that act on C{transport}, under the config's key names (L{None}: no
+        limit): what C{/api/listeners} and C{--check} show. The connection limits and
+        timeouts are TCP's; a UDP listener has its per-source reply rate.
+        """
+        if transport == "udp":
+            return {"udp_rate_per_source": getattr(self, "udpRatePerSource", None)}
+        return {"idle_timeout": self.idleTimeout, "deadline": self.deadline,
+                "max_connections": self.maxConnections, "max_per_source": self.maxPerSource,
+                "rate_per_source": self.ratePerSource, "max_output": self.maxOutput,
+                "close_grace": self.closeGrace}
+
     @property
     def burst(self) -> int | None:
         """

@@ -84,7 +84,8 @@ class Listener:
                 "transport": self.transport, "host": self.interface, "port": self.port,
                 "configured_port": self.configuredPort,
                 "well_known_port": self.wellKnownPort, "class": self.portClass,
-                "privileged": self.privileged}
+                "privileged": self.privileged,
+                "limits": self.spec.limits.asOptions(self.transport)}
 
 
 @attrs.frozen
@@ -206,4 +207,11 @@ def formatPlan(plan: Plan) -> str:
                  f"service(s) in {plan.config.path}; {privileged} on privileged ports "
                  f"(below {plan.rule.unprivilegedStart}, {plan.rule.source})"
                  + (f"; port offset {plan.portOffset}" if plan.portOffset else ""))
+    lines.append("")
+    lines.append("LIMITS (null: none)")
+    for spec in plan.config.services:
+        for transport in spec.transports:
+            shown = ", ".join(f"{key} {'null' if value is None else value}"
+                              for key, value in spec.limits.asOptions(transport).items())
+            lines.append(f"{spec.name}/{transport}: {shown}")
     return "\n".join(lines)

@@ -22,6 +22,7 @@ from portserver.config import (
     parseServices,
     readConfig,
 )
+from portserver.limits import Limits
 from portserver.marks import Mark
 from portserver.plan import loadPlan
 from portserver.ports import PrivilegeRule
@@ -524,12 +525,12 @@ class DefaultsTests(SynchronousTestCase):
     def test_defaults(self):
         """
         A service of only name and protocol gets the protocol's well-known port, all IPv4
-        interfaces, tcp, and the protocol's default options.
+        interfaces, tcp, the protocol's default options and its default limits.
         """
         spec = onlySpec(self, oneService(protocol="daytime"))
         self.assertEqual(spec, ServiceSpec(name="svc", protocol="daytime", port=13,
                                            interface="0.0.0.0", transports=("tcp",),
-                                           options={}))
+                                           options={}, limits=Limits(idleTimeout=300)))
         self.assertIs(spec.provider, classic.daytimeProtocol)
         self.assertEqual(spec.path, PATH)
 

@@ -32,12 +32,13 @@ class LayeringTests(SynchronousTestCase):
 
     def test_defaults(self):
         """
-        Without any C{limits:}, nothing is limited but the output (1 MiB unsent) and the
-        close grace (10 s); the drain is 10 s.
+        Without any C{limits:}, a classic service is bounded in time (its protocol's
+        5-minute idle timeout), in output (1 MiB unsent) and in its close (10 s grace);
+        the drain is 10 s.
         """
         specs, shutdown, problems = load("services:\n  - {name: e, protocol: echo}\n")
         self.assertEqual(problems, [])
-        self.assertEqual(specs["e"].limits, Limits())
+        self.assertEqual(specs["e"].limits, Limits(idleTimeout=300))
         self.assertEqual((specs["e"].limits.maxOutput, specs["e"].limits.closeGrace),
                          (1024 * 1024, 10.0))
         self.assertEqual(shutdown.drain, 10.0)
@@ -57,7 +58,7 @@ class LayeringTests(SynchronousTestCase):
         a, b, c = specs["a"].limits, specs["b"].limits, specs["c"].limits
         self.assertEqual((a.idleTimeout, a.deadline, a.maxPerSource), (300, 60, 5))
         self.assertEqual((b.idleTimeout, b.deadline, b.maxPerSource), (10, 60, 2))
-        self.assertEqual((c.idleTimeout, c.deadline, c.maxPerSource), (None, 60, 5))
+        self.assertEqual((c.idleTimeout, c.deadline, c.maxPerSource), (300, 60, 5))
 
     def test_nullRemovesALimit(self):
         """

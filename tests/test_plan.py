@@ -190,7 +190,10 @@ class ListenerTests(SynchronousTestCase):
         self.assertEqual(listener.asDict(), {
             "service": "a", "protocol": "echo", "transport": "tcp", "host": "127.0.0.1",
             "port": 10007, "configured_port": 7, "well_known_port": 7,
-            "class": REGISTERED, "privileged": False})
+            "class": REGISTERED, "privileged": False,
+            "limits": {"idle_timeout": 300, "deadline": None, "max_connections": None,
+                       "max_per_source": None, "rate_per_source": None,
+                       "max_output": 1024 * 1024, "close_grace": 10.0}})
 
     def test_describe(self):
         """
@@ -363,10 +366,24 @@ class FormatPlanTests(SynchronousTestCase):
             ["e", "echo", "udp", "127.0.0.1", "10007 (from 7)", "7", "yes"],
             ["q", "qotd", "tcp", "0.0.0.0", "20017", "17", "no"],
         ])
-        self.assertEqual(lines[4:], [
+        self.assertEqual(lines[4:6], [
             "",
             "3 listener(s) for 2 service(s) in test.yaml; 2 on privileged ports (below "
             "10008, test); port offset 10000"])
+
+    def test_limitsShown(self):
+        """
+        After the table, the effective limits of each service and transport, under the
+        config's key names (a TCP listener's connection limits and timeouts, a UDP
+        listener's reply rate), null for none.
+        """
+        lines = self.format(servicesText(
+            "name: e, protocol: echo, transports: [tcp, udp], limits: {deadline: 60}"))
+        start = lines.index("LIMITS (null: none)")
+        self.assertEqual(lines[start + 1:], [
+            "e/tcp: idle_timeout 300, deadline 60, max_connections null, max_per_source "
+            "null, rate_per_source null, max_output 1048576, close_grace 10.0",
+            "e/udp: udp_rate_per_source null"])
 
     def test_columnsAligned(self):
         """
@@ -383,8 +400,8 @@ class FormatPlanTests(SynchronousTestCase):
         """
         lines = self.format(servicesText("name: e, protocol: echo"))
         self.assertEqual(columns(lines[1])[4], "7")
-        self.assertEqual(lines[-1], "1 listener(s) for 1 service(s) in test.yaml; 1 on "
-                                    "privileged ports (below 1024, test)")
+        self.assertEqual(lines[3], "1 listener(s) for 1 service(s) in test.yaml; 1 on "
+                                   "privileged ports (below 1024, test)")
 
 
 class HostIsDualStackTests(SynchronousTestCase):

@@ -268,10 +268,17 @@ class ListenersAndSummaryTests(SynchronousTestCase):
         """
         response = self.filled.get(b"/api/listeners")
         self.assertEqual(response.code, 200)
+        listeners = response.json()["listeners"]
+        limits = [row.pop("limits") for row in listeners]
+        self.assertEqual([sorted(l) for l in limits], [
+            ["close_grace", "deadline", "idle_timeout", "max_connections", "max_output",
+             "max_per_source", "rate_per_source"], ["udp_rate_per_source"],
+            ["close_grace", "deadline", "idle_timeout", "max_connections", "max_output",
+             "max_per_source", "rate_per_source"]])
         echo = {"service": "echo", "protocol": "echo", "host": "127.0.0.1", "port": 7,
                 "configured_port": 7, "well_known_port": 7, "class": "well-known",
                 "privileged": True, "connections": 1}
-        self.assertEqual(response.json(), {"listeners": [
+        self.assertEqual({"listeners": listeners}, {"listeners": [
             dict(echo, transport="tcp"), dict(echo, transport="udp"),
             {"service": "daytime", "protocol": "daytime", "transport": "tcp",
              "host": "127.0.0.1", "port": 8080, "configured_port": 8080,

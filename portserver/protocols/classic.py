@@ -268,8 +268,14 @@ class ChargenDatagram(ReplyDatagram):
 
 # -- the providers -----------------------------------------------------------------------
 
+#: The limits a classic TCP service has unless configured: a connection with no byte
+#: either way for five minutes is closed (a chargen or echo peer that stopped reading
+#: included: its output stops, so it goes quiet).
+DEFAULT_LIMITS = {"idle_timeout": 300}
+
 echo = PortProtocol(
     name="echo",
+    defaultLimits=DEFAULT_LIMITS,
     description="Echo: sends back what it receives (RFC 862)",
     wellKnownPort=7,
     factory=lambda service, reactor: _factory(Echo),
@@ -278,6 +284,7 @@ echo = PortProtocol(
 
 discard = PortProtocol(
     name="discard",
+    defaultLimits=DEFAULT_LIMITS,
     description="Discard: throws away what it receives (RFC 863)",
     wellKnownPort=9,
     factory=lambda service, reactor: _factory(wire.Discard),
@@ -286,6 +293,7 @@ discard = PortProtocol(
 
 daytimeProtocol = PortProtocol(
     name="daytime",
+    defaultLimits=DEFAULT_LIMITS,
     description="Daytime: the current date and time in words, UTC (RFC 867)",
     wellKnownPort=13,
     factory=lambda service, reactor: _factory(
@@ -295,6 +303,7 @@ daytimeProtocol = PortProtocol(
 
 qotd = PortProtocol(
     name="qotd",
+    defaultLimits=DEFAULT_LIMITS,
     description="Quote of the Day: one configured quote per day (RFC 865)",
     wellKnownPort=17,
     factory=lambda service, reactor: _factory(
@@ -309,6 +318,7 @@ qotd = PortProtocol(
 
 chargen = PortProtocol(
     name="chargen",
+    defaultLimits=DEFAULT_LIMITS,
     description="Character Generator: an endless rotating pattern (RFC 864)",
     wellKnownPort=19,
     factory=lambda service, reactor: _factory(Chargen),
@@ -317,6 +327,7 @@ chargen = PortProtocol(
 
 timeProtocol = PortProtocol(
     name="time",
+    defaultLimits=DEFAULT_LIMITS,
     description="Time: seconds since 1900 as a 32-bit binary number (RFC 868)",
     wellKnownPort=37,
     factory=lambda service, reactor: _factory(
