@@ -274,18 +274,20 @@ class LoopbackRuleTests(SynchronousTestCase):
         self.assertFalse(endpointIsLocal("systemd:domain=INET:index=0"))
 
 
-def send(site, path: bytes, method: bytes = b"GET", headers=()):
+def send(site, path: bytes, method: bytes = b"GET", headers=(), host=b"localhost",
+         version=b"HTTP/1.1"):
     """
-    Send one request with C{headers} (raw C{b"Name: value"} lines) to C{site} through a
-    real L{HTTPChannel} on a L{StringTransport}, and parse what it wrote back.
+    Send one request with C{headers} (raw C{b"Name: value"} lines) and C{Host: host}
+    (none if L{None}) to C{site} through a real L{HTTPChannel} on a L{StringTransport},
+    and parse what it wrote back.
     """
     client = IPv4Address("TCP", "192.0.2.9", 40000)
     channel = site.buildProtocol(client)
     transport = StringTransport(hostAddress=IPv4Address("TCP", "192.0.2.1", 8790),
                                 peerAddress=client)
     channel.makeConnection(transport)
-    lines = [method + b" " + path + b" HTTP/1.1", b"Host: status", b"Connection: close",
-             *headers]
+    lines = [method + b" " + path + b" " + version,
+             *([] if host is None else [b"Host: " + host]), b"Connection: close", *headers]
     channel.dataReceived(b"\r\n".join(lines) + b"\r\n\r\n")
     channel.connectionLost(Failure(ConnectionDone()))
     return parseResponse(transport.value())
@@ -566,6 +568,75 @@ class SecurityHeadersTests(SynchronousTestCase):
         response = send(self.site, b"*", b"OPTIONS")
         self.assertEqual(response.code, 200)
         self.assertSecure(response)
+
+    def test_twistedsBadRequest(self):
+        """
+        The 400 Twisted's channel answers a request it cannot parse (a request line
+        without a version, a header line without a colon) has the headers too, and
+        C{Server: portserver}; before, it was a bare status line.
+        """
+        for raw in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nno colon here\r\n\r\n"):
+            client = IPv4Address("TCP", "127.0.0.9", 40000)
+            channel = self.site.buildProtocol(client)
+            transport = StringTransport(peerAddress=client)
+            channel.makeConnection(transport)
+            channel.dataReceived(raw)
+            response = parseResponse(transport.value())
+            self.assertEqual(response.code, 400, raw)
+            self.assertSecure(response)
+            self.assertTrue(transport.disconnecting)
+
+
+class HostCheckTests(SynchronousTestCase):
+    """
+    Without a token, the status site answers only requests whose C{Host} is a local
+    name or address: a DNS-rebinding page cannot read it.
+    """
+
+    def test_foreignHostMisdirected(self):
+        """
+        A request naming another host (as a rebinding page's would) gets 421 on every
+        path, the page included, with the security headers and no data.
+        """
+        site = startedStatus().site
+        for host in (b"evil.example", b"evil.example:8790", b"10.0.0.1:8790",
+                     b"localhost.evil.example"):
+            for path in DATA_PATHS + [b"/"]:
+                response = send(site, path, host=host)
+                self.assertEqual(response.code, 421, (host, path))
+                self.assertEqual(response.header("x-frame-options"), "DENY")
+                self.assertNotIn(b"{", response.body)
+
+    def test_localHostsServed(self):
+        """
+        C{localhost}, loopback addresses (with or without a port, IPv6 in brackets) and
+        the bound address are served, and so is an HTTP/1.0 request without C{Host}.
+        """
+        site = startedStatus().site
+        for host in (b"localhost", b"LOCALHOST:8790", b"127.0.0.1", b"127.0.0.1:8790",
+                     b"127.9.9.9", b"[::1]:8790", b"[::1]"):
+            self.assertEqual(send(site, b"/api/summary", host=host).code, 200, host)
+        response = send(site, b"/api/summary", host=None, version=b"HTTP/1.0")
+        self.assertEqual(response.code, 200)
+
+    def test_twoHostHeadersMisdirected(self):
+        """
+        A request with two C{Host} headers is not taken as local.
+        """
+        site = startedStatus().site
+        response = send(site, b"/api/summary", headers=[b"Host: evil.example"])
+        self.assertIn(response.code, (400, 421))
+        self.assertNotIn(b"{", response.body)
+
+    def test_tokenLiftsTheCheck(self):
+        """
+        With a token, the token protects the site, and any C{Host} is answered (a
+        reverse proxy's name, say).
+        """
+        site = startedStatus(TOKEN).site
+        response = send(site, b"/api/summary", headers=[bearer(TOKEN)],
+                        host=b"status.example.com")
+        self.assertEqual(response.code, 200)
 
 
 class BindTests(SynchronousTestCase):

@@ -85,7 +85,7 @@ def fetch(site, path: bytes, method: bytes = b"GET") -> Response:
     transport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 8790),
                                 peerAddress=client)
     channel.makeConnection(transport)
-    channel.dataReceived(method + b" " + path + b" HTTP/1.1\r\nHost: status\r\n"
+    channel.dataReceived(method + b" " + path + b" HTTP/1.1\r\nHost: localhost\r\n"
                          b"Connection: close\r\n\r\n")
     channel.connectionLost(Failure(ConnectionDone()))
     return parseResponse(transport.value())

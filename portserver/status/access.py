@@ -109,6 +109,41 @@ def isLoopback(host: str) -> bool:
     return address.is_loopback
 
 
+#: The host names a request to a loopback status service may carry in C{Host}.
+LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
+
+
+def hostHeaderHost(value: bytes) -> str | None:
+    """
+    The host of a C{Host} header value (C{example:8080} is C{example}, C{[::1]:80} is
+    C{::1}), lowercased; L{None} when it cannot be read.
+    """
+    try:
+        text = value.decode("ascii").strip().lower()
+    except UnicodeDecodeError:
+        return None
+    if text.startswith("["):
+        end = text.find("]")
+        return text[1:end] if end > 0 else None
+    host, _, _ = text.partition(":")
+    return host or None
+
+
+def isLocalHost(value: bytes, bound: str | None = None) -> bool:
+    """
+    Whether a C{Host} header value names this host the way only a local client would:
+    C{localhost}, a loopback address, or the address the service is bound to (C{bound}).
+    A page served from elsewhere that a DNS rebinding points at 127.0.0.1 carries its own
+    name, so it is told apart.
+    """
+    host = hostHeaderHost(value)
+    if host is None:
+        return False
+    if host in LOOPBACK_NAMES or isLoopback(host):
+        return True
+    return bound is not None and host == bound.lower()
+
+
 #: Where the interface stands among the positional parameters of the endpoint types
 #: that have one, as Twisted's parsers take them (the type itself is position 0).
 _INTERFACE_POSITIONS = {"tcp": 2, "tcp6": 3}

@@ -40,11 +40,12 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 import portserver
 from portserver.config import StatusSpec
-from portserver.status.access import isLoopback
+from portserver.status.access import isLocalHost, isLoopback
 from portserver.registry import CLOSED, OPEN
 from portserver.service import BindingService, StartupError
 from portserver.status.history import History
@@ -403,17 +404,55 @@ class Unauthorized(Resource):
         return body
 
 
+class Misdirected(Resource):
+    """
+    421 for everything: the request's C{Host} is not a name of this host, as a page of
+    another site that a DNS rebinding points here would send.
+    """
+
+    isLeaf = True
+
+    def render(self, request):
+        request.setResponseCode(421)
+        request.setHeader(b"content-type", TEXT_TYPE.encode("ascii"))
+        body = b"misdirected request: use localhost or a loopback address in Host\n"
+        if request.method == b"HEAD":
+            request.setHeader(b"content-length", b"%d" % len(body))
+            return b""
+        return body
+
+
 class Guard(Resource):
     """
     The site's root: passes each request on to C{root} if it carries the token its path
     wants (L{AccessTokens.wanted}), else answers L{Unauthorized}. Tokens are compared with
     L{hmac.compare_digest}, in time that does not depend on where they differ.
+
+    Without a main token, the site is on loopback (or a UNIX socket), and the address is
+    its only protection; so a request whose C{Host} is not C{localhost}, a loopback
+    address or the bound one (L{isLocalHost}) gets L{Misdirected}: a DNS-rebinding page
+    cannot read the API. A request without C{Host} (HTTP/1.0) is a local program's.
+
+    @ivar boundHost: the address the site is bound to, once it is (L{None}: a UNIX
+        socket, or not bound: no C{Host} check).
     """
 
     def __init__(self, root: Resource, tokens: AccessTokens):
         super().__init__()
         self.root = root
         self.tokens = tokens
+        self.boundHost = None
+
+    def hostAllowed(self, request) -> bool:
+        """
+        Whether C{request}'s C{Host} may be answered (see the class docstring).
+        """
+        if self.tokens.token is not None or self.boundHost is None:
+            return True
+        values = request.requestHeaders.getRawHeaders(b"host")
+        if not values:
+            return True
+        return len(values) == 1 and isLocalHost(values[0], self.boundHost)
 
     def allows(self, segments: list[bytes], request) -> bool:
         """
@@ -426,11 +465,15 @@ class Guard(Resource):
         return given is not None and hmac.compare_digest(given, wanted)
 
     def getChildWithDefault(self, path, request):
+        if not self.hostAllowed(request):
+            return Misdirected()
         if not self.allows([path, *request.postpath], request):
             return Unauthorized()
         return self.root.getChildWithDefault(path, request)
 
     def render(self, request):  # only reached by a request with no path segment at all
+        if not self.hostAllowed(request):
+            return Misdirected().render(request)
         return NotFound().render(request)
 
 
@@ -467,16 +510,35 @@ class StatusRequest(Request):
         super().write(data)
 
 
+class StatusChannel(HTTPChannel):
+    """
+    The status site's HTTP connection: the 400 Twisted answers a request it cannot
+    parse (a bare C{HTTP/1.1 400 Bad Request} and no header) carries
+    L{SECURITY_HEADERS} and C{Server: portserver} like every other response.
+    """
+
+    def _respondToBadRequestAndDisconnect(self):
+        body = b"bad request\n"
+        headers = b"".join(b"%s: %s\r\n" % header for header in SECURITY_HEADERS)
+        self.transport.write(
+            b"HTTP/1.1 400 Bad Request\r\n" + headers
+            + b"Server: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+              b"Connection: close\r\n\r\n" % (SERVER, TEXT_TYPE.encode("ascii"), len(body))
+            + body)
+        self.loseConnection()
+
+
 class QuietSite(Site):
     """
     A L{Site} that writes no access-log line per request (a Prometheus scrape every few
     seconds would flood the log) and no "Starting factory" lines; its requests are
-    L{StatusRequest}s, and it never shows a traceback.
+    L{StatusRequest}s on L{StatusChannel}s, and it never shows a traceback.
     """
 
     noisy = False
     displayTracebacks = False
     requestFactory = StatusRequest
+    protocol = StatusChannel
 
     def log(self, request):
         pass
@@ -559,6 +621,9 @@ class StatusService(BindingService):
             raise StartupError(f"cannot start the status service on {self.listen!r}: "
                                f"{reason}") from error
         self.port = result
+        address = self.address
+        if isinstance(address, (IPv4Address, IPv6Address)):
+            self.site.resource.boundHost = address.host
         if self.tokens.token is None and not isLocalAddress(self.address):
             where = self.url()
             self.unbind().addErrback(lambda f: log.failure("Closing {url}", f, url=where))
