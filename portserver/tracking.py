@@ -75,10 +75,12 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import DatagramProtocol, Protocol, ServerFactory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from portserver.interfaces import ITrackedTransport
 from portserver.limits import Limits
+from portserver.ratelog import RepeatedErrors, causeOf
 from portserver.registry import (
     ABORTED,
     CLIENT_CLOSED,
@@ -335,13 +337,17 @@ class Tracker:
 
     def _logFailure(self, where: str) -> None:
         """
-        Log the exception being handled, raised by the plugin's protocol in C{where}.
+        Log the exception being handled, raised by the plugin's protocol in C{where}:
+        with its traceback at most once per cause per interval (L{RepeatedErrors}), so a
+        plugin that fails on every connection does not flood the log.
         """
         factory = self.factory
         record = self.record
-        log.failure(
-            "Service {service} ({protocol}): the plugin's {where} failed on connection "
-            "{remote} -> {local}", service=factory.service, protocol=factory.protocolName,
+        failure = Failure()
+        factory.errors.failure(
+            causeOf(failure, where), "Service {service} ({protocol}): the plugin's {where} "
+            "failed on connection {remote} -> {local}", failure,
+            service=factory.service, protocol=factory.protocolName,
             where=where, remote=str(record.remote) if record is not None else "?",
             local=str(record.local) if record is not None else "?",
             connection=record.id if record is not None else None)
@@ -597,6 +603,8 @@ class TrackingFactory(_Wrapping, ServerFactory):
         self.limits = limits = Limits() if limits is None else limits
         self.admission = admission
         self.clock = registry.clock if clock is None else clock
+        # A plugin that fails on every connection logs its traceback once per interval.
+        self.errors = RepeatedErrors(log, self.clock)
         # Read on every connection, read and write: plain attributes, L{None} when unset.
         self.idleTimeout = limits.idleTimeout
         self.deadline = limits.deadline

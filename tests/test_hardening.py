@@ -694,6 +694,29 @@ class FaultTests(SynchronousTestCase):
         second.lose()
         self.assertEqual(served.closed(), [PLUGIN_ERROR, "client-closed"])
 
+    def test_repeatedFailureLoggedAtABoundedRate(self):
+        """
+        A plugin failing the same way on every connection logs its traceback once per
+        10 s, not once per connection: 100 failing connections in a second are one
+        logged traceback (each still aborted, "plugin-error"); the next one after the
+        interval is logged again, with the count of those left out.
+        """
+        served = Served(Exploding)
+        for i in range(100):
+            conn = served.connect(IPv4Address("TCP", "127.0.0.2", 30000 + i))
+            conn.tracker.dataReceived(b"boom")
+            self.assertTrue(conn.transport.aborted)
+            conn.lose()
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(served.closed().count(PLUGIN_ERROR), 100)
+        served.clock.advance(10)
+        conn = served.connect()
+        conn.tracker.dataReceived(b"boom")
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        text, event = self.failures()[-1]
+        self.assertEqual(event["suppressed"], 99)
+        self.assertIn("99 more like it since the last report", text)
+
     def test_loggedOnce(self):
         """
         More failures on a connection already aborted for one are not logged again, and
