@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import socket
+import subprocess
 from types import SimpleNamespace
 
 import attrs
@@ -37,6 +39,7 @@ from portserver.options import OptionsError, checkOptions
 from portserver.protocols import execute as module
 from portserver.protocols.execute import (
     CHILD_FDS,
+    CONNECTION_VARIABLES,
     DEFAULT_PATH,
     PrivilegeError,
     StderrBudget,
@@ -227,6 +230,18 @@ class Transport(StringTransport):
 
     def loseWriteConnection(self):
         self.writeClosed = True
+
+
+def hasIPv6Loopback() -> bool:
+    """
+    Whether a socket can be bound on ::1 here.
+    """
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
 
 
 def connect(options=None, reactor=None, host=HOST, peer=PEER):
@@ -632,12 +647,40 @@ class ProtocolTests(SynchronousTestCase):
             peer=IPv6Address("TCP", "::ffff:192.0.2.7", 40001))
         env = reactor.spawned[0].env
         self.assertEqual((env["TCPLOCALIP"], env["TCPREMOTEIP"]), ("10.0.0.1", "192.0.2.7"))
+        self.assertEqual(env["PROTO"], "TCP")
+        self.assertNotIn("TCP6REMOTEIP", env)
         reactor, protocol, transport = connect(
             host=IPv6Address("TCP", "::1", 8023), peer=IPv6Address("TCP", "2001:db8::7", 5))
         env = reactor.spawned[0].env
         self.assertEqual((env["TCPLOCALIP"], env["TCPREMOTEIP"], env["TCPREMOTEPORT"]),
                          ("::1", "2001:db8::7", "5"))
         self.assertEqual(protocol.peer, "[2001:db8::7]:5")
+
+    def test_environmentIPv6AsUcspiTcp6(self):
+        """
+        On IPv6, the variables are ucspi-tcp6's: PROTO=TCP6 and TCP6LOCALIP,
+        TCP6LOCALPORT, TCP6REMOTEIP, TCP6REMOTEPORT (TCP6LOCALHOST with local_host), with
+        the TCP* names holding the same values, as Debian's C{tcpserver -6} sets them;
+        a link-local peer adds TCP6INTERFACE. C{env} may not set any of them.
+        """
+        reactor, protocol, transport = connect(
+            {"argv": CAT, "local_host": "ports.example"},
+            host=IPv6Address("TCP", "::1", 8023), peer=IPv6Address("TCP", "2001:db8::7", 5))
+        env = reactor.spawned[0].env
+        self.assertEqual(env, {
+            "PATH": DEFAULT_PATH, "PROTO": "TCP6",
+            "TCP6LOCALIP": "::1", "TCP6LOCALPORT": "8023", "TCP6LOCALHOST": "ports.example",
+            "TCP6REMOTEIP": "2001:db8::7", "TCP6REMOTEPORT": "5",
+            "TCPLOCALIP": "::1", "TCPLOCALPORT": "8023", "TCPLOCALHOST": "ports.example",
+            "TCPREMOTEIP": "2001:db8::7", "TCPREMOTEPORT": "5"})
+        self.assertEqual(env[env["PROTO"] + "REMOTEIP"], "2001:db8::7")
+        reactor, protocol, transport = connect(
+            host=IPv6Address("TCP", "fe80::1%lo", 8023),
+            peer=IPv6Address("TCP", "fe80::2%lo", 5))
+        env = reactor.spawned[0].env
+        self.assertEqual((env["TCP6REMOTEIP"], env["TCP6INTERFACE"]), ("fe80::2", "lo"))
+        for name in ("TCP6REMOTEIP", "TCP6INTERFACE", "TCP6LOCALHOST"):
+            self.assertIn(name, CONNECTION_VARIABLES)
 
     def test_relay(self):
         """
@@ -1295,6 +1338,63 @@ class RealProgramTests(TestCase):
         self.assertEqual(received.decode(),
                          f"TCP {host.host}:{host.port} 127.0.0.1:{port} nohost\n")
         yield self.ended(watcher)
+
+    @inlineCallbacks
+    def test_environmentLikeTcpserver6(self):
+        """
+        Over IPv6 (::1), the program's connection variables are the ones Debian's
+        ucspi-tcp6 C{tcpserver -6 -H -R -l NAME} gives its program: the same names,
+        C{PROTO=TCP6}, and the same remote and local addresses.
+        """
+        tcpserver = shutil.which("tcpserver")
+        if tcpserver is None:
+            raise SkipTest("tcpserver (Debian's ucspi-tcp-ipv6) is not installed")
+        if not hasIPv6Loopback():
+            raise SkipTest("no IPv6 loopback (::1) here")
+        envProgram = shutil.which("env")
+
+        def variables(output):
+            pairs = dict(line.split("=", 1) for line in output.decode().splitlines()
+                         if "=" in line)
+            return {k: v for k, v in pairs.items() if k == "PROTO" or k.startswith("TCP")}
+
+        def fromTcpserver():
+            process = subprocess.Popen(
+                [tcpserver, "-1", "-6", "-H", "-R", "-l", "ports.example", "::1", "0",
+                 envProgram], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={})
+            try:
+                line = process.stdout.readline()
+                if not line.strip().isdigit():
+                    raise SkipTest(f"this tcpserver does not serve IPv6: "
+                                   f"{process.stderr.read(200)!r}")
+                return talk(int(line))
+            finally:
+                process.kill()
+                process.wait()
+
+        def talk(port):
+            with socket.create_connection(("::1", port), timeout=DEADLINE) as s:
+                local = s.getsockname()[:2]
+                chunks = []
+                while chunk := s.recv(65536):
+                    chunks.append(chunk)
+            return local, variables(b"".join(chunks))
+
+        theirs = (yield deferToThread(fromTcpserver))[1]
+        server = PortServer(makePlan(spec(
+            "env6", protocol="exec", port=0, interface="::1", providers=PROVIDERS,
+            options={"argv": [envProgram], "local_host": "ports.example"})), reactor)
+        server.startService()
+        self.addCleanup(server.stopService)
+        watcher = EndWatcher(self, "env6")
+        port = server.addressOf("env6", "tcp").port
+        (clientHost, clientPort), ours = yield deferToThread(talk, port)
+        yield self.ended(watcher)
+        self.assertEqual(sorted(ours), sorted(theirs))
+        self.assertEqual((ours["PROTO"], ours["TCP6REMOTEIP"], ours["TCP6REMOTEPORT"],
+                          ours["TCP6LOCALIP"], ours["TCP6LOCALPORT"]),
+                         ("TCP6", "::1", str(clientPort), "::1", str(port)))
+        self.assertEqual((theirs["PROTO"], theirs["TCP6REMOTEIP"]), ("TCP6", "::1"))
 
     @inlineCallbacks
     def test_halfClose(self):

@@ -20,7 +20,11 @@ file to run with that C{argv} (inetd's server-program field).
 The program's environment is built, not inherited: C{PATH} (a safe default unless
 configured), the configured C{env}, and the tcp-environ(5) variables C{tcpserver -H}
 sets: C{PROTO=TCP}, C{TCPLOCALIP}, C{TCPLOCALPORT}, C{TCPREMOTEIP}, C{TCPREMOTEPORT}, and
-C{TCPLOCALHOST} when C{local_host} is configured (C{tcpserver -l}). The server's own
+C{TCPLOCALHOST} when C{local_host} is configured (C{tcpserver -l}). On IPv6 (an IPv4-mapped
+peer is IPv4), as ucspi-tcp6's C{tcpserver}: C{PROTO=TCP6} and C{TCP6LOCALIP},
+C{TCP6LOCALPORT}, C{TCP6REMOTEIP}, C{TCP6REMOTEPORT} (C{TCP6LOCALHOST}, and
+C{TCP6INTERFACE} for a link-local address), with the C{TCP*} names set to the same values,
+so scripts written for C{${PROTO}REMOTEIP} and for C{TCPREMOTEIP} both work. The server's own
 environment (which may hold secrets) is not passed on. A configured C{env} may not name a
 connection variable: those always describe the connection.
 
@@ -60,6 +64,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
@@ -97,9 +102,11 @@ STDERR_INTERVAL = 10.0
 MAX_STDERR_LINE = 1000
 
 #: The variables set per connection (tcp-environ(5)); C{env} may not name them.
+_TCP_VARIABLES = ("LOCALIP", "LOCALPORT", "LOCALHOST", "REMOTEIP", "REMOTEPORT",
+                  "REMOTEHOST", "REMOTEINFO")
 CONNECTION_VARIABLES = frozenset({
-    "PROTO", "TCPLOCALIP", "TCPLOCALPORT", "TCPLOCALHOST", "TCPREMOTEIP", "TCPREMOTEPORT",
-    "TCPREMOTEHOST", "TCPREMOTEINFO",
+    "PROTO", "TCP6INTERFACE",
+    *(f"{proto}{name}" for proto in ("TCP", "TCP6") for name in _TCP_VARIABLES),
 })
 
 #: What the program's file descriptors are: stdin written by us, stdout and stderr read.
@@ -358,12 +365,29 @@ def spawnCredentials(uid, gid):
 
 def _addressText(address) -> tuple[str, str]:
     """
-    An address's IP (IPv4-mapped IPv6 shown as IPv4) and port, as text.
+    An address's IP (IPv4-mapped IPv6 shown as IPv4, without a C{%scope}) and port, as
+    text.
     """
-    host = address.host
+    host = address.host.split("%", 1)[0]
     if host.startswith("::ffff:") and "." in host:
         host = host[7:]
     return host, str(address.port)
+
+
+def _interfaceOf(address) -> str | None:
+    """
+    The name of the interface of a link-local IPv6 C{address} (its scope), or L{None}.
+    """
+    host = address.host
+    if "%" in host:
+        return host.split("%", 1)[1]
+    scope = getattr(address, "scopeID", 0)
+    if scope:
+        try:
+            return socket.if_indextoname(scope)
+        except OSError:
+            return str(scope)
+    return None
 
 
 def _exitText(reason) -> str:
@@ -879,13 +903,19 @@ class ExecFactory(Factory):
         remoteIP, remotePort = _addressText(peer)
         environment = {"PATH": DEFAULT_PATH}
         environment.update(self.env)
-        environment.update({
-            "PROTO": "TCP",
-            "TCPLOCALIP": localIP, "TCPLOCALPORT": localPort,
-            "TCPREMOTEIP": remoteIP, "TCPREMOTEPORT": remotePort,
-        })
-        if self.localHost is not None:
-            environment["TCPLOCALHOST"] = self.localHost
+        prefixes = ("TCP6", "TCP") if ":" in remoteIP else ("TCP",)
+        environment["PROTO"] = prefixes[0]
+        for prefix in prefixes:
+            environment.update({
+                f"{prefix}LOCALIP": localIP, f"{prefix}LOCALPORT": localPort,
+                f"{prefix}REMOTEIP": remoteIP, f"{prefix}REMOTEPORT": remotePort,
+            })
+            if self.localHost is not None:
+                environment[f"{prefix}LOCALHOST"] = self.localHost
+        if len(prefixes) == 2:
+            interface = _interfaceOf(host)
+            if interface is not None:
+                environment["TCP6INTERFACE"] = interface
         return environment
 
 
