@@ -161,6 +161,72 @@ def planListeners(services: Iterable[ServiceSpec], portOffset: int = 0,
     return listeners, problems
 
 
+def forwardTarget(options: Mapping[str, Any]) -> tuple[str, int] | None:
+    """
+    The host and port a C{forward} service's options connect to: C{host} and C{port},
+    or a C{tcp:}/C{tcp6:} C{target} endpoint string (positional or C{host=}/C{port=});
+    L{None} for any other endpoint type.
+    """
+    if options.get("target") is None:
+        host, port = options.get("host"), options.get("port")
+        return (host, port) if host is not None and port is not None else None
+    kind, *args = options["target"].split(":")
+    if kind not in ("tcp", "tcp6"):
+        return None
+    named = dict(a.split("=", 1) for a in args if "=" in a)
+    positional = [a for a in args if "=" not in a]
+    host = named.get("host", positional[0] if positional else None)
+    port = named.get("port", positional[1] if len(positional) > 1 else None)
+    try:
+        return (host, int(port)) if host else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _isThisHost(target: str, interface: str) -> bool:
+    """
+    Whether a connection to C{target} reaches a socket bound to C{interface} here:
+    C{localhost}, a loopback address (to a listener on loopback or every address), or
+    the listener's own address.
+    """
+    target = target.strip("[]").lower()
+    if target in (interface, "localhost", "localhost."):
+        return True
+    try:
+        address = ipaddress.ip_address(target)
+    except ValueError:
+        return False
+    listening = ipaddress.ip_address(interface)
+    return (address.is_loopback or address.is_unspecified) and (
+        listening.is_unspecified or listening.is_loopback)
+
+
+def selfForwards(services, listeners) -> list[ConfigProblem]:
+    """
+    A problem for each C{forward} service whose target is one of this plan's own TCP
+    listeners: one connection would chain connections to itself until descriptors run
+    out.
+    """
+    problems = []
+    for spec in services:
+        if spec.protocol != "forward":
+            continue
+        target = forwardTarget(spec.options)
+        if target is None:
+            continue
+        host, port = target
+        for listener in listeners:
+            if (listener.transport == "tcp" and listener.port == port
+                    and _isThisHost(host, listener.interface)):
+                problems.append(ConfigProblem(
+                    spec.path, spec.mark("options"),
+                    f"forward target {host}:{port} is this server's own listener "
+                    f"{listener.describe()}: each connection would connect to itself "
+                    "again, without end", spec.name))
+                break
+    return problems
+
+
 def loadPlan(path: str, providers: Mapping[str, Any], portOffset: int = 0,
              rule: PrivilegeRule | None = None, dualStack: bool | None = None,
              servicePort: Callable[[str, str], int | None] = lookupServicePort,
@@ -180,6 +246,7 @@ def loadPlan(path: str, providers: Mapping[str, Any], portOffset: int = 0,
     services, status, registry, shutdown, problems = parseConfig(text, path, providers,
                                                                  servicePort)
     listeners, conflicts = planListeners(services, portOffset, rule, dualStack)
+    conflicts += selfForwards(services, listeners)
     problems = sorted(problems + conflicts, key=lambda p: (p.mark.line, p.mark.column))
     if problems:
         raise ConfigError(problems)

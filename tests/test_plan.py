@@ -330,6 +330,54 @@ class ConflictTests(SynchronousTestCase):
         self.assertEqual(len(plan.listeners), 2)
 
 
+class SelfForwardTests(SynchronousTestCase):
+    """
+    A C{forward} service may not target one of the server's own listeners.
+    """
+
+    def problems(self, *services, portOffset=0):
+        from portserver.protocols.forward import forward
+        providers = dict(PROVIDERS, forward=forward)
+        try:
+            loadPlan(PATH, providers, portOffset=portOffset, rule=RULE, dualStack=True,
+                     servicePort=noServices, text=servicesText(*services))
+        except ConfigError as e:
+            return [str(p) for p in e.problems]
+        return []
+
+    def test_ownListenerRefused(self):
+        """
+        A forward to its own port, or to another service's, on loopback or through a
+        listener on every address, is a located error naming the listener; with
+        C{host}/C{port}, a C{tcp:} target (positional or named), and after
+        C{--port-offset} (the bound port counts).
+        """
+        for target in ("host: 127.0.0.1, port: 8080", "target: 'tcp:localhost:8080'",
+                       "target: 'tcp:host=127.0.0.2:port=8080'"):
+            [problem] = self.problems(
+                f"name: loop, protocol: forward, port: 8080, options: {{{target}}}")
+            self.assertIn("service 'loop': forward target", problem)
+            self.assertIn("is this server's own listener loop/tcp 0.0.0.0:8080", problem)
+        [problem] = self.problems(
+            "name: e, protocol: echo, interface: 127.0.0.1",
+            "name: f, protocol: forward, port: 8080, "
+            "options: {host: 127.0.0.1, port: 10007}", portOffset=10000)
+        self.assertIn("own listener e/tcp 127.0.0.1:10007", problem)
+
+    def test_otherTargetsAccepted(self):
+        """
+        Another port, another host, a UDP-only service's port, and an endpoint type
+        other than TCP are fine.
+        """
+        self.assertEqual(self.problems(
+            "name: u, protocol: echo, port: 9000, transports: [udp]",
+            "name: a, protocol: forward, port: 8080, options: {host: 127.0.0.1, port: 8081}",
+            "name: b, protocol: forward, port: 8082, options: {host: 192.0.2.1, port: 8080}",
+            "name: c, protocol: forward, port: 8083, options: {host: 127.0.0.1, port: 9000}",
+            "name: d, protocol: forward, port: 8084, "
+            "options: {target: 'unix:/run/x.sock'}"), [])
+
+
 def columns(line: str) -> list[str]:
     """
     The cells of a row of L{formatPlan}'s table (cells are separated by two or more
