@@ -137,13 +137,19 @@ class PacketInfoPort(udp.Port):
             raise
 
 
+#: The largest datagram read whole: a UDP payload is at most 65,507 bytes over IPv4 and
+#: 65,527 over IPv6 (without jumbograms). Twisted's default, 8192, silently truncates.
+MAX_DATAGRAM = 65535
+
+
 def listenUDP(reactor, port: int, protocol, interface: str):
     """
-    Listen for datagrams; on a wildcard interface of a real reactor, with L{PacketInfoPort}.
+    Listen for datagrams, read up to L{MAX_DATAGRAM} bytes each; on a wildcard interface
+    of a real reactor, with L{PacketInfoPort}.
     """
     wildcard = interface in ("0.0.0.0", "::")
     if wildcard and pktinfoSupported() and hasattr(reactor, "addReader"):
-        p = PacketInfoPort(port, protocol, interface, reactor=reactor)
+        p = PacketInfoPort(port, protocol, interface, MAX_DATAGRAM, reactor=reactor)
         p.startListening()
         return p
-    return reactor.listenUDP(port, protocol, interface=interface)
+    return reactor.listenUDP(port, protocol, interface=interface, maxPacketSize=MAX_DATAGRAM)

@@ -350,3 +350,49 @@ class IPv6Tests(ServingTestCase):
         yield connectProtocol(TCP6ClientEndpoint(reactor, "::1", server.addressOf("echo").port),
                               protocol)
         self.assertEqual((yield protocol.done.addTimeout(DEADLINE, reactor)), b"six")
+
+
+class WholeDatagramTests(ServingTestCase):
+    """
+    Datagrams of any size UDP allows arrive whole (Twisted's default 8192-byte read
+    truncated them silently): 9000 and 65,507 bytes over IPv4, 9000 and 65,527 over IPv6,
+    on a specific address and on a wildcard one; the registry counts every byte.
+    """
+
+    def exchange(self, destination, sizes):
+        family = socket.AF_INET6 if ":" in destination[0] else socket.AF_INET
+        replies = []
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.settimeout(DEADLINE)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            for size in sizes:
+                payload = bytes(i % 251 for i in range(size))
+                s.sendto(payload, destination)
+                data, _ = s.recvfrom(1 << 17)
+                replies.append(data == payload and len(data))
+        return replies
+
+    @inlineCallbacks
+    def check(self, interface, target, sizes):
+        server = self.serve(spec("echo", port=0, interface=interface, transports=("udp",)))
+        port = server.addressOf("echo", "udp").port
+        replies = yield deferToThread(self.exchange, (target, port), sizes)
+        self.assertEqual(replies, list(sizes))
+        [flow] = server.registry.snapshot("udp")
+        self.assertEqual((flow.bytesIn, flow.bytesOut), (sum(sizes), sum(sizes)))
+
+    def test_ipv4(self):
+        """
+        Over IPv4, on 127.0.0.1 and on 0.0.0.0.
+        """
+        return self.check("127.0.0.1", "127.0.0.1", (9000, 65507)).addCallback(
+            lambda _: self.check("0.0.0.0", "127.0.0.1", (9000, 65507)))
+
+    def test_ipv6(self):
+        """
+        Over IPv6, on ::1 and on ::.
+        """
+        if not _haveLoopbackIPv6():
+            raise SkipTest("no IPv6 loopback (::1) here")
+        return self.check("::1", "::1", (9000, 65527)).addCallback(
+            lambda _: self.check("::", "::1", (9000, 65527)))
