@@ -1074,9 +1074,10 @@ class LimitsTests(SynchronousTestCase):
     def test_maxConnections(self):
         """
         An C{exec} service runs at most 40 programs at once unless configured
-        (tcpserver's C{-c} default); its own C{limits:} can change that.
+        (tcpserver's C{-c} default), and closes a connection idle for 10 minutes; its
+        own C{limits:} can change that.
         """
-        self.assertEqual(execute.defaultLimits, {"max_connections": 40})
+        self.assertEqual(execute.defaultLimits, {"max_connections": 40, "idle_timeout": 600})
         specs, _, _, _, problems = parseConfig(
             "services:\n"
             "  - {name: a, protocol: exec, options: {argv: [/bin/cat]}}\n"

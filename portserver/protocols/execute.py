@@ -90,8 +90,9 @@ DEFAULT_KILL_GRACE = 5
 DEFAULT_EOF_GRACE = 10
 
 #: The limits an C{exec} service has unless configured: as many programs at once as
-#: C{tcpserver}'s default (C{-c 40}).
-DEFAULT_LIMITS = {"max_connections": 40}
+#: C{tcpserver}'s default (C{-c 40}), and a connection with no byte either way for ten
+#: minutes is closed (and its program group ended).
+DEFAULT_LIMITS = {"max_connections": 40, "idle_timeout": 600}
 
 #: Stderr lines of one service logged per L{STDERR_INTERVAL} seconds; the rest are
 #: counted and the count logged.

@@ -256,8 +256,15 @@ def buildFactory(service, reactor) -> ForwardFactory:
     return ForwardFactory(service.name, endpoint, target, timeout, reactor)
 
 
+#: The limits a C{forward} service has unless configured: a relayed connection with no
+#: byte either way for an hour is closed (long enough for an idle interactive session,
+#: as HAProxy's usual C{timeout client}/C{timeout server}; bounded all the same).
+DEFAULT_LIMITS = {"idle_timeout": 3600}
+
+
 forward = PortProtocol(
     name="forward",
+    defaultLimits=DEFAULT_LIMITS,
     description="Relays each connection to a configured target (port forwarding)",
     wellKnownPort=8080,
     factory=buildFactory,
