@@ -637,11 +637,15 @@ class StaticSite(server.Site):
         else:
             ip, port = hostOf(host), address.port
             client = str(Endpoint(ip, port))
+        method, path, version = _printable(method), _printable(path), _printable(version)
+        # The line is made once here: a format with one field costs the log observer a
+        # fraction of one with eleven, per request (the fields stay in the event).
+        line = (f'{self.service} {client} "{method} {path} {version}" {status} {sent}'
+                + (" aborted" if aborted else ""))
         self.logger.info(
-            '{service} {client} "{method} {path} {version}" {status} {bytes}{note}',
-            service=self.service, client=client, client_ip=ip, client_port=port,
-            method=_printable(method), path=_printable(path), version=_printable(version),
-            status=status, bytes=sent, aborted=aborted, note=" aborted" if aborted else "")
+            "{access_line}", access_line=line, service=self.service, client=client,
+            client_ip=ip, client_port=port, method=method, path=path, version=version,
+            status=status, bytes=sent, aborted=aborted)
 
 
 def buildFactory(service, reactor) -> StaticSite:
