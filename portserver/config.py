@@ -24,7 +24,7 @@ from portserver.limits import (
     ShutdownSpec,
     parseNetwork,
 )
-from portserver.options import Option, OptionsError, checkOptions
+from portserver.options import Option, OptionsError, checkOptions, seconds
 from portserver.status.access import endpointIsLocal, readTokenFile, tokenProblem
 from portserver.ports import lookupServicePort
 
@@ -47,12 +47,13 @@ class ConfigProblem:
     """
 
     path: str
-    mark: Mark
+    mark: Mark | None
     message: str
     service: str | None = None
 
     def __str__(self) -> str:
-        where = f"{self.path}:{self.mark.line}:{self.mark.column}"
+        where = (self.path if self.mark is None
+                 else f"{self.path}:{self.mark.line}:{self.mark.column}")
         who = f" service {self.service!r}:" if self.service else ""
         return f"{where}:{who} {self.message}"
 
@@ -243,8 +244,7 @@ def _checkConnectionLog(value) -> str | None:
 REGISTRY_SCHEMA = {
     "closed_limit": Option(int, default=1000,
                            check=lambda v: None if v >= 0 else "must be 0 or more"),
-    "udp_idle": Option((int, float), default=60,
-                       check=lambda v: None if v > 0 else "must be more than 0 seconds",
+    "udp_idle": Option((int, float), default=60, check=seconds(),
                        describe="a number of seconds"),
     "connection_log": Option((str, bool, type(None)), default=DEFAULT_CONNECTION_LOG,
                              check=_checkConnectionLog,
@@ -632,4 +632,4 @@ def readConfig(path: str) -> tuple[str | None, list[ConfigProblem]]:
             return f.read(), []
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        return None, [ConfigProblem(path, Mark(1, 1), f"cannot read the config file: {reason}")]
+        return None, [ConfigProblem(path, None, f"cannot read the config file: {reason}")]

@@ -15,13 +15,13 @@ from typing import Any, Mapping
 
 import attrs
 
-from portserver.options import Option
+from portserver.options import Option, seconds
 
 
 def _positive(kind: str):
     def check(value) -> str | None:
         if isinstance(value, float) and not math.isfinite(value):
-            return f"must be a finite {kind}"
+            return f"must be a finite number {kind}"
         return None if value > 0 else f"must be more than 0 {kind}"
     return check
 
@@ -86,15 +86,15 @@ LIMITS_SCHEMA: dict[str, Option] = {
                          lambda v: None if v is None or v >= 1 else "must be 1 or more",
                          describe="a whole number of connections"),
     "idle_timeout": Option((int, float, type(None)), None,
-                           lambda v: None if v is None else _positive("seconds")(v),
+                           lambda v: None if v is None else seconds()(v),
                            describe=SECONDS),
     "deadline": Option((int, float, type(None)), None,
-                       lambda v: None if v is None else _positive("seconds")(v),
+                       lambda v: None if v is None else seconds()(v),
                        describe=SECONDS),
     "max_output": Option((int, type(None)), 1024 * 1024,
                          lambda v: None if v is None or v >= 1 else "must be 1 or more bytes",
                          describe="a number of bytes, or null for no cap"),
-    "close_grace": Option((int, float), 10, _positive("seconds"), describe="seconds"),
+    "close_grace": Option((int, float), 10, seconds(), describe="seconds"),
     "banner": Option((str, dict, type(None)), None, lambda v: _bannerProblem(v),
                      describe="one line of text, a mapping of refusal reason to a line "
                               "(or null), or null"),
@@ -241,6 +241,6 @@ class ShutdownSpec:
 
 
 SHUTDOWN_SCHEMA = {
-    "drain": Option((int, float), 10, lambda v: None if v >= 0 else "must be 0 or more seconds",
+    "drain": Option((int, float), 10, seconds(inclusive=True),
                     describe="a number of seconds"),
 }

@@ -20,9 +20,35 @@ L{portserver.provider.PortProtocol}, which runs once each option has passed.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Callable, Mapping
 
 import attrs
+
+
+#: The longest duration any option may give: a year. Longer ones mean "never" and cannot
+#: all be scheduled (the reactor's timers and poll timeout overflow).
+MAX_SECONDS = 365 * 86400
+
+
+def seconds(minimum: float = 0, inclusive: bool = False,
+            maximum: float = MAX_SECONDS) -> Callable[[Any], str | None]:
+    """
+    A C{check} for an option giving a duration: a finite number of seconds above
+    C{minimum} (or at it, if C{inclusive}) and at most C{maximum}.
+    """
+    def number(value: float) -> str:
+        return str(int(value)) if float(value).is_integer() else str(value)
+
+    bound = f"{number(minimum)} or more" if inclusive else f"more than {number(minimum)}"
+    most = number(maximum) + (" (a year)" if maximum == MAX_SECONDS else "")
+
+    def check(value) -> str | None:
+        if not math.isfinite(value) or value > maximum or value < minimum or (
+                not inclusive and value == minimum):
+            return f"must be a number of seconds, {bound} and at most {most}"
+        return None
+    return check
 
 
 @attrs.frozen

@@ -135,6 +135,76 @@ class YAMLLevelTests(SynchronousTestCase):
                         str(found[0]))
         self.assertIsNone(found[0].service)
 
+    def test_syntaxErrorsInPlainWords(self):
+        """
+        The usual YAML mistakes are explained in words an operator can act on, at the
+        place parsing broke, with no PyYAML internals (no C{<block end>}, no C{scanning
+        for the next token}).
+        """
+        cases = [
+            ("services:\n  - name: svc\n    protocol: echo\n   port: 7\n",
+             "test.yaml:4:4: invalid YAML: the indentation does not line up"),
+            ("services:\n\t- name: svc\n",
+             "test.yaml:2:1: invalid YAML: a tab character: YAML indents with spaces only"),
+            ("services:\n  - name:svc\n    protocol: echo\n",
+             "invalid YAML: a colon where none can be: a key needs a space after its colon"),
+            ('services:\n  - name: "svc\n    protocol: echo\n',
+             "invalid YAML: the file ends inside a quoted string: a quote is opened and "
+             "never closed (the block or string began at line 2)"),
+            ("services: [{name: svc, protocol: echo}\n",
+             "invalid YAML: a [list] is not closed, or two of its items lack a comma"),
+        ]
+        for text, expected in cases:
+            [found] = parse(text)[1]
+            self.assertIn(expected, str(found), text)
+            for internal in ("<block", "scanning", "while parsing", "token"):
+                self.assertNotIn(internal, str(found), text)
+
+    def test_aliasBombRefused(self):
+        """
+        Nested aliases that would expand to a billion values ("billion laughs", 412
+        bytes) are refused where the expansion passes the budget, without expanding
+        anything.
+        """
+        lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+        for name, previous in zip("bcdefghi", "abcdefgh"):
+            lines.append(f"{name}: &{name} [" + ",".join([f"*{previous}"] * 9) + "]")
+        lines.append("services:\n  - {name: svc, protocol: qotd, options: {quotes: *i}}")
+        [found] = parse("\n".join(lines) + "\n")[1]
+        self.assertIn("refused: the document holds more than 100,000 values once its "
+                      "aliases are expanded", str(found))
+        self.assertRegex(str(found), r"^test\.yaml:\d+:\d+: ")
+
+    def test_deepNestingRefused(self):
+        """
+        Thousands of nested brackets are refused at the bracket past the limit, before
+        PyYAML's parser recurses into them.
+        """
+        [found] = parse("services: " + "[" * 5000 + "]" * 5000 + "\n")[1]
+        self.assertEqual(str(found), "test.yaml:1:75: refused: lists and mappings nest "
+                                     "more than 64 deep here")
+
+    def test_hugeNumberRefused(self):
+        """
+        A 5000-digit number is one located error (not Python's int-size ValueError, and
+        no second error about its value).
+        """
+        self.assertEqual(problems(oneService("port: " + "9" * 5000)),
+                         ["test.yaml:4:11: a number of 5000 digits: numbers here have at "
+                          "most 30"])
+
+    def test_durationsTooLongOrInfinite(self):
+        """
+        Durations too long to schedule, or infinite, are located errors naming the
+        bound.
+        """
+        found = problems(oneService(
+            "limits: {idle_timeout: 1.0e+300, deadline: .inf, close_grace: 1.0e+20}"))
+        self.assertEqual(len(found), 3, found)
+        for problem in found:
+            self.assertIn("must be a number of seconds, more than 0 and at most 31536000 "
+                          "(a year)", problem)
+
     def test_duplicateKey(self):
         """
         A key given twice in one mapping is reported at the second one, naming the line of
@@ -762,24 +832,25 @@ class LoadPlanTests(SynchronousTestCase):
 
     def test_missingFile(self):
         """
-        A file that cannot be read is refused with one problem naming the path.
+        A file that cannot be read is refused with one problem naming the path, and no
+        made-up position in it.
         """
         path = self.mktemp()
         error = self.assertRaises(ConfigError, loadPlan, path, PROVIDERS, rule=RULE,
                                   dualStack=True)
         self.assertEqual(len(error.problems), 1)
         self.assertTrue(str(error.problems[0]).startswith(
-            f"{path}:1:1: cannot read the config file: "), str(error.problems[0]))
+            f"{path}: cannot read the config file: "), str(error.problems[0]))
 
     def test_readConfigMissingFile(self):
         """
-        L{readConfig} on a missing file gives no text and a problem at 1:1 of that path
-        saying why it could not be read.
+        L{readConfig} on a missing file gives no text and a problem of that path, at no
+        position, saying why it could not be read.
         """
         path = self.mktemp()
         text, found = readConfig(path)
         self.assertIsNone(text)
-        self.assertEqual([(p.path, p.mark) for p in found], [(path, Mark(1, 1))])
+        self.assertEqual([(p.path, p.mark) for p in found], [(path, None)])
         self.assertIn("cannot read the config file", found[0].message)
         self.assertIn("No such file", found[0].message)
 

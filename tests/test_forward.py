@@ -82,7 +82,7 @@ class OptionsTests(SynchronousTestCase):
         """
         report = self.problems("host: a\nport: 70000\nconnect_timeout: 0\n")
         self.assertIn("option 'port': must be 1-65535", report)
-        self.assertIn("option 'connect_timeout': must be more than 0 seconds", report)
+        self.assertIn("option 'connect_timeout': must be a number of seconds, more than 0", report)
 
 
 class RelayTests(SynchronousTestCase):

@@ -120,7 +120,8 @@ class LayeringTests(SynchronousTestCase):
             "l.yaml:7:33: service 'e': access: unknown key 'other' (known: allow, deny)",
             "l.yaml:7:21: service 'e': access: 'allow' must be a list of addresses and CIDR "
             "blocks, not a string",
-            "l.yaml:8:12: shutdown: 'drain' must be 0 or more seconds",
+            "l.yaml:8:12: shutdown: 'drain' must be a number of seconds, 0 or more and at "
+            "most 31536000 (a year)",
         ])
 
 

@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from portserver.interfaces import ITrackedTransport
-from portserver.options import Option, OptionProblem
+from portserver.options import Option, OptionProblem, seconds
 from portserver.provider import PortProtocol
 from portserver.registry import ERROR, RESET, SERVER_CLOSED
 
@@ -212,8 +212,7 @@ def _checkPort(port) -> str | None:
     return None if 1 <= port <= 65535 else "must be 1-65535"
 
 
-def _checkTimeout(seconds) -> str | None:
-    return None if seconds > 0 else "must be more than 0 seconds"
+_checkTimeout = seconds()
 
 
 OPTIONS = {

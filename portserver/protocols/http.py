@@ -60,7 +60,7 @@ from twisted.logger import Logger
 from twisted.web import http as web, resource, server, static
 from zope.interface import implementer
 
-from portserver.options import Option
+from portserver.options import Option, seconds
 from portserver.protocols import http_ranges as ranges
 from portserver.protocols.http_channel import SERVER_HEADER, StaticChannel, page
 from portserver.provider import PortProtocol
@@ -122,10 +122,7 @@ def _normaliseMimeTypes(types: dict) -> dict:
     return {ext.lower(): mime.strip() for ext, mime in types.items()}
 
 
-def _positiveSeconds(value) -> str | None:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "must be a finite number of seconds"
-    return None if value > 0 else "must be more than 0 seconds"
+_positiveSeconds = seconds()
 
 
 def _atLeast(minimum: int):

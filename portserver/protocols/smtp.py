@@ -36,7 +36,7 @@ from twisted.mail import smtp as tsmtp
 from twisted.mail.interfaces import IMessageSMTP
 from zope.interface import implementer
 
-from portserver.options import Option, OptionProblem
+from portserver.options import Option, OptionProblem, seconds
 from portserver.provider import PortProtocol
 
 log = Logger()
@@ -134,8 +134,7 @@ def _checkMaxSize(value) -> str | None:
     return None if value > 0 else "must be a number of bytes greater than 0"
 
 
-def _checkTimeout(value) -> str | None:
-    return None if value > 0 else "must be a number of seconds greater than 0"
+_checkTimeout = seconds()
 
 
 def _checkMaildir(value) -> str | None:
