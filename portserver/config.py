@@ -38,6 +38,12 @@ TOP_KEYS = ("services", "status", "registry", "limits", "access", "shutdown")
 ACCESS_KEYS = ("allow", "deny")
 DEFAULT_STATUS_LISTEN = "tcp:8790:interface=127.0.0.1"
 DEFAULT_CONNECTION_LOG = "connections.log"
+#: The most closed connections the registry may keep queryable (each is a record of a few
+#: hundred bytes); past it, a number only costs memory (and past 2**63, start-up fails).
+MAX_CLOSED_LIMIT = 1_000_000
+#: The largest config file read: a config is a few kilobytes; this keeps C{-c /dev/zero}
+#: or a log given by mistake from filling the memory.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 
 @attrs.frozen
@@ -68,6 +74,13 @@ class ConfigError(Exception):
         super().__init__(self.report())
 
     def report(self) -> str:
+        """
+        The problems for a person: how many, then one a line. A file that could not be
+        read at all is its reason alone (C{cannot read the config file: ...}), one line
+        for the caller to put after the file's name.
+        """
+        if self.problems and all(p.mark is None for p in self.problems):
+            return "; ".join(p.message for p in self.problems)
         count = len(self.problems)
         head = f"{count} configuration error{'s' if count != 1 else ''}:"
         return "\n".join([head] + [f"  {p}" for p in self.problems])
@@ -134,8 +147,10 @@ class RegistrySpec:
     @ivar closedLimit: how many closed connections stay queryable.
     @ivar udpIdle: seconds of silence after which a UDP flow expires.
     @ivar connectionLog: the file that gets one line per ended connection (see
-        L{portserver.connlog}), relative to the directory the server runs in; L{None}
-        for no connection log.
+        L{portserver.connlog}), or L{None} for no connection log. L{parseConfig} makes a
+        relative path absolute from the directory the server is started in (where
+        twistd puts C{twistd.pid} and C{twistd.log}): never from the config file's
+        directory, which for the bundled config is inside the installed package.
     """
 
     closedLimit: int = 1000
@@ -243,7 +258,8 @@ def _checkConnectionLog(value) -> str | None:
 
 REGISTRY_SCHEMA = {
     "closed_limit": Option(int, default=1000,
-                           check=lambda v: None if v >= 0 else "must be 0 or more"),
+                           check=lambda v: None if 0 <= v <= MAX_CLOSED_LIMIT
+                           else f"must be 0 to {MAX_CLOSED_LIMIT}"),
     "udp_idle": Option((int, float), default=60, check=seconds(),
                        describe="a number of seconds"),
     "connection_log": Option((str, bool, type(None)), default=DEFAULT_CONNECTION_LOG,
@@ -568,7 +584,7 @@ def parseConfig(text: str, path: str, providers: Mapping[str, Any],
         settings = _section(data, "registry", REGISTRY_SCHEMA, collector)
         connectionLog = settings["connection_log"]
         registry = RegistrySpec(settings["closed_limit"], float(settings["udp_idle"]),
-                                connectionLog or None)
+                                os.path.abspath(connectionLog) if connectionLog else None)
         shutdown = ShutdownSpec(float(_section(data, "shutdown", SHUTDOWN_SCHEMA,
                                                collector)["drain"]))
     return specs, status, registry, shutdown, collector.problems
@@ -625,11 +641,27 @@ def _parseServices(text, path, providers, servicePort):
 
 def readConfig(path: str) -> tuple[str | None, list[ConfigProblem]]:
     """
-    Read a config file's text, or say why it could not be read.
+    Read a config file's text, or say why it could not be read: a file that cannot be
+    opened, or is over L{MAX_CONFIG_BYTES}, at no position; bytes that are not UTF-8 at
+    the line and column of the first.
     """
+    def refused(reason: str, mark: Mark | None = None):
+        return None, [ConfigProblem(path, mark, f"cannot read the config file: {reason}")]
+
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read(), []
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        return None, [ConfigProblem(path, None, f"cannot read the config file: {reason}")]
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        return refused(e.strerror or str(e))
+    if len(data) > MAX_CONFIG_BYTES:
+        return refused(f"it is larger than {MAX_CONFIG_BYTES // 2**20} MiB (a config is a "
+                       "few kilobytes: is this the right file?)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        lineStart = data.rfind(b"\n", 0, e.start) + 1
+        column = len(data[lineStart:e.start].decode("utf-8", "replace")) + 1
+        return refused(f"it is not UTF-8 text (byte {data[e.start]:#04x} here): save it "
+                       "as UTF-8", Mark(data.count(b"\n", 0, e.start) + 1, column))
+    # As text mode would read it: \r\n and \r are line ends.
+    return text.replace("\r\n", "\n").replace("\r", "\n"), []

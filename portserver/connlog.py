@@ -20,6 +20,8 @@ rotates by size.
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 
 from twisted.application.service import Service
@@ -54,21 +56,66 @@ def formatLine(record: ConnectionRecord, stamp: str) -> str:
     return line + "\n"
 
 
+def writableBy(directory: str, uid: int, gid: int) -> bool:
+    """
+    Whether C{uid} (with primary group C{gid}) may create and rename files in
+    C{directory}, by its mode bits (root may).
+    """
+    if uid == 0:
+        return True
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return False
+    if info.st_uid == uid:
+        return bool(info.st_mode & stat.S_IWUSR and info.st_mode & stat.S_IXUSR)
+    if info.st_gid == gid:
+        return bool(info.st_mode & stat.S_IWGRP and info.st_mode & stat.S_IXGRP)
+    return bool(info.st_mode & stat.S_IWOTH and info.st_mode & stat.S_IXOTH)
+
+
+class ConnectionLogFile(LogFile):
+    """
+    A L{LogFile} that stays bounded when it cannot rotate. Twisted's skips the rotation,
+    silently, when its directory is not writable by the process (as after C{twistd
+    --uid} drops root, in a directory root owns), and the file then grows without end.
+    This one empties the file instead, and says so.
+    """
+
+    def rotate(self):
+        if os.access(self.directory, os.W_OK) and os.access(self.path, os.W_OK):
+            super().rotate()
+            return
+        self._file.seek(0)
+        self._file.truncate()
+        self.size = 0
+        log.error("Cannot rotate the connection log {path}: its directory is not "
+                  "writable by this process (uid {uid}); the log was emptied to stay "
+                  "under {limit} MB", path=self.path, uid=os.getuid(),
+                  limit=self.rotateLength // 2**20)
+
+
 class ConnectionLog(Service):
     """
     Writes L{formatLine} for every record the registry closes, to C{path}.
 
-    @param opener: C{opener(path)} gives the file (by default a rotating L{LogFile});
-        it is called in C{privilegedStartService}, so an unwritable path fails start-up.
+    @param opener: C{opener(path)} gives the file (by default a rotating
+        L{ConnectionLogFile}); it is called in C{privilegedStartService}, so an unwritable
+        path fails start-up.
+    @param owner: C{(uid, gid)} twistd drops to after binding (C{--uid}/C{--gid}), or
+        L{None}: the file (opened as root) is handed to that user, so that it can go on
+        writing and rotating it.
     """
 
     name = "connection-log"
 
-    def __init__(self, registry: Registry, path: str, reactor, opener=None):
+    def __init__(self, registry: Registry, path: str, reactor, opener=None,
+                 owner: tuple[int, int] | None = None):
         self.registry = registry
-        self.path = path
+        self.path = os.path.abspath(path)
         self.reactor = reactor
-        self.opener = opener or (lambda p: LogFile.fromFullPath(
+        self.owner = owner
+        self.opener = opener or (lambda p: ConnectionLogFile.fromFullPath(
             p, rotateLength=ROTATE_BYTES, maxRotatedFiles=ROTATED_FILES))
         self.file = None
         self._pending: list[str] = []
@@ -93,6 +140,27 @@ class ConnectionLog(Service):
         except OSError as e:
             raise StartupError(f"cannot open the connection log {self.path!r}: "
                                f"{e.strerror or e}") from e
+        log.info("Connection log: {path}", path=self.path)
+        if self.owner is not None:
+            self._handOver(*self.owner)
+
+    def _handOver(self, uid: int, gid: int) -> None:
+        """
+        Give the log file to the user twistd drops to, and say at once if that user will
+        not be able to rotate it (its directory is not writable by it).
+        """
+        try:
+            os.chown(self.path, uid, gid)
+        except OSError as e:
+            log.warn("Cannot give the connection log {path} to uid {uid}: {error}",
+                     path=self.path, uid=uid, error=e.strerror or str(e))
+        directory = os.path.dirname(self.path)
+        if not writableBy(directory, uid, gid):
+            log.warn("The connection log's directory {directory} is not writable by uid "
+                     "{uid}, which portserver runs as after start-up: the log cannot "
+                     "rotate, so at {limit} MB it is emptied instead (make the directory "
+                     "writable by that user, or set registry.connection_log elsewhere)",
+                     directory=directory, uid=uid, limit=ROTATE_BYTES // 2**20)
 
     def privilegedStartService(self):
         self.open()

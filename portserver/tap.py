@@ -214,7 +214,7 @@ def makeService(options, reactor=None):
     if plan.config.registry.connectionLog is not None:
         # First in, last out: it still logs the connections closed at shutdown.
         ConnectionLog(server.registry, plan.config.registry.connectionLog,
-                      reactor).setServiceParent(tree)
+                      reactor, owner=droppedTo(options)).setServiceParent(tree)
     server.setServiceParent(tree)
     reactor.callWhenRunning(installStopSignals, reactor, server)
     status = None
@@ -226,6 +226,21 @@ def makeService(options, reactor=None):
         RuntimeFile(runtimePath(pidfile), pidfile, os.path.abspath(plan.config.path),
                     status).setServiceParent(tree)
     return tree
+
+
+def droppedTo(options, geteuid=os.geteuid) -> tuple[int, int] | None:
+    """
+    The C{(uid, gid)} twistd drops to after start-up (C{--uid}, C{--gid}, run as root),
+    or L{None} when it keeps its user.
+    """
+    parent = getattr(options, "parent", None)
+    if not isinstance(parent, dict) or geteuid() != 0:
+        return None
+    uid, gid = parent.get("uid"), parent.get("gid")
+    if uid is None and gid is None:
+        return None
+    return (os.getuid() if uid is None else int(uid),
+            os.getgid() if gid is None else int(gid))
 
 
 def twistdPidfile(options) -> str | None:

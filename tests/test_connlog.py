@@ -10,10 +10,16 @@ import os
 import attrs
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from portserver import tap
-from portserver.connlog import FLUSH_BYTES, ConnectionLog, formatLine
+from portserver.connlog import (
+    FLUSH_BYTES,
+    ConnectionLog,
+    ConnectionLogFile,
+    formatLine,
+    writableBy,
+)
 from portserver.ports import PrivilegeRule
 from portserver.registry import CLIENT_CLOSED, IDLE, SHUTDOWN, Endpoint, Registry
 from portserver.service import StartupError
@@ -200,7 +206,8 @@ class ConnectionLogTests(SynchronousTestCase):
         A log file that cannot be opened fails start-up with a L{StartupError} naming it.
         """
         registry = Registry(MemoryReactorClock(), PrivilegeRule(1024, "test"))
-        path = os.path.join(self.mktemp(), "missing-directory", "connections.log")
+        path = os.path.abspath(os.path.join(self.mktemp(), "missing-directory",
+                                            "connections.log"))
         connectionLog = ConnectionLog(registry, path, MemoryReactorClock())
         error = self.assertRaises(StartupError, connectionLog.privilegedStartService)
         self.assertIn(f"cannot open the connection log {path!r}", str(error))
@@ -233,3 +240,115 @@ class RealFileTests(SynchronousTestCase):
         with open(path) as f:
             self.assertRegex(f.read(), r"^\S+Z tcp-1 echo tcp 127\.0\.0\.2:51234 -> "
                                        r"127\.0\.0\.1:7 client-closed ")
+
+
+class PathAndOwnerTests(SynchronousTestCase):
+    """
+    Where the connection log goes, and that it stays bounded under another user.
+    """
+
+    def test_relativeToWorkingDirectoryAndLogged(self):
+        """
+        A relative path is taken from the directory the server runs in (where twistd's
+        pid and log files go by default), and its absolute path is logged when opened.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(directory)
+        registry = Registry(MemoryReactorClock(), PrivilegeRule(1024, "test"))
+        connectionLog = ConnectionLog(registry, "connections.log", MemoryReactorClock())
+        with capturedLogs() as events:
+            connectionLog.open()
+        self.addCleanup(connectionLog.close)
+        path = os.path.join(directory, "connections.log")
+        self.assertEqual(connectionLog.path, path)
+        self.assertTrue(os.path.exists(path))
+        self.assertIn(path, [e.get("path") for e in events])
+
+    def test_unrotatableStaysBounded(self):
+        """
+        When the directory cannot take a rotation (Twisted's L{LogFile} then skips it
+        and grows without end), the file is emptied at the size limit instead, and an
+        error says why.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "connections.log")
+        logFile = ConnectionLogFile.fromFullPath(path, rotateLength=1000)
+        self.addCleanup(logFile.close)
+        self.patch(os, "access", lambda p, mode: p != directory)
+        with capturedLogs() as events:
+            for _ in range(50):
+                logFile.write("x" * 99 + "\n")
+            logFile.flush()
+        self.assertLessEqual(os.path.getsize(path), 1000)
+        self.assertFalse(os.path.exists(path + ".1"))
+        self.assertIn("Cannot rotate the connection log", " ".join(
+            e.get("log_format", "") for e in events))
+
+    def test_rotatesWhereItCan(self):
+        """
+        Where the directory is writable, rotation is Twisted's: the old lines move to
+        C{.1}.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "connections.log")
+        logFile = ConnectionLogFile.fromFullPath(path, rotateLength=1000)
+        self.addCleanup(logFile.close)
+        for _ in range(15):
+            logFile.write("x" * 99 + "\n")
+        logFile.flush()
+        self.assertTrue(os.path.exists(path + ".1"))
+
+    def test_writableBy(self):
+        """
+        L{writableBy} reads the mode bits for the user twistd drops to: owner, group,
+        others; root may always.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        info = os.stat(directory)
+        other = info.st_uid + 12345
+        os.chmod(directory, 0o755)
+        self.assertTrue(writableBy(directory, info.st_uid, info.st_gid))
+        self.assertFalse(writableBy(directory, other, info.st_gid + 12345))
+        self.assertTrue(writableBy(directory, 0, 0))
+        os.chmod(directory, 0o775)
+        self.assertTrue(writableBy(directory, other, info.st_gid))
+        os.chmod(directory, 0o777)
+        self.assertTrue(writableBy(directory, other, info.st_gid + 12345))
+
+    def test_handedToTheDroppedUser(self):
+        """
+        Run as root with C{--uid}/C{--gid}, the file (opened as root) is given to that
+        user, and a directory it cannot write is a warning at start-up.
+        """
+        if os.getuid() != 0:
+            raise SkipTest("changing a file's owner needs root")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        os.chmod(directory, 0o755)
+        registry = Registry(MemoryReactorClock(), PrivilegeRule(1024, "test"))
+        connectionLog = ConnectionLog(registry, os.path.join(directory, "c.log"),
+                                      MemoryReactorClock(), owner=(65534, 65534))
+        with capturedLogs() as events:
+            connectionLog.open()
+        self.addCleanup(connectionLog.close)
+        info = os.stat(connectionLog.path)
+        self.assertEqual((info.st_uid, info.st_gid), (65534, 65534))
+        self.assertTrue(any("is not writable by uid" in e.get("log_format", "")
+                            for e in events))
+
+    def test_droppedTo(self):
+        """
+        L{tap.droppedTo} is the C{--uid}/C{--gid} twistd drops to when run as root, else
+        L{None}.
+        """
+        class Options(dict):
+            parent = {"uid": 65534, "gid": 65534}
+        self.assertEqual(tap.droppedTo(Options(), geteuid=lambda: 0), (65534, 65534))
+        self.assertIsNone(tap.droppedTo(Options(), geteuid=lambda: 1000))
+        Options.parent = {"uid": None, "gid": None}
+        self.assertIsNone(tap.droppedTo(Options(), geteuid=lambda: 0))
