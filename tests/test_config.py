@@ -854,6 +854,78 @@ class LoadPlanTests(SynchronousTestCase):
         self.assertIn("cannot read the config file", found[0].message)
         self.assertIn("No such file", found[0].message)
 
+    def test_unreadableIsOneLine(self):
+        """
+        A file that cannot be read is reported as one sentence after its name: no
+        position and no "1 configuration error:" heading over a single line.
+        """
+        path = self.mktemp()
+        error = self.assertRaises(ConfigError, loadPlan, path, PROVIDERS, rule=RULE,
+                                  dualStack=True)
+        self.assertEqual(error.report(),
+                         "cannot read the config file: No such file or directory")
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.assertEqual([str(p) for p in readConfig(directory)[1]],
+                         [f"{directory}: cannot read the config file: Is a directory"])
+
+    def test_notUTF8Located(self):
+        """
+        A file that is not UTF-8 is refused at the line and column of the first byte
+        that is not, not with Python's codec message.
+        """
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write("services: []\n# caf\u00e9 na\xefve \xe9t\xe9\n".encode("latin-1"))
+        text, found = readConfig(path)
+        self.assertIsNone(text)
+        self.assertEqual([str(p) for p in found], [
+            f"{path}:2:6: cannot read the config file: it is not UTF-8 text (byte 0xe9 "
+            "here): save it as UTF-8"])
+
+    def test_tooLargeFile(self):
+        """
+        A file over 4 MiB is refused unread (C{-c} given a log, or a device that never
+        ends, must not fill the memory).
+        """
+        from portserver.config import MAX_CONFIG_BYTES
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("#" * MAX_CONFIG_BYTES + "\n")
+        text, found = readConfig(path)
+        self.assertIsNone(text)
+        self.assertEqual([str(p) for p in found], [
+            f"{path}: cannot read the config file: it is larger than 4 MiB (a config is a "
+            "few kilobytes: is this the right file?)"])
+
+    def test_readConfigLineEnds(self):
+        """
+        Windows and old Mac line ends are read as line ends, as text mode reads them.
+        """
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"services:\r\n  - {name: a, protocol: echo}\r  # end\r\n")
+        self.assertEqual(readConfig(path),
+                         ("services:\n  - {name: a, protocol: echo}\n  # end\n", []))
+
+    def test_aliasBombFromFile(self):
+        """
+        The 9-level "billion laughs" of the issue (unquoted items, read from a file
+        through L{loadPlan}, as C{--check} does) is one located refusal.
+        """
+        lines = ["a: &a [x,x,x,x,x,x,x,x,x]"]
+        for name, previous in zip("bcdefghi", "abcdefgh"):
+            lines.append(f"{name}: &{name} [" + ",".join([f"*{previous}"] * 9) + "]")
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\nservices: *i\n")
+        error = self.assertRaises(ConfigError, loadPlan, path, PROVIDERS, rule=RULE,
+                                  dualStack=True)
+        [problem] = error.problems
+        self.assertRegex(str(problem), rf"^{path}:[6-9]:\d+: refused: the document holds "
+                                       r"more than 100,000 values once its aliases are "
+                                       r"expanded")
+
     def test_readConfig(self):
         """
         L{readConfig} on a readable file gives its text and no problems.
@@ -900,7 +972,7 @@ class StatusAndRegistrySettingsTests(SynchronousTestCase):
         self.assertEqual(found, [])
         self.assertEqual(status.listen, "tcp:8790:interface=127.0.0.1")
         self.assertEqual((registry.closedLimit, registry.udpIdle, registry.connectionLog),
-                         (1000, 60.0, "connections.log"))
+                         (1000, 60.0, os.path.join(os.getcwd(), "connections.log")))
 
     def test_connectionLog(self):
         """
@@ -917,6 +989,58 @@ class StatusAndRegistrySettingsTests(SynchronousTestCase):
             self.assertEqual(len(found), 1, found)
             self.assertIn("test.yaml:3:", found[0])
             self.assertIn("connection_log", found[0])
+
+    def test_connectionLogRelativeToStartDirectory(self):
+        """
+        A relative C{connection_log} is made absolute from the directory the server is
+        started in (where twistd puts its pid file and log), never from the config
+        file's directory: for the bundled config that is inside the installed package.
+        """
+        start = os.path.abspath(self.mktemp())
+        os.makedirs(start)
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(start)
+        from portserver.config import parseConfig
+        packaged = "/usr/lib/python3/site-packages/portserver/etc/portserver.yaml"
+        for text, expected in [
+                ("", "connections.log"), ("registry: {connection_log: logs/c.log}\n",
+                                          "logs/c.log"),
+                ("registry: {connection_log: ../c.log}\n", "../c.log")]:
+            registry = parseConfig("services: []\n" + text, packaged, {})[2]
+            self.assertEqual(registry.connectionLog,
+                             os.path.normpath(os.path.join(start, expected)), text)
+        plan = loadPlan(SHIPPED_CONFIG, PROVIDERS, rule=RULE, dualStack=True,
+                        servicePort=FakeServices())
+        self.assertEqual(plan.config.registry.connectionLog,
+                         os.path.join(start, "connections.log"))
+
+    def test_closedLimitBounded(self):
+        """
+        C{closed_limit} has a maximum: a huge number is a located error, not an
+        C{OverflowError} when the registry is made (nor memory for a billion records).
+        """
+        _, registry, found = self.settings("registry:\n  closed_limit: 1000000\n")
+        self.assertEqual((found, registry.closedLimit), ([], 1000000))
+        _, _, found = self.settings(
+            "registry:\n  closed_limit: 100000000000000000000000000\n")
+        self.assertEqual(found, [
+            "test.yaml:3:3: registry: 'closed_limit' must be 0 to 1000000"])
+
+    def test_registryAndDrainDurationsBounded(self):
+        """
+        C{registry.udp_idle} and C{shutdown.drain} refuse durations too long to schedule,
+        infinite or not a number, each at its key, naming the maximum.
+        """
+        for value in ("1.0e+300", ".inf", ".nan", "31536001"):
+            _, _, found = self.settings(
+                f"registry:\n  udp_idle: {value}\nshutdown:\n  drain: {value}\n")
+            self.assertEqual(len(found), 2, (value, found))
+            self.assertTrue(found[0].startswith("test.yaml:3:3: registry: 'udp_idle'"))
+            self.assertTrue(found[1].startswith("test.yaml:5:3: shutdown: 'drain'"))
+            for problem in found:
+                self.assertIn("at most 31536000 (a year)", problem)
+        _, registry, found = self.settings("registry:\n  udp_idle: 31536000\n")
+        self.assertEqual((found, registry.udpIdle), ([], 31536000.0))
 
     def test_statusOff(self):
         """
@@ -936,7 +1060,8 @@ class StatusAndRegistrySettingsTests(SynchronousTestCase):
         self.assertEqual(len(found), 3)
         self.assertTrue(found[0].startswith("test.yaml:3:3: status: 'listen' 'bogus:1' is not "
                                             "a Twisted server endpoint string"), found[0])
-        self.assertEqual(found[1], "test.yaml:5:3: registry: 'closed_limit' must be 0 or more")
+        self.assertEqual(found[1], "test.yaml:5:3: registry: 'closed_limit' must be 0 to "
+                                   "1000000")
         self.assertTrue(found[2].startswith("test.yaml:6:3: registry: 'udp_idle' must be"))
 
 

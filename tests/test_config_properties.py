@@ -40,7 +40,10 @@ class LoaderProperties(SynchronousTestCase):
     The loader's contract: a config, or located problems; no other outcome.
     """
 
-    def check(self, text: str) -> None:
+    def check(self, text: str) -> list:
+        """
+        Parse C{text}; assert the contract; return the problems.
+        """
         specs, status, registry, shutdown, problems = parseConfig(text, "p.yaml", PROVIDERS)
         for problem in problems:
             self.assertIsInstance(problem, ConfigProblem)
@@ -50,6 +53,7 @@ class LoaderProperties(SynchronousTestCase):
             self.assertTrue(str(problem).startswith("p.yaml:"))
         if not problems:
             self.assertIsInstance(specs, list)
+        return problems
 
     def test_controlCharacter(self):
         """
@@ -99,3 +103,22 @@ class LoaderProperties(SynchronousTestCase):
         except (yaml.YAMLError, ValueError):
             return
         self.check(text)
+
+    @PROPERTY
+    @given(st.integers(1, 12), st.integers(1, 12), st.sampled_from(["x", '"lol"', "{k: v}"]),
+           st.sampled_from(["services: *{last}\n", "services:\n  - {{name: s, protocol: "
+                            "qotd, options: {{quotes: *{last}}}}}\n"]))
+    def test_nestedAliases(self, width, depth, item, use):
+        """
+        Aliases nested C{depth} levels, each C{width} wide (a "billion laughs" when both
+        are large), give a config or located problems, and are refused once they expand
+        past the budget.
+        """
+        names = [f"n{level}" for level in range(depth)]
+        lines = [f"{names[0]}: &{names[0]} [" + ",".join([item] * width) + "]"]
+        for previous, name in zip(names, names[1:]):
+            lines.append(f"{name}: &{name} [" + ",".join([f"*{previous}"] * width) + "]")
+        text = "\n".join(lines) + "\n" + use.format(last=names[-1])
+        problems = self.check(text)
+        if width ** depth > 100_000:
+            self.assertIn("refused:", str(problems[0]))
