@@ -202,6 +202,15 @@ _Loader.add_constructor("tag:yaml.org,2002:int", _constructInt)
 _EXPLAINED = (
     ("found character '\\t' that cannot start any token",
      "a tab character: YAML indents with spaces only; replace the tab with spaces"),
+    ("that cannot start any token",
+     "a value that cannot start with this character (such as %, @ or `): put the value "
+     "in quotes"),
+    ("could not determine a constructor",
+     "a YAML tag (!!python/..., !name) that a config cannot use: remove it, or quote the "
+     "value if the ! is part of it"),
+    ("while parsing a flow node",
+     "a block item (`- ...` or `key: value` on its own line) inside a [list] or {mapping} "
+     "written inline: use one form or the other"),
     ("mapping values are not allowed here",
      "a colon where none can be: a key needs a space after its colon (`name: echo`, not "
      "`name:echo`), the line may be indented deeper than the key above it, or a value "

@@ -153,6 +153,12 @@ class YAMLLevelTests(SynchronousTestCase):
              "never closed (the block or string began at line 2)"),
             ("services: [{name: svc, protocol: echo}\n",
              "invalid YAML: a [list] is not closed, or two of its items lack a comma"),
+            ("services: !!python/object:os.system x\n",
+             "invalid YAML: a YAML tag (!!python/..., !name) that a config cannot use"),
+            ("services: [\n  - name: svc\n]\n",
+             "invalid YAML: a block item (`- ...` or `key: value` on its own line) inside"),
+            ("services:\n  - name: %svc\n",
+             "invalid YAML: a value that cannot start with this character"),
         ]
         for text, expected in cases:
             [found] = parse(text)[1]
