@@ -151,11 +151,14 @@ class RegistrySpec:
         relative path absolute from the directory the server is started in (where
         twistd puts C{twistd.pid} and C{twistd.log}): never from the config file's
         directory, which for the bundled config is inside the installed package.
+    @ivar udpMaxFlows: the most live UDP flows; past it the least recently seen one is
+        closed ("evicted").
     """
 
     closedLimit: int = 1000
     udpIdle: float = 60.0
     connectionLog: str | None = DEFAULT_CONNECTION_LOG
+    udpMaxFlows: int = 10000
 
 
 @attrs.frozen
@@ -262,6 +265,10 @@ REGISTRY_SCHEMA = {
                            else f"must be 0 to {MAX_CLOSED_LIMIT}"),
     "udp_idle": Option((int, float), default=60, check=seconds(),
                        describe="a number of seconds"),
+    "udp_max_flows": Option(int, default=10000,
+                            check=lambda v: None if 1 <= v <= 10_000_000
+                            else "must be 1 to 10000000",
+                            describe="a number of flows"),
     "connection_log": Option((str, bool, type(None)), default=DEFAULT_CONNECTION_LOG,
                              check=_checkConnectionLog,
                              describe="a file path, or off for no connection log"),
@@ -584,7 +591,8 @@ def parseConfig(text: str, path: str, providers: Mapping[str, Any],
         settings = _section(data, "registry", REGISTRY_SCHEMA, collector)
         connectionLog = settings["connection_log"]
         registry = RegistrySpec(settings["closed_limit"], float(settings["udp_idle"]),
-                                os.path.abspath(connectionLog) if connectionLog else None)
+                                os.path.abspath(connectionLog) if connectionLog else None,
+                                settings["udp_max_flows"])
         shutdown = ShutdownSpec(float(_section(data, "shutdown", SHUTDOWN_SCHEMA,
                                                collector)["drain"]))
     return specs, status, registry, shutdown, collector.problems

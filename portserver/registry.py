@@ -11,7 +11,7 @@ freed by reference counting alone.
 from __future__ import annotations
 
 import itertools
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from functools import lru_cache
 from typing import Callable, Iterable
 
@@ -31,6 +31,9 @@ RESET = "reset"
 ABORTED = "aborted"
 SHUTDOWN = "shutdown"
 IDLE = "idle"
+#: A UDP flow closed to make room: the table held C{udp_max_flows} flows, and this one
+#: was the least recently seen.
+EVICTED = "evicted"
 ERROR = "error"
 
 
@@ -186,16 +189,20 @@ class Registry:
     @param rule: this host's L{PrivilegeRule}.
     @param closedLimit: how many closed connections stay queryable.
     @param udpIdle: seconds after which a silent UDP flow expires.
+    @param udpMaxFlows: the most live UDP flows: past it the least recently seen one is
+        closed, "evicted", so the table (and memory) stays bounded whatever arrives.
     """
 
     def __init__(self, clock, rule: PrivilegeRule | None = None, closedLimit: int = 1000,
-                 udpIdle: float = 60.0):
+                 udpIdle: float = 60.0, udpMaxFlows: int = 10000):
         self.clock = clock
         self.rule = rule or PrivilegeRule()
         self.udpIdle = udpIdle
+        self.udpMaxFlows = udpMaxFlows
         self.started = clock.seconds()
         self._live: dict[int, ConnectionRecord] = {}  # by serial
-        self._flows: dict[tuple, ConnectionRecord] = {}
+        # Least recently seen first (L{seen} moves a flow to the end).
+        self._flows: OrderedDict[tuple, ConnectionRecord] = OrderedDict()
         self._closed: deque[ConnectionRecord] = deque(maxlen=closedLimit)
         self._serials = itertools.count(1)
         # A tuple, replaced on (un)subscribe: notifying needs no copy.
@@ -306,14 +313,30 @@ class Registry:
         """
         The live flow of C{service} with C{remote}, opened now if there is none.
         """
-        record = self._flows.get((service, remote))
+        flows = self._flows
+        record = flows.get((service, remote))
         if record is None:
+            while len(flows) >= self.udpMaxFlows:
+                self.close(next(iter(flows.values())), EVICTED)
             record = FlowRecord(next(self._serials), service, protocol, local, remote,
                                 self.clock.seconds())
-            self._flows[(service, remote)] = record
+            flows[(service, remote)] = record
             self._opened(record)
+        else:
+            flows.move_to_end((service, remote))
         record.lastSeen = self.clock.seconds()
         return record
+
+    def seen(self, record: ConnectionRecord, now: float) -> None:
+        """
+        A datagram of flow C{record} arrived at C{now}: it is now the most recently
+        seen (the last to be evicted).
+        """
+        record.lastSeen = now
+        try:
+            self._flows.move_to_end((record.service, record.remote))
+        except KeyError:
+            pass  # closed meanwhile (by the plugin's own doing)
 
     def knownFlow(self, service: str, remote: Endpoint) -> ConnectionRecord | None:
         """
@@ -326,7 +349,11 @@ class Registry:
         Close every flow silent for C{udpIdle} seconds or more; return how many.
         """
         deadline = self.clock.seconds() - self.udpIdle
-        stale = [r for r in self._flows.values() if r.lastSeen <= deadline]
+        stale = []
+        for record in self._flows.values():  # least recently seen first
+            if record.lastSeen > deadline:
+                break
+            stale.append(record)
         for record in stale:
             self.close(record, IDLE)
         return len(stale)

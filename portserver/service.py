@@ -685,7 +685,8 @@ class PortServer(MultiService):
         self.reactor = reactor
         settings = plan.config.registry
         self.registry = registry or Registry(
-            reactor, plan.rule, closedLimit=settings.closedLimit, udpIdle=settings.udpIdle)
+            reactor, plan.rule, closedLimit=settings.closedLimit, udpIdle=settings.udpIdle,
+            udpMaxFlows=settings.udpMaxFlows)
         self.admissions = {spec.name: Admission(spec.name, spec.limits, spec.access, reactor,
                                                 self.registry)
                            for spec in plan.config.services}

@@ -757,7 +757,7 @@ class TrackingDatagram(_Wrapping, DatagramProtocol):
             admission.deny(hostOf(addr[0]))
             return
         record = self.flowFor(addr)
-        record.lastSeen = self.registry.clock.seconds()
+        self.registry.seen(record, self.registry.clock.seconds())
         record.datagramsIn += 1
         record.bytesIn += len(data)
         try:

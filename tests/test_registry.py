@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from portserver.ports import PrivilegeRule
 from portserver.registry import (
     CLIENT_CLOSED,
+    EVICTED,
     IDLE,
     RESET,
     SERVER_CLOSED,
@@ -366,6 +367,55 @@ class FlowTests(SynchronousTestCase):
         self.assertEqual(registry.snapshot("udp"), [active])
         self.assertIsNone(registry.knownFlow("echo", REMOTE))
         self.assertIsNot(registry.flow("echo", "echo", LOCAL, REMOTE), silent)
+
+
+class FlowTableBoundTests(SynchronousTestCase):
+    """
+    The flow table holds at most C{udpMaxFlows} flows: past it the least recently seen
+    one is closed, "evicted".
+    """
+
+    def test_leastRecentlySeenEvicted(self):
+        """
+        With room for three, a fourth flow evicts the one seen longest ago (a datagram
+        seen since moves a flow to the back), into the closed records and totals.
+        """
+        clock, registry = makeRegistry(start=0.0, udpMaxFlows=3)
+        a, b, c = (registry.flow("echo", "echo", LOCAL, Endpoint("127.0.0.2", 1000 + i))
+                   for i in range(3))
+        clock.advance(1)
+        registry.seen(a, clock.seconds())
+        d = registry.flow("echo", "echo", LOCAL, Endpoint("127.0.0.2", 2000))
+        self.assertEqual((b.closed, b.reason), (1.0, EVICTED))
+        self.assertEqual(registry.snapshot("udp"), [c, a, d])
+        self.assertEqual(registry.closedTotal[("echo", "udp", EVICTED)], 1)
+        self.assertEqual(registry.summary()["closed_by_reason"][EVICTED], 1)
+
+    def test_boundedWhateverArrives(self):
+        """
+        100,000 datagrams from distinct sources leave at most C{udpMaxFlows} flows, and
+        the rest counted as evicted.
+        """
+        clock, registry = makeRegistry(udpMaxFlows=1000)
+        for i in range(100_000):
+            registry.flow("echo", "echo", LOCAL, Endpoint(f"10.{i >> 16}.{i >> 8 & 255}."
+                                                          f"{i & 255}", 5000))
+        self.assertEqual(len(registry.snapshot("udp")), 1000)
+        self.assertEqual(registry.closedTotal[("echo", "udp", EVICTED)], 99_000)
+
+    def test_expiryStopsAtTheFirstRecentFlow(self):
+        """
+        Expiry walks the flows least recently seen first: the silent ones go, the one
+        seen since stays, whatever order they were opened in.
+        """
+        clock, registry = makeRegistry(start=0.0, udpIdle=60)
+        old, recent = (registry.flow("echo", "echo", LOCAL, Endpoint("127.0.0.2", p))
+                       for p in (1, 2))
+        clock.advance(30)
+        registry.seen(old, clock.seconds())
+        clock.advance(30)
+        self.assertEqual(registry.expireFlows(), 1)
+        self.assertEqual((recent.reason, old.reason), (IDLE, None))
 
 
 class SummaryTests(SynchronousTestCase):
