@@ -30,6 +30,7 @@ from functools import lru_cache
 from twisted.logger import Logger
 
 from portserver.limits import AccessRules, Limits
+from portserver.udpguard import ReplyRate
 
 DENIED = "denied"
 MAX_CONNECTIONS = "max-connections"
@@ -132,6 +133,7 @@ class Admission:
         self._sweepAt = SWEEP_MIN
         self._sweepDue = 0.0
         self._reports: dict[str, _Report] = {}
+        self.replyRate: ReplyRate | None = None  # UDP replies per source (udpguard)
         self.limits = self.access = None
         self.update(limits, access)
 
@@ -152,6 +154,11 @@ class Admission:
         self._open = not access and self._maxConnections is None \
             and self._maxPerSource is None and self._rate is None
         self._banners = {reason: line.encode() + b"\r\n" for reason, line in limits.banner}
+        udpRate = limits.udpRatePerSource
+        if udpRate is None:
+            self.replyRate = None
+        elif self.replyRate is None or self.replyRate.rate != udpRate:
+            self.replyRate = ReplyRate(udpRate, self.clock)
         if self._rate is None:
             self._buckets.clear()
         else:
@@ -184,6 +191,13 @@ class Admission:
         deny.
         """
         self._refuse(DENIED, host)
+
+    def refuseDatagram(self, reason: str, host: str) -> None:
+        """
+        Count and (at a bounded rate) log a datagram from C{host} dropped for C{reason}
+        (L{portserver.udpguard}: C{"loop"}, C{"rate"}).
+        """
+        self._refuse(reason, host)
 
     def admit(self, host: str) -> str | None:
         """

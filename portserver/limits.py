@@ -95,6 +95,11 @@ LIMITS_SCHEMA: dict[str, Option] = {
                          lambda v: None if v is None or v >= 1 else "must be 1 or more bytes",
                          describe="a number of bytes, or null for no cap"),
     "close_grace": Option((int, float), 10, seconds(), describe="seconds"),
+    "udp_rate_per_source": Option((int, float, type(None)), None,
+                                  lambda v: None if v is None
+                                  else _positive("datagrams per second")(v),
+                                  describe="datagrams answered per second per source, "
+                                           "or null for no limit"),
     "banner": Option((str, dict, type(None)), None, lambda v: _bannerProblem(v),
                      describe="one line of text, a mapping of refusal reason to a line "
                               "(or null), or null"),
@@ -116,6 +121,8 @@ class Limits:
     @ivar maxOutput: bytes of output not yet taken by the peer before the connection is
         aborted.
     @ivar closeGrace: seconds a close may take before the connection is aborted.
+    @ivar udpRatePerSource: datagrams a UDP service answers per second per source
+        address (a token bucket, bursts of twice that); the rest are dropped.
     @ivar banner: the line sent to a connection refused for each reason before it is
         closed, as (reason, line) pairs (see L{bannerLines}: a single line or a mapping
         is taken too).
@@ -131,6 +138,7 @@ class Limits:
     maxOutput: int | None = 1024 * 1024
     closeGrace: float = 10.0
     banner: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=bannerLines)
+    udpRatePerSource: float | None = None
 
     @classmethod
     def fromOptions(cls, values: Mapping[str, Any]) -> "Limits":
@@ -142,7 +150,8 @@ class Limits:
             ipv6Prefix=values["ipv6_prefix"], ratePerSource=values["rate_per_source"],
             rateBurst=values["rate_burst"], idleTimeout=values["idle_timeout"],
             deadline=values["deadline"], maxOutput=values["max_output"],
-            closeGrace=float(values["close_grace"]), banner=values["banner"])
+            closeGrace=float(values["close_grace"]), banner=values["banner"],
+            udpRatePerSource=values["udp_rate_per_source"])
 
     def bannerFor(self, reason: str) -> str | None:
         """
@@ -160,7 +169,7 @@ class Limits:
         timeouts are TCP's; a UDP listener has its per-source reply rate.
         """
         if transport == "udp":
-            return {"udp_rate_per_source": getattr(self, "udpRatePerSource", None)}
+            return {"udp_rate_per_source": self.udpRatePerSource}
         return {"idle_timeout": self.idleTimeout, "deadline": self.deadline,
                 "max_connections": self.maxConnections, "max_per_source": self.maxPerSource,
                 "rate_per_source": self.ratePerSource, "max_output": self.maxOutput,

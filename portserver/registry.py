@@ -199,6 +199,9 @@ class Registry:
         self.rule = rule or PrivilegeRule()
         self.udpIdle = udpIdle
         self.udpMaxFlows = udpMaxFlows
+        # The ports this server listens on (any transport): a datagram from one of them
+        # is never answered (see portserver.udpguard). Kept current by the PortServer.
+        self.ownPorts: frozenset[int] = frozenset()
         self.started = clock.seconds()
         self._live: dict[int, ConnectionRecord] = {}  # by serial
         # Least recently seen first (L{seen} moves a flow to the end).
@@ -409,6 +412,26 @@ class Registry:
         if service is not None:
             records = (r for r in records if r.service == service)
         return list(records)
+
+    def page(self, service: str | None = None, state: str = OPEN,
+             transport: str | None = None, offset: int = 0,
+             limit: int | None = None) -> tuple[int, list[ConnectionRecord]]:
+        """
+        One page of L{select}'s records: how many there are in all, and those from
+        C{offset} on, at most C{limit} (L{None}: all). Without a C{service} the total is a
+        C{len} and the page a slice: the cost is that of the page, not of every record.
+        """
+        if state == CLOSED:
+            records: Iterable[ConnectionRecord] = self._closed
+            if transport is not None:
+                records = [r for r in records if r.transport == transport]
+        else:
+            records = self._flows.values() if transport == "udp" else self._live.values()
+        if service is not None:
+            records = [r for r in records if r.service == service]
+        total = len(records)
+        stop = None if limit is None else offset + limit
+        return total, list(itertools.islice(records, offset, stop))
 
     def asDicts(self, records: Iterable[ConnectionRecord]) -> list[dict]:
         """

@@ -739,6 +739,15 @@ class PortServer(MultiService):
             for child in self.listeners:
                 child.unbind()
             raise StartupError(groupFailures(failures))
+        self._noteOwnPorts()
+
+    def _noteOwnPorts(self) -> None:
+        """
+        Tell the registry which ports this server listens on now, for the UDP loop
+        guard (L{portserver.udpguard}): a datagram from one of them is never answered.
+        """
+        self.registry.ownPorts = frozenset(
+            child.bound.port for child in self.listeners if child.port is not None)
 
     def privilegedStartService(self):
         self.bindAll()
@@ -847,6 +856,7 @@ class PortServer(MultiService):
         order = {socketKey(l): i for i, l in enumerate(plan.listeners)}
         self.listeners = sorted([c for c, _ in kept] + fresh,
                                 key=lambda c: order[socketKey(c.listener)])
+        self._noteOwnPorts()
         warnings = _restartOnly(self.plan.config, plan.config)
         self.plan, self.admissions = plan, admissions
         self.generation += 1
@@ -875,6 +885,7 @@ class PortServer(MultiService):
                 self.listeners.remove(child)
             else:
                 child.setServiceParent(self)
+        self._noteOwnPorts()
         return attrs.evolve(report, warnings=tuple(warnings))
 
     def _retire(self, child: ListenerService, drain: float) -> None:

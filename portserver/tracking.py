@@ -81,6 +81,7 @@ from zope.interface import implementer
 from portserver.interfaces import ITrackedTransport
 from portserver.limits import Limits
 from portserver.ratelog import RepeatedErrors, causeOf
+from portserver.udpguard import LOOP, RATE, isLoopSource
 from portserver.registry import (
     ABORTED,
     CLIENT_CLOSED,
@@ -710,7 +711,11 @@ class TrackingDatagram(_Wrapping, DatagramProtocol):
     @ivar admission: the service's admission, whose access rules (only: the connection
         limits mean nothing without connections) apply to each datagram: one from a
         denied peer is dropped before the plugin or the registry sees it, and counted
-        as refused ("denied").
+        as refused ("denied"); and whose per-source reply rate
+        (C{limits.udp_rate_per_source}) drops the datagrams past it ("rate").
+
+    A datagram from a source port that could be a server's (L{portserver.udpguard}:
+    0, the classic ports, the registry's C{ownPorts}) is dropped first ("loop").
     """
 
     admission = None
@@ -751,11 +756,26 @@ class TrackingDatagram(_Wrapping, DatagramProtocol):
             record = self.registry.flow(self.service, self.protocolName, local, remote)
         return record
 
-    def datagramReceived(self, data: bytes, addr) -> None:
+    def _refuse(self, reason: str, host: str) -> None:
         admission = self.admission
-        if admission is not None and not admission.allows(addr[0]):
-            admission.deny(hostOf(addr[0]))
+        if admission is not None:
+            admission.refuseDatagram(reason, hostOf(host))
+        else:
+            self.registry.refuse(self.service, reason)
+
+    def datagramReceived(self, data: bytes, addr) -> None:
+        if isLoopSource(addr[1], self.registry.ownPorts):
+            self._refuse(LOOP, addr[0])
             return
+        admission = self.admission
+        if admission is not None:
+            if not admission.allows(addr[0]):
+                admission.deny(hostOf(addr[0]))
+                return
+            replyRate = admission.replyRate
+            if replyRate is not None and not replyRate.allow(addr[0]):
+                self._refuse(RATE, addr[0])
+                return
         record = self.flowFor(addr)
         self.registry.seen(record, self.registry.clock.seconds())
         record.datagramsIn += 1

@@ -606,7 +606,8 @@ class DefaultsTests(SynchronousTestCase):
         spec = onlySpec(self, oneService(protocol="daytime"))
         self.assertEqual(spec, ServiceSpec(name="svc", protocol="daytime", port=13,
                                            interface="0.0.0.0", transports=("tcp",),
-                                           options={}, limits=Limits(idleTimeout=300)))
+                                           options={}, limits=Limits(idleTimeout=300,
+                                                                     udpRatePerSource=10)))
         self.assertIs(spec.provider, classic.daytimeProtocol)
         self.assertEqual(spec.path, PATH)
 

@@ -113,7 +113,7 @@ class LayeringTests(SynchronousTestCase):
             "l.yaml:2:17: access: 'deny' item 1: 'bogus' is not an IP address or CIDR block",
             "l.yaml:6:57: service 'e': limits: 'nope' unknown option (known: banner, "
             "close_grace, deadline, idle_timeout, ipv6_prefix, max_connections, max_output, "
-            "max_per_source, rate_burst, rate_per_source)",
+            "max_per_source, rate_burst, rate_per_source, udp_rate_per_source)",
             "l.yaml:6:14: service 'e': limits: 'rate_per_source' must be more than 0 "
             "per second",
             "l.yaml:6:35: service 'e': limits: 'banner' must be one line",

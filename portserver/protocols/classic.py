@@ -273,6 +273,12 @@ class ChargenDatagram(ReplyDatagram):
 #: included: its output stops, so it goes quiet).
 DEFAULT_LIMITS = {"idle_timeout": 300}
 
+#: And for those whose UDP replies are larger than the requests (chargen 270 times,
+#: qotd and daytime tens of times, time 4 times): at most 10 replies a second per
+#: source address (bursts of 20), so a spoofed source cannot turn them into an
+#: amplifier against its victim. C{udp_rate_per_source: null} lifts it.
+AMPLIFYING_LIMITS = {**DEFAULT_LIMITS, "udp_rate_per_source": 10}
+
 echo = PortProtocol(
     name="echo",
     defaultLimits=DEFAULT_LIMITS,
@@ -293,7 +299,7 @@ discard = PortProtocol(
 
 daytimeProtocol = PortProtocol(
     name="daytime",
-    defaultLimits=DEFAULT_LIMITS,
+    defaultLimits=AMPLIFYING_LIMITS,
     description="Daytime: the current date and time in words, UTC (RFC 867)",
     wellKnownPort=13,
     factory=lambda service, reactor: _factory(
@@ -303,7 +309,7 @@ daytimeProtocol = PortProtocol(
 
 qotd = PortProtocol(
     name="qotd",
-    defaultLimits=DEFAULT_LIMITS,
+    defaultLimits=AMPLIFYING_LIMITS,
     description="Quote of the Day: one configured quote per day (RFC 865)",
     wellKnownPort=17,
     factory=lambda service, reactor: _factory(
@@ -318,7 +324,7 @@ qotd = PortProtocol(
 
 chargen = PortProtocol(
     name="chargen",
-    defaultLimits=DEFAULT_LIMITS,
+    defaultLimits=AMPLIFYING_LIMITS,
     description="Character Generator: an endless rotating pattern (RFC 864)",
     wellKnownPort=19,
     factory=lambda service, reactor: _factory(Chargen),
@@ -327,7 +333,7 @@ chargen = PortProtocol(
 
 timeProtocol = PortProtocol(
     name="time",
-    defaultLimits=DEFAULT_LIMITS,
+    defaultLimits=AMPLIFYING_LIMITS,
     description="Time: seconds since 1900 as a 32-bit binary number (RFC 868)",
     wellKnownPort=37,
     factory=lambda service, reactor: _factory(
