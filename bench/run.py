@@ -1,8 +1,10 @@
 """
-Run the side-by-side benchmark and write bench/results/results.{md,json,png}.
+Run the side-by-side benchmark and write results.{md,json,png}.
 
-    python bench/run.py            # the full run: 5 rounds of 2 s (about 12 minutes)
-    python bench/run.py --quick    # 2 rounds of 0.5 s (under 2 minutes)
+    python bench/run.py            # the full run: 5 rounds of 2 s (about 12 minutes),
+                                   # written to bench/results/ (the published results)
+    python bench/run.py --quick    # 2 rounds of 0.5 s (under 2 minutes), written to
+                                   # bench/results/quick/: never over the full run's
 
 Installs nothing itself unless asked: --install-system adds xinetd and ucspi-tcp with
 apt-get when missing (as root). See bench/README.md.
@@ -20,6 +22,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
+
+RESULTS = os.path.join(harness.BENCH, "results")  # the full run's, published
+QUICK_RESULTS = os.path.join(RESULTS, "quick")  # a quick run's: a sketch, not published
 
 
 def installSystemPackages(report=print) -> None:
@@ -65,11 +70,22 @@ def makeParser():
                         help=f"comma-separated, from {','.join(harness.ALL_SCENARIOS)}")
     parser.add_argument("--services", type=csv(["1", "10", "50"]) , default=["1", "10", "50"],
                         help="service counts for the services scenario")
-    parser.add_argument("--out", default=os.path.join(harness.BENCH, "results"))
+    parser.add_argument("--out", help=f"the directory for the results [default: {RESULTS}; "
+                                      f"with --quick, {QUICK_RESULTS}]")
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG (no matplotlib)")
     parser.add_argument("--install-system", action="store_true",
                         help="apt-get install xinetd and ucspi-tcp when missing")
     return parser
+
+
+def outputDirectory(args) -> str:
+    """
+    Where the results go: C{--out} if given; else a quick run's go to L{QUICK_RESULTS},
+    so that they never replace the full run's in L{RESULTS}.
+    """
+    if args.out:
+        return args.out
+    return QUICK_RESULTS if args.quick else RESULTS
 
 
 def settingsFrom(args) -> harness.Settings:
@@ -88,15 +104,16 @@ def main(argv=None) -> int:
     if args.install_system:
         installSystemPackages()
     settings = settingsFrom(args)
+    out = outputDirectory(args)
     started = time.monotonic()
     try:
-        result = harness.run(settings, args.out, drawChart=not args.no_chart)
+        result = harness.run(settings, out, drawChart=not args.no_chart)
     except harness.TargetError as e:
         print(f"bench: {e}", file=sys.stderr)
         return 1
     print()
     print(result["markdown"])
-    print(f"wrote {args.out}/results.md, results.json"
+    print(f"wrote {out}/results.md, results.json"
           + ("" if args.no_chart else ", results.png")
           + f" in {time.monotonic() - started:.0f} s")
     return 0

@@ -419,7 +419,9 @@ class Registry:
         """
         One page of L{select}'s records: how many there are in all, and those from
         C{offset} on, at most C{limit} (L{None}: all). Without a C{service} the total is a
-        C{len} and the page a slice: the cost is that of the page, not of every record.
+        C{len} and the page a slice, walked to from the nearer end: the cost is that of
+        the page and of skipping at most half the records (in C), never of turning
+        every record into something.
         """
         if state == CLOSED:
             records: Iterable[ConnectionRecord] = self._closed
@@ -430,7 +432,13 @@ class Registry:
         if service is not None:
             records = [r for r in records if r.service == service]
         total = len(records)
-        stop = None if limit is None else offset + limit
+        stop = total if limit is None else min(total, offset + limit)
+        if offset >= stop:
+            return total, []
+        if total - stop < offset:  # nearer the end: walk back to it
+            page = list(itertools.islice(reversed(records), total - stop, total - offset))
+            page.reverse()
+            return total, page
         return total, list(itertools.islice(records, offset, stop))
 
     def asDicts(self, records: Iterable[ConnectionRecord]) -> list[dict]:

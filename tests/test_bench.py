@@ -6,6 +6,8 @@ targets live in the benchmark (C{python bench/run.py}), not in the test suite.
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import json
 import os
 import shutil
@@ -18,6 +20,18 @@ sys.path.insert(0, BENCH)
 import harness  # noqa: E402
 
 sys.path.remove(BENCH)
+
+
+def loadRun():
+    """
+    C{bench/run.py} as a module (it is a script: not importable by name).
+    """
+    spec = importlib.util.spec_from_file_location("bench_run", os.path.join(BENCH, "run.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if BENCH in sys.path:  # run.py puts bench/ first on the path, for harness
+        sys.path.remove(BENCH)
+    return module
 
 
 def figure(value, errors=0):
@@ -171,3 +185,45 @@ class TinyRunTests(SynchronousTestCase):
             self.assertIn("| scenario | portserver | bare Twisted |", f.read())
         with open(os.path.join(out, "results.json")) as f:
             self.assertEqual(json.load(f)["settings"]["connections"], 40)
+
+
+class RunTests(SynchronousTestCase):
+    """
+    C{bench/run.py}: where a run writes its results.
+    """
+
+    def setUp(self):
+        self.run = loadRun()
+        self.written = []
+        self.patch(self.run.harness, "run", lambda settings, out, drawChart: (
+            self.written.append((out, settings)) or {"markdown": "| table |"}))
+        self.patch(sys, "stdout", io.StringIO())
+
+    def test_quickRunWritesApart(self):
+        """
+        C{--quick} writes to C{bench/results/quick/}, never to C{bench/results/} where
+        the full run's published results are.
+        """
+        self.assertEqual(self.run.main(["--quick", "--no-chart"]), 0)
+        [(out, settings)] = self.written
+        self.assertEqual(out, os.path.join(BENCH, "results", "quick"))
+        self.assertNotEqual(os.path.abspath(out), os.path.join(BENCH, "results"))
+        self.assertEqual((settings.rounds, settings.duration), (2, 0.5))
+        self.assertIn(f"wrote {out}/results.md", sys.stdout.getvalue())
+
+    def test_fullRunWritesPublished(self):
+        """
+        A full run writes to C{bench/results/}.
+        """
+        self.assertEqual(self.run.main(["--no-chart"]), 0)
+        [(out, settings)] = self.written
+        self.assertEqual(out, os.path.join(BENCH, "results"))
+        self.assertEqual((settings.rounds, settings.duration), (5, 2.0))
+
+    def test_outGiven(self):
+        """
+        C{--out} wins, quick or not.
+        """
+        for argv in (["--out", "somewhere"], ["--quick", "--out", "somewhere"]):
+            self.assertEqual(self.run.outputDirectory(self.run.makeParser().parse_args(argv)),
+                             "somewhere")

@@ -10,7 +10,18 @@ process meanwhile. The page is served under the strict Content-Security-Policy t
 service sends (added here too, so these tests hold whatever the server sends), and any
 script error or CSP violation fails the test. Waits are conditions polled in the page
 with a deadline (L{DEADLINE}), never fixed sleeps; the test that needs time to stand still
-uses Playwright's fake clock. The module takes about 40 s (3 to 6 s a test).
+uses Playwright's fake clock. The module takes about 60 s (3 to 6 s a test).
+
+L{LayoutTests} check the layout at 375, 1280 and 1920 pixels wide (no sideways scrolling,
+no clipped table, no empty or lone half-width panel; see L{LAYOUT_PROBLEMS}) over the
+bundled config moved by C{--port-offset}, and save a screenshot of each width in the
+test's temporary directory (C{_trial_temp/tests.test_browser.LayoutTests.*/}).
+
+Every port is chosen free, never fixed: the status service listens on port 0, the bundled
+config gets a free offset, a privileged port (as root) is drawn at random from 500-899
+(not the bundled config's 7-37, not the 900-999 of L{tests.test_twistd}); if another
+process takes a port first, the server is started again on other ports. So these tests
+run alongside others under C{trial -j}.
 
 Skipped when Chromium or Playwright is missing (see L{SKIP}).
 
@@ -23,6 +34,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import re
 import signal
 import socket
@@ -32,7 +44,10 @@ import tempfile
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from portserver.plan import loadPlan
+from portserver.plugins import discover
 from portserver.ports import PrivilegeRule, portClass
+from portserver.tap import bundledConfigPath
 from tests.support import freePort
 from tests.test_twistd import twistd, waitForLine
 
@@ -51,6 +66,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
        "connect-src 'self'")
 DEADLINE = 10  # seconds for the page to show a change: it polls once a second
 STARTUP = 30  # seconds for twistd or Chromium to start on a loaded machine
+TRIES = 5  # starts of twistd, on other ports each time, when a port was taken meanwhile
 README_SCREENSHOT = os.path.join(ROOT, "examples", "status-page.png")
 
 # Page errors and console messages that mean the page is broken (a failed fetch is not:
@@ -100,12 +116,15 @@ def privilegedPort(preferred: int | None = None,
                    rule: PrivilegeRule | None = None) -> int | None:
     """
     A privileged port free on 127.0.0.1 for TCP (C{preferred} if it is) when this
-    process may bind it (root), else L{None}.
+    process may bind it (root), else L{None}. Others are drawn at random from 500-899
+    (or what the host rule leaves of it): not the bundled config's ports nor the 900-999
+    that L{tests.test_twistd} tries, so tests run in parallel rarely want the same one.
     """
     rule = rule or PrivilegeRule.fromHost()
     if os.getuid() != 0 or rule.unprivilegedStart <= 1:
         return None
-    candidates = range(min(rule.unprivilegedStart, 1000) - 1, 0, -1)
+    high = min(rule.unprivilegedStart, 900)
+    candidates = random.sample(range(max(1, high - 400), high), min(high - 1, 400))
     if preferred is not None and rule.isPrivileged(preferred):
         candidates = [preferred, *candidates]
     return next((port for port in candidates if isFree(port)), None)
@@ -130,6 +149,33 @@ def serverConfig(echo: int, discard: int, privileged: int | None) -> str:
     return text
 
 
+def bundledConfig() -> str:
+    """
+    The bundled config's text, with its status service on a free port (port 0) and no
+    connection log.
+    """
+    with open(bundledConfigPath(), encoding="utf-8") as f:
+        text = f.read()
+    for old, new in (('listen: "tcp:8790:interface=127.0.0.1"',
+                      'listen: "tcp:0:interface=127.0.0.1"'),
+                     ("connection_log: connections.log", "connection_log: off")):
+        assert text.count(old) == 1, f"the bundled config has changed: no {old!r}"
+        text = text.replace(old, new)
+    return text
+
+
+def freeOffset(ports: set[tuple[str, int]]) -> int:
+    """
+    A C{--port-offset} that moves each of C{ports} (transport, port) to one free on
+    127.0.0.1 now, drawn at random from 20000-39999.
+    """
+    for _ in range(100):
+        offset = random.randrange(20000, 40000)
+        if all(isFree(port + offset, (transport,)) for transport, port in ports):
+            return offset
+    raise AssertionError("no --port-offset with every port free in 100 tries")
+
+
 class Server:
     """
     A C{twistd -n portserver} process with L{serverConfig}, run in C{directory}: C{url}
@@ -140,19 +186,38 @@ class Server:
 
     def __init__(self, directory: str, echo: int | None = None, discard: int | None = None,
                  privileged: int | None = None):
-        self.echo = echo if echo and isFree(echo, ("tcp", "udp")) else freePort()
-        self.discard = discard if discard and isFree(discard) else freePort()
-        while self.discard == self.echo:
-            self.discard = freePort()
-        self.privileged = privilegedPort(privileged)
-        with open(os.path.join(directory, "portserver.yaml"), "w") as f:
-            f.write(serverConfig(self.echo, self.discard, self.privileged))
-        self.process = twistd("portserver", "--config", "portserver.yaml", cwd=directory)
-        try:
-            lines = waitForLine(self.process, "portserver ready", STARTUP)
-        except BaseException:
-            self.stop()
-            raise
+        def configure():
+            self.echo = echo if echo and isFree(echo, ("tcp", "udp")) else freePort()
+            self.discard = discard if discard and isFree(discard) else freePort()
+            while self.discard == self.echo:
+                self.discard = freePort()
+            self.privileged = privilegedPort(privileged)
+            return serverConfig(self.echo, self.discard, self.privileged), []
+        self.start(directory, configure)
+
+    def start(self, directory: str, configure) -> None:
+        """
+        Start twistd in C{directory} with what C{configure()} gives, (config text, more
+        arguments); when a port was taken by another process since it was chosen free,
+        again (L{TRIES} times at most), with what C{configure} gives then.
+        """
+        for attempt in range(1, TRIES + 1):
+            text, arguments = configure()
+            with open(os.path.join(directory, "portserver.yaml"), "w") as f:
+                f.write(text)
+            self.process = twistd("portserver", "--config", "portserver.yaml", *arguments,
+                                  cwd=directory)
+            try:
+                lines = waitForLine(self.process, "portserver ready", STARTUP)
+            except AssertionError as e:
+                self.stop()
+                if attempt < TRIES and "Address already in use" in str(e):
+                    continue
+                raise
+            except BaseException:
+                self.stop()
+                raise
+            break
         [self.url] = [m.group(1) for line in lines
                       for m in [re.search(r"Status service listening on (\S+)", line)] if m]
 
@@ -168,6 +233,31 @@ class Server:
             self.process.kill()
             self.process.wait()
         self.process.stdout.close()
+
+
+class BundledServer(Server):
+    """
+    A C{twistd -n portserver --port-offset N} process over the bundled config (see
+    L{bundledConfig}), as the README tells an ordinary user to run it: twelve listeners
+    whose addresses say "(from 7)", none privileged. C{offset} is N, a free one.
+    """
+
+    def __init__(self, directory: str):
+        text = bundledConfig()
+        plan = loadPlan(bundledConfigPath(), discover().providers, text=text)
+        ports = {(listener.transport, listener.port) for listener in plan.listeners}
+
+        def configure():
+            self.offset = freeOffset(ports)
+            return text, ["--port-offset", str(self.offset)]
+        self.privileged = None
+        self.start(directory, configure)
+
+    def port(self, configured: int) -> int:
+        """
+        Where the bundled config's port C{configured} is served.
+        """
+        return configured + self.offset
 
 
 def connectFrom(port: int, transport: str = "tcp") -> tuple[socket.socket, int]:
@@ -262,19 +352,79 @@ ROWS_ARE = f"""([transport, expected]) =>
 STATE_IS = """(state) =>
   document.getElementById("connection-state").dataset.state === state"""
 
+# What is wrong with the layout, as sentences (none: it is right). Sideways: the page is no
+# wider than the window, and no box (a section, a panel, a table's scrolling box, a table)
+# has content wider than itself: nothing clipped, nothing to scroll. Panels: a listener
+# group with no listener is not left at part of the width, nor is one alone on its row;
+# on a narrow window (40rem = 640 px and less) every panel is the width of the column.
+LAYOUT_PROBLEMS = """() => {
+  const problems = [];
+  const shown = (e) => e.getClientRects().length > 0;
+  const box = (e) => e.getBoundingClientRect();
+  const name = (e) => {
+    const heading = e.closest("section, figure")
+      ?.querySelector("h2, h3, figcaption")?.textContent.trim().replace(/\\s+/g, " ");
+    return `${e.tagName.toLowerCase()}${e.id ? "#" + e.id : ""}` +
+      `${e.classList.length ? "." + [...e.classList].join(".") : ""}` +
+      (heading ? ` (under "${heading}")` : "");
+  };
+  const page = document.documentElement;
+  if (page.scrollWidth > innerWidth) {
+    problems.push(`the page is ${page.scrollWidth}px wide in a ${innerWidth}px window`);
+  }
+  const boxes = "header, main, main section, footer, .totals, .group, .chart, .filters, " +
+    ".scroll, table";
+  for (const e of document.querySelectorAll(boxes)) {
+    if (shown(e) && e.scrollWidth > e.clientWidth) {
+      problems.push(`${name(e)} overflows: ${e.scrollWidth}px of content in ` +
+                    `${e.clientWidth}px`);
+    }
+  }
+  for (const table of document.querySelectorAll("table")) {
+    const outer = table.parentElement;
+    if (shown(table) && box(table).right > box(outer).right + 0.5) {
+      problems.push(`${name(table)} is cut: ${Math.round(box(table).width)}px wide in ` +
+                    `${outer.clientWidth}px`);
+    }
+  }
+  for (const panel of document.querySelectorAll(".group, .chart")) {
+    if (!shown(panel)) continue;
+    const width = box(panel).width, row = box(panel.parentElement).width;
+    if (width >= row - 1) continue;
+    const empty = panel.matches(".group") &&
+      panel.querySelectorAll("tbody tr[data-service]").length === 0;
+    const beside = [...panel.parentElement.children].some((other) => other !== panel &&
+      shown(other) && Math.abs(box(other).top - box(panel).top) < 1);
+    const why = empty ? "is empty" : !beside ? "is alone on its row"
+      : innerWidth <= 640 ? "is not one column" : null;
+    if (why) {
+      problems.push(`${name(panel)} ${why} at ${Math.round(width)}px of the ` +
+                    `${Math.round(row)}px row`);
+    }
+  }
+  return problems;
+}"""
 
-class StatusPageTests(SynchronousTestCase):
+
+# The window sizes the layout is checked at: a phone, a laptop, a desktop.
+WINDOWS = ((375, 740), (1280, 900), (1920, 1080))
+
+
+class BrowserTestCase(SynchronousTestCase):
     """
-    The status page as a person sees it, kept up to date from a real server.
+    A server (made by L{makeServer}) and a browser for each test, and the helpers of the
+    tests that look at the page.
     """
 
     if SKIP:
         skip = SKIP
 
+    makeServer = Server
+
     def setUp(self):
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
-        self.server = Server(self.directory)
+        self.server = self.makeServer(self.directory)
         self.addCleanup(self.server.stop)
         self.browser = Browser()
         self.addCleanup(self.browser.close)
@@ -318,6 +468,27 @@ class StatusPageTests(SynchronousTestCase):
         client, source = connectFrom(port, transport)
         self.addCleanup(client.close)
         return client, source
+
+    def assertLayout(self, page, ready: str) -> str:
+        """
+        Once the JavaScript condition C{ready} holds in C{page}, save a screenshot of the
+        whole page in the test's directory, as C{layout-WIDTH.png}, and fail if
+        L{LAYOUT_PROBLEMS} finds any, naming them and the screenshot. Return its path.
+        """
+        self.waitFor(page, ready, None, "the page drawn with the test's data")
+        width = page.viewport_size["width"]
+        screenshot = os.path.join(self.directory, f"layout-{width}.png")
+        page.screenshot(path=screenshot, full_page=True)
+        problems = page.evaluate(LAYOUT_PROBLEMS)
+        if problems:
+            self.fail(f"at {width}px wide: " + "; ".join(problems) + f" (see {screenshot})")
+        return screenshot
+
+
+class StatusPageTests(BrowserTestCase):
+    """
+    The status page as a person sees it, kept up to date from a real server.
+    """
 
     def test_connectionsAppearAndGo(self):
         """
@@ -512,19 +683,24 @@ class StatusPageTests(SynchronousTestCase):
                       " ".join(page.text_content("#auth-needed").split()))
         self.assertTrue(page.is_visible("#auth-needed"))
 
-    def test_phoneWidth(self):
+    def test_layout(self):
         """
-        On a 375-pixel-wide phone the page needs no sideways scrolling: wide tables
-        scroll inside their own boxes.
+        At 375, 1280 and 1920 pixels wide the page has no sideways scrolling, clipped
+        table or empty or lone half-width panel (L{LAYOUT_PROBLEMS}); as root, with a
+        listener in both groups, the two groups share a row at 1280 and 1920 pixels and
+        are one column at 375. Screenshots are saved (L{assertLayout}).
         """
-        page = self.open(width=375, height=740)
         self.connect(self.server.echo)
-        self.waitFor(page, "() => document.querySelector('#connections tr[data-id]')",
-                     None, "a connection row")
-        self.assertLessEqual(page.evaluate("() => document.documentElement.scrollWidth"),
-                             375)
-        self.assertTrue(page.evaluate("""() => [...document.querySelectorAll(".scroll")]
-            .every((box) => getComputedStyle(box).overflowX === "auto")"""))
+        ready = """() => document.querySelector('#connections tr[data-id]') &&
+                         document.querySelector('[data-group="unprivileged"] td[data-live]')"""
+        for width, height in WINDOWS:
+            page = self.open(width=width, height=height)
+            self.assertLayout(page, ready)
+            if self.server.privileged is not None:
+                tops = page.evaluate("""() => [...document.querySelectorAll(".group")]
+                    .map((group) => group.getBoundingClientRect().top)""")
+                self.assertEqual(tops[0] == tops[1], width > 640, (width, tops))
+            page.context.close()
 
     def test_keyboard(self):
         """
@@ -546,6 +722,58 @@ class StatusPageTests(SynchronousTestCase):
             if focused[0] == "address-filter":
                 break
         self.assertEqual(reached, ["pause", "service-filter", "address-filter"])
+
+
+class LayoutTests(BrowserTestCase):
+    """
+    The layout over the bundled config moved by C{--port-offset} (L{BundledServer}): no
+    privileged listener, and twelve unprivileged ones with long addresses ("(from 7)"),
+    some live connections and some closed. Each test saves its screenshot as
+    C{layout-WIDTH.png} in its temporary directory.
+    """
+
+    makeServer = BundledServer
+
+    # The page shows every listener, the live connections and a closed one.
+    READY = """() =>
+      document.querySelectorAll('[data-group="unprivileged"] tr[data-service]').length === 12
+      && document.querySelectorAll("#connections tr[data-id]").length === 3
+      && document.querySelector("#closed tr[data-id]") !== null"""
+
+    def assertLayoutAt(self, width: int, height: int) -> None:
+        """
+        With three live connections (two TCP, one UDP) and a closed one, the page at
+        C{width} x C{height} has none of L{LAYOUT_PROBLEMS}.
+        """
+        echo = self.server.port(7)
+        for _ in range(2):
+            client, _ = self.connect(echo)
+            client.sendall(b"hello, portserver\n" * 20)
+        self.connect(echo, "udp")
+        self.connect(self.server.port(9))[0].close()
+        page = self.open(width=width, height=height)
+        self.assertLayout(page, self.READY)
+        self.assertTrue(page.is_visible('[data-group="privileged"] .empty'))
+
+    def test_phone(self):
+        """
+        At 375 x 740, nothing is wider than the window and every panel takes the width:
+        each table row is a card, no table scrolls sideways.
+        """
+        self.assertLayoutAt(375, 740)
+
+    def test_laptop(self):
+        """
+        At 1280 x 900, the empty privileged group is not a half-width box, and the
+        unprivileged table fits whole (its Refused column is not cut).
+        """
+        self.assertLayoutAt(1280, 900)
+
+    def test_desktop(self):
+        """
+        At 1920 x 1080, the same.
+        """
+        self.assertLayoutAt(1920, 1080)
 
 
 def readmeScreenshot(path: str = README_SCREENSHOT, seconds: float = 20) -> None:

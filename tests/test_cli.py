@@ -112,7 +112,9 @@ def reply(url: str) -> dict:
             records = UDP if query.get("transport") == "udp" else TCP
         if "service" in query:
             records = [r for r in records if r["service"] == query["service"]]
-        return {"connections": copy.deepcopy(records)}
+        offset, limit = int(query.get("offset", 0)), int(query.get("limit", 1000))
+        return {"connections": copy.deepcopy(records[offset:offset + limit]),
+                "total": len(records), "offset": offset, "limit": limit}
     raise cli.FetchError(f"HTTP 404 Not Found for {parts.path}")
 
 
@@ -484,7 +486,7 @@ class RenderTests(SynchronousTestCase):
         self.assertEqual(result.status, 0)
         self.assertEqual(json.loads(result.stdout),
                          {"listeners": LISTENERS, "connections": TCP + UDP,
-                          "summary": SUMMARY})
+                          "summary": SUMMARY, "connections_total": 3})
 
     def test_jsonFiltered(self):
         """
@@ -514,6 +516,101 @@ class RenderTests(SynchronousTestCase):
             f.write("status:\n  listen: tcp:9200:interface=127.0.0.6\n")
         result = run("status", "--config", path)
         self.assertEqual(result.urls[0], "http://127.0.0.6:9200/api/listeners")
+
+
+def manyFlows(count: int) -> list[dict]:
+    """
+    C{count} live echo UDP flows from 10.0.x.y:5000, ids udp-1000 on.
+    """
+    return [dict(UDP[0], id=f"udp-{1000 + i}",
+                 remote=end(f"10.0.{i >> 8}.{i & 255}", 5000, "registered", False))
+            for i in range(count)]
+
+
+class PagingTests(SynchronousTestCase):
+    """
+    C{portserver status} against a server with more connections than a page: the first
+    page, and how many there are; C{--all} pages through every one.
+    """
+
+    def serveFlows(self, flows: list[dict]):
+        def fetch(url):
+            parts = urlsplit(url)
+            query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+            if parts.path == "/api/connections" and query.get("transport") == "udp":
+                offset, limit = int(query.get("offset", 0)), int(query.get("limit", 1000))
+                return {"connections": copy.deepcopy(flows[offset:offset + limit]),
+                        "total": len(flows), "offset": offset, "limit": limit}
+            return reply(url)
+        return fetch
+
+    def test_firstPageAndHowMany(self):
+        """
+        With 2500 UDP flows, one request each for TCP and UDP shows the first page (1000
+        flows) and a line saying 1002 of 2502 live connections are shown, and how to see
+        them all.
+        """
+        result = run("status", "--url", URL, fetch=self.serveFlows(manyFlows(2500)))
+        self.assertEqual(result.status, 0, result.stderr)
+        self.assertEqual(result.urls, [
+            URL + "/api/listeners", URL + "/api/connections",
+            URL + "/api/connections?transport=udp", URL + "/api/summary"])
+        self.assertIn("showing 1002 of 2502 live connections (the first page of each kind); "
+                      "--all lists every one", result.stdout.splitlines())
+        self.assertEqual(result.stdout.count(" 10.0."), 1000)
+
+    def test_all(self):
+        """
+        C{--all} asks for the pages after the first by offset, 2000 at a time, until it
+        has every flow; nothing says some are missing; C{--json} has the total.
+        """
+        flows = manyFlows(6000)
+        result = run("status", "--url", URL, "--all", "--json",
+                     fetch=self.serveFlows(flows))
+        self.assertEqual(result.urls[3:6], [
+            URL + "/api/connections?transport=udp&limit=2000&offset=1000",
+            URL + "/api/connections?transport=udp&limit=2000&offset=3000",
+            URL + "/api/connections?transport=udp&limit=2000&offset=5000"])
+        self.assertEqual(result.urls[6], URL + "/api/summary")
+        data = json.loads(result.stdout)
+        self.assertEqual(data["connections_total"], 6002)
+        self.assertEqual(len(data["connections"]), 6002)
+        text = run("status", "--url", URL, "--all", fetch=self.serveFlows(flows)).stdout
+        self.assertNotIn("showing", text)
+
+    def test_allWhileChanging(self):
+        """
+        Flows that get a datagram between two pages move to the end of the server's
+        order (least recently seen first): a flow met again on a later page is listed
+        once, and paging ends when a page comes back empty or the total is reached.
+        """
+        flows = manyFlows(1500)
+        def moving(url):
+            answer = self.serveFlows(flows)(url)
+            if "transport=udp" in url and "offset" not in url:
+                moved = flows[:300]  # seen again after the first page was read
+                del flows[:300]
+                flows.extend(moved)
+            return answer
+        result = run("status", "--url", URL, "--all", "--json", fetch=moving)
+        ids = [c["id"] for c in json.loads(result.stdout)["connections"]
+               if c["transport"] == "udp"]
+        self.assertEqual(len(ids), len(set(ids)))
+        self.assertEqual(ids[-1], "udp-2499")
+        self.assertEqual(len([u for u in result.urls if "offset" in u]), 1)
+
+    def test_serverWithoutPaging(self):
+        """
+        A server whose reply has no C{total} (before paging) is taken as complete.
+        """
+        def old(url):
+            answer = reply(url)
+            answer.pop("total", None)
+            return answer
+        result = run("status", "--url", URL, "--all", fetch=old)
+        self.assertEqual(result.status, 0)
+        self.assertEqual(len(result.urls), 4)
+        self.assertNotIn("showing", result.stdout)
 
 
 class ErrorTests(SynchronousTestCase):

@@ -125,6 +125,54 @@ class LayeringTests(SynchronousTestCase):
         ])
 
 
+class UDPRateTests(SynchronousTestCase):
+    """
+    C{limits.udp_rate_per_source}: on by default for the classic services whose replies
+    are larger than the requests, layered like every limit, C{null} to lift it.
+    """
+
+    def test_layered(self):
+        """
+        chargen, daytime, qotd and time answer 10 datagrams a second per source by
+        default, echo and discard without limit; the top level sets it for all, a
+        service's own word (a number, or null) is last.
+        """
+        from portserver.protocols import classic
+        providers = {p.name: p for p in classic.ALL}
+
+        def rates(text):
+            specs, _, _, _, problems = parseConfig(text, "l.yaml", providers)
+            self.assertEqual(problems, [])
+            return {s.name: s.limits.udpRatePerSource for s in specs}
+
+        services = "".join(f"  - {{name: {p.name}, protocol: {p.name}, port: {20000 + i}}}\n"
+                           for i, p in enumerate(classic.ALL))
+        self.assertEqual(rates("services:\n" + services), {
+            "echo": None, "discard": None, "daytime": 10, "qotd": 10, "chargen": 10,
+            "time": 10})
+        self.assertEqual(set(rates("limits: {udp_rate_per_source: 2.5}\nservices:\n"
+                                   + services).values()), {2.5})
+        self.assertEqual(rates(
+            "services:\n"
+            "  - {name: c, protocol: chargen, limits: {udp_rate_per_source: null}}\n"
+            "  - {name: e, protocol: echo, limits: {udp_rate_per_source: 100}}\n"),
+            {"c": None, "e": 100})
+
+    def test_invalid(self):
+        """
+        A rate of 0 or less, or not a number, is an error located at the value.
+        """
+        _, _, problems = load(
+            "services:\n"
+            "  - {name: a, protocol: echo, port: 1, limits: {udp_rate_per_source: 0}}\n"
+            "  - {name: b, protocol: echo, port: 2, limits: {udp_rate_per_source: fast}}\n")
+        self.assertEqual(problems, [
+            "l.yaml:2:49: service 'a': limits: 'udp_rate_per_source' must be more than 0 "
+            "datagrams per second",
+            "l.yaml:3:49: service 'b': limits: 'udp_rate_per_source' must be datagrams "
+            "answered per second per source, or null for no limit, not str"])
+
+
 class AccessTests(SynchronousTestCase):
     """
     Access rules: the most specific block decides.

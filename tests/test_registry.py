@@ -237,6 +237,40 @@ class QueryTests(SynchronousTestCase):
             self.assertEqual(row["local"]["class"], "well-known")
 
 
+class PageTests(SynchronousTestCase):
+    """
+    L{Registry.page}: one page of L{Registry.select}'s records, and how many there are.
+    """
+
+    def fill(self):
+        clock, registry = makeRegistry(udpMaxFlows=100)
+        for port in range(1000, 1050):
+            openEcho(registry, remote=Endpoint("127.0.0.2", port),
+                     service="echo" if port % 2 else "daytime")
+            registry.flow("echo", "echo", LOCAL, Endpoint("127.0.0.3", port))
+        for record in registry.select()[:20]:
+            registry.close(record, CLIENT_CLOSED)
+        return registry
+
+    def test_pagesAreSlicesOfTheSelection(self):
+        """
+        For every query (live TCP, UDP, closed, one service), every offset and limit
+        (pages near the end are walked to from the end) gives the slice of the whole
+        selection, and its size.
+        """
+        registry = self.fill()
+        for query in [(None, "open", None), (None, "open", "udp"), (None, "closed", None),
+                      ("echo", "open", None), (None, "closed", "tcp"), ("daytime", "closed",
+                                                                          "udp")]:
+            everything = registry.select(*query)
+            for offset in (0, 1, 7, 29, 30, 31, 49, 50, 60):
+                for limit in (None, 0, 1, 3, 30, 100):
+                    total, page = registry.page(*query, offset=offset, limit=limit)
+                    stop = None if limit is None else offset + limit
+                    self.assertEqual((total, page), (len(everything), everything[offset:stop]),
+                                     (query, offset, limit))
+
+
 class ObserverTests(SynchronousTestCase):
     """
     L{Registry.subscribe} tells observers about every open and close.

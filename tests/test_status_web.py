@@ -33,7 +33,7 @@ import portserver
 from portserver import tap
 from portserver.config import StatusSpec
 from portserver.ports import portClass
-from portserver.registry import CLIENT_CLOSED, SERVER_CLOSED, Endpoint
+from portserver.registry import CLIENT_CLOSED, SERVER_CLOSED, ConnectionRecord, Endpoint
 from portserver.service import PortServer, StartupError
 from portserver.status.web import StatusService
 from tests.support import PortReactor, makePlan, spec
@@ -251,6 +251,98 @@ class ConnectionsTests(SynchronousTestCase):
             response = self.filled.get(b"/api/connections?" + query)
             self.assertEqual((response.code, response.header("content-type"),
                               response.json()), (400, JSON_TYPE, {"error": error}))
+
+
+class ConnectionsPagingTests(SynchronousTestCase):
+    """
+    C{GET /api/connections} answers a page at a time: C{limit} records (default 1000)
+    from C{offset}, with the C{total} the query selects.
+    """
+
+    def setUp(self):
+        self.filled = FilledServer()
+        registry = self.filled.registry
+        local = Endpoint("127.0.0.1", 7)
+        for port in range(20000, 22500):
+            registry.open("echo", "echo", "tcp", local, Endpoint("127.0.0.5", port))
+
+    def page(self, query: bytes) -> dict:
+        response = self.filled.get(b"/api/connections" + query)
+        self.assertEqual(response.code, 200, response.body)
+        return response.json()
+
+    def test_defaultPage(self):
+        """
+        Without C{limit}, the first 1000 of the 2501 live TCP connections are answered,
+        oldest first, with the total, the offset and the limit.
+        """
+        reply = self.page(b"")
+        self.assertEqual((reply["total"], reply["offset"], reply["limit"]), (2501, 0, 1000))
+        self.assertEqual(len(reply["connections"]), 1000)
+        self.assertEqual(reply["connections"][0], RECORD_A)
+        self.assertEqual(reply["connections"][-1]["remote"]["port"], 20998)
+
+    def test_pagesCoverEveryRecordOnce(self):
+        """
+        Walking the pages by C{offset} gives every record exactly once; the last page is
+        short, and a page past the end is empty (not an error).
+        """
+        ids = []
+        for offset in range(0, 3000, 700):
+            reply = self.page(b"?limit=700&offset=%d" % offset)
+            self.assertEqual(reply["total"], 2501)
+            ids += [c["id"] for c in reply["connections"]]
+        self.assertEqual(len(ids), 2501)
+        self.assertEqual(len(set(ids)), 2501)
+        self.assertEqual(self.page(b"?offset=5000")["connections"], [])
+
+    def test_filteredTotal(self):
+        """
+        The total counts what the query selects: one daytime connection among the
+        closed ones, zero records with C{limit=0} but the total still given.
+        """
+        reply = self.page(b"?service=daytime&state=closed")
+        self.assertEqual((reply["total"], reply["connections"]), (1, [RECORD_B]))
+        reply = self.page(b"?service=echo&limit=0")
+        self.assertEqual((reply["total"], reply["connections"]), (2501, []))
+        self.assertEqual(self.page(b"?transport=udp&limit=1")["connections"], [RECORD_U])
+
+    def test_invalidPaging(self):
+        """
+        A C{limit} or C{offset} that is not a whole number, is negative, or a limit over
+        2000, is a 400 naming the parameter, its value and what is expected.
+        """
+        for query, name, value, largest in [
+            (b"limit=ten", "limit", "ten", 2000),
+            (b"limit=-1", "limit", "-1", 2000),
+            (b"limit=2001", "limit", "2001", 2000),
+            (b"offset=1.5", "offset", "1.5", 10**12),
+            (b"offset=" + b"9" * 5000, "offset", "9" * 5000, 10**12),
+            (b"limit=", "limit", "", 2000),
+        ]:
+            response = self.filled.get(b"/api/connections?" + query)
+            error = (f"invalid {name!r} parameter {value!r}: expected a whole number from "
+                     f"0 to {largest}")
+            self.assertEqual((response.code, response.json()), (400, {"error": error}))
+
+    def test_pageCostIsThePage(self):
+        """
+        At 100,000 live connections a default page turns only its 1000 records into
+        dicts (the records are sliced first): the cost of a request is its page's.
+        """
+        registry = self.filled.registry
+        local = Endpoint("127.0.0.1", 7)
+        for i in range(100_000):
+            registry.open("echo", "echo", "tcp", local,
+                          Endpoint(f"10.0.{i >> 8 & 255}.{i & 255}", 1024 + i % 60000))
+        converted = []
+        asDict = ConnectionRecord.asDict
+        self.patch(ConnectionRecord, "asDict",
+                   lambda record, describe: converted.append(record) or asDict(record, describe))
+        reply = self.page(b"?offset=50000")
+        self.assertEqual((reply["total"], len(reply["connections"])), (102_501, 1000))
+        self.assertEqual(len(converted), 1000)
+        self.assertEqual(reply["connections"][0]["id"], converted[0].id)
 
 
 class ListenersAndSummaryTests(SynchronousTestCase):
@@ -480,6 +572,30 @@ class MetricsTests(SynchronousTestCase):
         types = {f.name: f.type for f in text_string_to_metric_families(text)}
         self.assertEqual(types["portserver_connections_accepted"], "counter")
         self.assertEqual(types["portserver_connections"], "gauge")
+
+    def test_udpGuards(self):
+        """
+        A flow evicted from a full flow table is counted as closed, C{evicted}, and
+        datagrams dropped as loops as refused, C{loop}: in C{/metrics} and in the
+        summary's C{closed_by_reason} and C{refused_by_reason}.
+        """
+        registry = self.filled.registry
+        registry.udpMaxFlows = 1
+        registry.flow("echo", "echo", Endpoint("127.0.0.1", 7), Endpoint("127.0.0.3", 40001))
+        [served] = [c.served for c in self.filled.server.listeners
+                    if c.listener.transport == "udp"]
+        for source in (0, 19, 7):
+            served.datagramReceived(b"x", ("127.0.0.1", source))
+        text = self.scrape()
+        echoUDP = (("service", "echo"), ("transport", "udp"))
+        self.assertEqual(series(text, "portserver_connections_closed_total")[
+            (("reason", "evicted"),) + echoUDP], 1.0)
+        self.assertEqual(series(text, "portserver_refused_connections_total"),
+                         {(("reason", "loop"), ("service", "echo")): 3.0})
+        summary = self.filled.get(b"/api/summary").json()
+        self.assertEqual(summary["closed_by_reason"]["evicted"], 1)
+        self.assertEqual(summary["refused_by_reason"], {"loop": 3})
+        self.assertEqual(summary["services"]["echo"]["refused"], 3)
 
     def test_readAtScrapeTime(self):
         """

@@ -319,13 +319,49 @@ def _listOf(reply: dict, key: str, path: str) -> list[dict]:
     return value
 
 
+#: The records asked for per request when C{--all} pages through (the server's most).
+PAGE = 2000
+
+
+def fetchConnections(base: str, fetch: Callable[[str], dict], query: dict,
+                     everything: bool = False) -> tuple[list[dict], int]:
+    """
+    The records C{/api/connections?QUERY} selects, and how many there are in all: the
+    first page (the server's default, 1000), or with C{everything} every page, asked
+    for by C{offset} in turn. Pages are read at different moments: a record seen twice
+    (the ones before it closed meanwhile) is kept once. A server that does not page
+    (no C{total}) answers every record at once.
+    """
+    path = "/api/connections"
+    reply = fetch(_api(base, path, **query))
+    records = _listOf(reply, "connections", path)
+    total = reply.get("total")
+    if not isinstance(total, int) or isinstance(total, bool) or total <= len(records):
+        return records, len(records)
+    if everything:
+        seen = {r.get("id") for r in records}
+        offset = len(records)
+        while offset < total:
+            page = _listOf(fetch(_api(base, path, **query, limit=PAGE, offset=offset)),
+                           "connections", path)
+            if not page:
+                break
+            offset += len(page)
+            records += [r for r in page if r.get("id") not in seen]
+            seen.update(r.get("id") for r in page)
+    return records, max(total, len(records))
+
+
 def fetchStatus(base: str, fetch: Callable[[str], dict], service: str | None = None,
-                closed: bool = False) -> dict:
+                closed: bool = False, everything: bool = False) -> dict:
     """
     Ask the status service at C{base} for its listeners, connections (live TCP and UDP,
-    or recently closed) and summary.
+    or recently closed: the first page of each, or with C{everything} all of them; see
+    L{fetchConnections}) and summary.
 
-    @return: C{{"listeners": [...], "connections": [...], "summary": {...}}}.
+    @return: C{{"listeners": [...], "connections": [...], "summary": {...},
+        "connections_total": N}}, N counting the connections the server has, shown or
+        not.
     @raise FetchError: a request failed or a reply is not what the service sends.
     """
     listeners = _listOf(fetch(_api(base, "/api/listeners")), "listeners", "/api/listeners")
@@ -334,13 +370,17 @@ def fetchStatus(base: str, fetch: Callable[[str], dict], service: str | None = N
     else:
         queries = [{}, {"transport": "udp"}]
     connections: list[dict] = []
+    total = 0
     for query in queries:
-        connections += _listOf(fetch(_api(base, "/api/connections", service=service, **query)),
-                               "connections", "/api/connections")
+        records, count = fetchConnections(base, fetch, dict(service=service, **query),
+                                          everything)
+        connections += records
+        total += count
     summary = fetch(_api(base, "/api/summary"))
     if not isinstance(summary, dict):
         raise FetchError("the reply to /api/summary is not a JSON object")
-    return {"listeners": listeners, "connections": connections, "summary": summary}
+    return {"listeners": listeners, "connections": connections, "summary": summary,
+            "connections_total": total}
 
 
 def _isIn(value, wanted) -> bool:
@@ -361,6 +401,7 @@ def applyFilters(status: dict, service: str | None = None,
                         if _isIn(c.get("service"), service)
                         and _isIn((c.get("local") or {}).get("class"), portClass)],
         "summary": status["summary"],
+        "connections_total": status.get("connections_total", len(status["connections"])),
     }
 
 
@@ -533,9 +574,11 @@ def renderSummary(summary: dict) -> list[str]:
 
 
 def render(status: dict, base: str, now: float, closed: bool = False,
-           filtered: bool = False) -> str:
+           filtered: bool = False, fetched: int | None = None) -> str:
     """
     The whole report: a title, the table of listeners and connections, and the summary.
+    When the server has more connections than the C{fetched} ones (C{connections_total}),
+    a line under the table says how many are shown and how to see them all.
     """
     summary = status["summary"]
     title = f"portserver {summary.get('version', '?')} at {base}"
@@ -544,6 +587,10 @@ def render(status: dict, base: str, now: float, closed: bool = False,
     what = "recently closed connections" if closed else "live connections"
     lines = [title, "", f"listeners and {what}:"]
     lines += renderTable(status, now, closed, filtered)
+    total = status.get("connections_total")
+    if fetched is not None and isinstance(total, int) and total > fetched:
+        lines += ["", f"showing {fetched} of {total} {what} (the first page of each "
+                      "kind); --all lists every one"]
     lines += ["", "summary (whole server):" if filtered else "summary:"]
     lines += ["  " + line for line in renderSummary(summary)]
     return "\n".join(lines) + "\n"
@@ -603,8 +650,13 @@ def makeParser(stdout, stderr) -> argparse.ArgumentParser:
     status.add_argument("--closed", action="store_true",
                         help="show recently closed connections (duration and reason) "
                              "instead of live ones")
+    status.add_argument("--all", action="store_true",
+                        help="list every connection, a page of 2000 per request "
+                             "(without it: the first 1000 live TCP connections, 1000 UDP "
+                             "flows or 1000 closed ones, and how many there are)")
     status.add_argument("--json", action="store_true",
-                        help="print the (filtered) JSON: listeners, connections, summary")
+                        help="print the (filtered) JSON: listeners, connections, summary, "
+                             "and connections_total, how many the server has")
     status.set_defaults(run=runStatus)
 
     reload = commands.add_parser(
@@ -699,7 +751,8 @@ def runStatus(args, stdout, fetch: Callable[..., dict], now: Callable[[], float]
     try:
         if urllib.parse.urlsplit(base).scheme not in ("http", "https"):
             raise FetchError("not an http:// or https:// URL")
-        status = fetchStatus(base, fetch, service=args.service, closed=args.closed)
+        status = fetchStatus(base, fetch, service=args.service, closed=args.closed,
+                             everything=args.all)
     except Unauthorized:
         raise CLIError(unauthorizedMessage(base, source)) from None
     except (FetchError, OSError, ValueError, http.client.HTTPException) as e:
@@ -710,12 +763,14 @@ def runStatus(args, stdout, fetch: Callable[..., dict], now: Callable[[], float]
     if runtime is not None and served is not None and served != runtime["pid"]:
         raise CLIError(f"the status service at {base} is portserver pid {served}, not pid "
                        f"{runtime['pid']} of {runtime['path']}; use --url or --config")
+    fetched = len(status["connections"])
     status = applyFilters(status, args.service, args.portClass)
     if args.json:
         stdout.write(json.dumps(status, indent=2) + "\n")
     else:
         filtered = args.service is not None or args.portClass is not None
-        stdout.write(render(status, base, now(), closed=args.closed, filtered=filtered))
+        stdout.write(render(status, base, now(), closed=args.closed, filtered=filtered,
+                            fetched=fetched))
     return 0
 
 

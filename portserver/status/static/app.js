@@ -58,6 +58,18 @@ function svg(tag, attributes = {}, text = null) {
   return node;
 }
 
+// On a narrow screen (app.css) each row of a table is a card, and each cell is labelled
+// with its column's heading: copy the headings into the cells' data-label.
+function labelCells(table) {
+  const names = [...table.tHead.rows[0].cells].map((c) => c.textContent.trim());
+  for (const body of table.tBodies) {
+    for (const row of body.rows) {
+      if (row.cells.length !== names.length) continue; // a group heading or "None" row
+      [...row.cells].forEach((cell, i) => cell.setAttribute("data-label", names[i]));
+    }
+  }
+}
+
 function endpoint(host, port) {
   return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
 }
@@ -151,14 +163,19 @@ async function poll() {
       getJSON("api/listeners", signal),
       getJSON(`api/connections?transport=tcp${only}`, signal),
       getJSON(`api/connections?transport=udp${only}`, signal),
-      getJSON(`api/connections?state=closed${only}`, signal),
+      // The API answers a page (1000, oldest first): the newest closed ones are the
+      // last page, found from the total.
+      getJSON(`api/connections?state=closed&limit=0${only}`, signal).then((all) =>
+        getJSON(`api/connections?state=closed&limit=${MAX_CLOSED}` +
+                `&offset=${Math.max(0, all.total - MAX_CLOSED)}${only}`, signal)),
       getJSON("api/history", signal),
     ]);
     if (round !== app.round) return;
     const received = Date.now() / 1000;
     app.clockOffset = history.now - (sent + received) / 2;
     app.data = { summary, listeners: listeners.listeners, tcp: tcp.connections,
-                 udp: udp.connections, closed: closed.connections, history };
+                 udp: udp.connections, closed: closed.connections, history,
+                 tcpTotal: tcp.total, udpTotal: udp.total };
     setState("live");
     render();
   } catch (error) {
@@ -278,19 +295,23 @@ function renderListeners(listeners, summary) {
       for (const l of rows) {
         const address = endpoint(l.host, l.port);
         const refused = (services[l.service] || {}).refused || 0;
-        const port = l.port === l.configured_port ? address
-          : `${address} (from ${l.configured_port})`;
+        // "(from 7)" after a port moved by --port-offset: a separate word, so it wraps.
+        const port = l.port === l.configured_port ? [address]
+          : [address, " ", el("span", { class: "from muted" }, `(from ${l.configured_port})`)];
         body.append(el("tr", { "data-service": l.service, "data-transport": l.transport,
                                "data-address": address, "data-class": l.class },
           el("th", { scope: "row" }, l.service),
           el("td", {}, l.protocol),
           el("td", {}, l.transport),
-          el("td", { class: "endpoint" }, port),
+          el("td", { class: "endpoint" }, ...port),
           el("td", { class: "num", "data-live": l.connections }, count(l.connections)),
           el("td", { class: "num", "data-refused": refused }, count(refused))));
       }
       table.append(body);
     }
+    labelCells(table);
+    // A group with no listener is drawn as a one-line note across the width (app.css).
+    section.toggleAttribute("data-empty", mine.length === 0);
     section.querySelector(".empty").hidden = mine.length > 0;
     section.querySelector(".scroll").hidden = mine.length === 0;
   }
@@ -349,6 +370,7 @@ function renderConnections() {
     rows.push(el("tr", {}, el("td", { colspan: 7, class: "none" }, text)));
   }
   $.connections.replaceChildren(...rows);
+  labelCells($.connections.closest("table"));
   const tcp = app.data.tcp.length, udp = app.data.udp.length;
   let text = `${count(tcp)} TCP, ${count(udp)} UDP`;
   if (shown.length !== all.length || shown.length > MAX_ROWS) {
@@ -372,6 +394,7 @@ function renderClosed(closed) {
     rows.push(el("tr", {}, el("td", { colspan: 9, class: "none" }, "None closed yet.")));
   }
   $.closed.replaceChildren(...rows);
+  labelCells($.closed.closest("table"));
 }
 
 // --- the charts -----------------------------------------------------------------------
@@ -486,6 +509,7 @@ function renderHistory(history) {
     el("th", { scope: "row" }, l.name),
     cell(l.live.length ? l.live[l.live.length - 1] : 0),
     cell(largest(l.live)), cell(l.accepted), cell(largest(l.accepts)))));
+  labelCells($.historyTable.closest("table"));
 }
 
 // --- start ----------------------------------------------------------------------------
