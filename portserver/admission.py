@@ -30,7 +30,7 @@ from functools import lru_cache
 from twisted.logger import Logger
 
 from portserver.limits import AccessRules, Limits
-from portserver.udpguard import ReplyRate
+from portserver.udpguard import DATAGRAM_REASONS, ReplyRate
 
 DENIED = "denied"
 MAX_CONNECTIONS = "max-connections"
@@ -344,11 +344,12 @@ class Admission:
 
     def _report(self, reason: str, report: _Report, now: float) -> None:
         peer = f"{report.peer} and others" if report.others else report.peer
+        what = "datagram" if reason in DATAGRAM_REASONS else "connection"
         if report.count == 1:
-            self.log.warn("refused {count} connection to {service} from {peer}: {reason}",
+            self.log.warn("refused {count} " + what + " to {service} from {peer}: {reason}",
                           service=self.service, reason=reason, count=report.count, peer=peer)
         else:
-            self.log.warn("refused {count} connections to {service} from {peer}: {reason} "
+            self.log.warn("refused {count} " + what + "s to {service} from {peer}: {reason} "
                           "(since last report)", service=self.service, reason=reason,
                           count=report.count, peer=peer)
         report.count, report.peer, report.others, report.last = 0, None, False, now

@@ -695,7 +695,7 @@ class PortServer(MultiService):
                           for l in plan.listeners]
         for child in self.listeners:
             child.setServiceParent(self)
-        self._expiry = LoopingCall(self.registry.expireFlows)
+        self._expiry = LoopingCall(self._expireFlows)
         self._expiry.clock = reactor
         self.state = SERVING
         self._drained = None
@@ -709,6 +709,16 @@ class PortServer(MultiService):
         self.loadedAt = reactor.seconds()
         self.lastReload = None
         self.reloads = Counter()  # "applied" / "rejected" -> count
+
+    def _expireFlows(self) -> None:
+        """
+        Close the UDP flows gone silent, and log the refusals not yet reported: dropped
+        datagrams (loops, past the reply rate) are otherwise reported only with the next
+        one, and a burst may have no next one.
+        """
+        self.registry.expireFlows()
+        for admission in self.admissions.values():
+            admission.flushReports()
 
     def boundListeners(self) -> list[Listener]:
         """

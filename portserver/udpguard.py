@@ -22,6 +22,7 @@ from collections import OrderedDict
 #: Refusal reasons of datagrams.
 LOOP = "loop"
 RATE = "rate"
+DATAGRAM_REASONS = frozenset({LOOP, RATE})
 
 #: The well-known ports of the classic services that answer (or swallow) any datagram:
 #: echo, discard, daytime, qotd, chargen, time.

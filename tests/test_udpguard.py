@@ -175,3 +175,34 @@ class LoopInjectionTests(TestCase):
         self.assertEqual(registry.refused[("echo", LOOP)], 20)
         self.assertEqual(registry.snapshot("udp"), [])
         self.assertEqual(registry.accepted[("echo", "udp")], 0)
+
+
+class LoopReportTests(SynchronousTestCase):
+    """
+    Dropped datagrams are logged at a bounded rate, and a burst is reported in full.
+    """
+
+    def test_burstReportedByTheFlowSweep(self):
+        """
+        Of 20 loop datagrams at once, the first is logged at once and the other 19 are
+        reported by the periodic flow sweep (no later datagram is needed), as datagrams.
+        """
+        from twisted.logger import capturedLogs, formatEvent
+
+        from tests.support import PortReactor
+
+        reactor = PortReactor()
+        server = PortServer(makePlan(spec("echo", port=10007, transports=("udp",))),
+                            reactor)
+        server.privilegedStartService()
+        server.startService()
+        self.addCleanup(server.stopService)
+        served = server.listeners[0].served
+        with capturedLogs() as events:
+            for i in range(20):
+                served.datagramReceived(b"x", ("127.0.0.1", 10007))
+            reactor.advance(30)
+        lines = [formatEvent(e) for e in events if "refused" in e.get("log_format", "")]
+        self.assertEqual(lines, [
+            "refused 1 datagram to echo from 127.0.0.1: loop",
+            "refused 19 datagrams to echo from 127.0.0.1: loop (since last report)"])

@@ -371,11 +371,13 @@ function renderConnections() {
   }
   $.connections.replaceChildren(...rows);
   labelCells($.connections.closest("table"));
-  const tcp = app.data.tcp.length, udp = app.data.udp.length;
+  // The server's totals: the page holds at most one page of each (the API's limit).
+  const tcp = app.data.tcpTotal ?? app.data.tcp.length;
+  const udp = app.data.udpTotal ?? app.data.udp.length;
   let text = `${count(tcp)} TCP, ${count(udp)} UDP`;
-  if (shown.length !== all.length || shown.length > MAX_ROWS) {
+  if (shown.length !== all.length || shown.length > MAX_ROWS || all.length < tcp + udp) {
     text += `; showing ${count(Math.min(shown.length, MAX_ROWS))} of ${count(shown.length)} ` +
-      "matching";
+      (all.length < tcp + udp ? "loaded (the first page of each)" : "matching");
   }
   $.connectionsCount.textContent = text;
 }
