@@ -180,13 +180,34 @@ class _NoReactor:
     """
 
 
+def endpointProblem(description: str, error: Exception) -> str:
+    """
+    Why Twisted could not make a server endpoint of C{description}, for an operator:
+    what each endpoint type's parser raises when its prerequisites are missing.
+    """
+    kind = description.split(":", 1)[0].lower()
+    if isinstance(error, ImportError):
+        return (f"{description!r}: the {kind}: endpoint needs a module that is not "
+                f"installed ({error.name or error}): for ssl:, pip install 'twisted[tls]'")
+    if isinstance(error, OSError):
+        return (f"{description!r}: cannot read a file it names "
+                f"({error.filename or ''}: {error.strerror or error})")
+    if kind == "systemd" and isinstance(error, IndexError):
+        return (f"{description!r}: no socket was passed at that index (the systemd: "
+                "endpoint serves a socket that systemd's socket activation passes, with "
+                "LISTEN_FDS; this process was not started that way)")
+    if isinstance(error, (ValueError, TypeError, KeyError)):
+        return f"{description!r} is not a Twisted server endpoint string ({error})"
+    return f"{description!r}: {type(error).__name__}: {error}"
+
+
 def _checkEndpoint(description: str) -> str | None:
     from twisted.internet.endpoints import serverFromString
 
     try:
         serverFromString(_NoReactor(), description)
-    except (ValueError, TypeError, KeyError) as e:
-        return f"{description!r} is not a Twisted server endpoint string ({e})"
+    except Exception as e:  # each endpoint type's parser raises its own kind
+        return endpointProblem(description, e)
     return None
 
 

@@ -969,6 +969,48 @@ class StatusAndRegistrySettingsTests(SynchronousTestCase):
             "services: []\n" + text, "test.yaml", {})
         return status, registry, [str(p) for p in found]
 
+    def test_endpointPrerequisitesLocated(self):
+        """
+        A C{systemd:} endpoint outside socket activation (before: C{IndexError}) and an
+        C{ssl:} endpoint whose key file is missing, or without pyOpenSSL (before:
+        C{ModuleNotFoundError}), are located errors saying what is missing, not
+        tracebacks.
+        """
+        self.patch(os, "environ", {k: v for k, v in os.environ.items()
+                                   if not k.startswith("LISTEN_")})
+        _, _, found = self.settings(
+            'status:\n  listen: "systemd:domain=INET:index=0"\n'
+            '  token: "0123456789abcdef0123"\n')
+        self.assertEqual(len(found), 1)
+        self.assertIn("test.yaml:3:3: status: 'listen' 'systemd:domain=INET:index=0': no "
+                      "socket was passed at that index", found[0])
+        self.assertIn("LISTEN_FDS", found[0])
+        _, _, found = self.settings(
+            'status:\n  listen: "ssl:8443:privateKey=/nonexistent/key.pem"\n'
+            '  token: "0123456789abcdef0123"\n')
+        self.assertEqual(len(found), 1)
+        try:
+            import OpenSSL  # noqa: F401
+        except ImportError:
+            self.assertIn("the ssl: endpoint needs a module that is not installed "
+                          "(OpenSSL): for ssl:, pip install 'twisted[tls]'", found[0])
+        else:
+            self.assertIn("cannot read a file it names (/nonexistent/key.pem", found[0])
+
+    def test_endpointProblemWording(self):
+        """
+        Each kind of parser failure has its own sentence, and anything else names the
+        exception.
+        """
+        from portserver.config import endpointProblem
+        self.assertIn("cannot read a file it names (/k.pem: No such file or directory)",
+                      endpointProblem("ssl:1:privateKey=/k.pem",
+                                      FileNotFoundError(2, "No such file or directory",
+                                                        "/k.pem")))
+        self.assertIn("is not a Twisted server endpoint string (bad)",
+                      endpointProblem("nope:1", ValueError("bad")))
+        self.assertIn("RuntimeError: odd", endpointProblem("x:1", RuntimeError("odd")))
+
     def test_defaults(self):
         """
         Without the sections, the status service listens on loopback port 8790 and the

@@ -45,7 +45,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 import portserver
-from portserver.config import StatusSpec
+from portserver.config import StatusSpec, endpointProblem
 from portserver.status.access import isLocalHost, isLoopback
 from portserver.registry import CLOSED, OPEN
 from portserver.service import BindingService, StartupError
@@ -635,9 +635,9 @@ class StatusService(BindingService):
             return
         try:
             endpoint = serverFromString(self.reactor, self.listen)
-        except (ValueError, TypeError, KeyError) as e:
-            raise StartupError(f"cannot start the status service on {self.listen!r}: "
-                               f"not a server endpoint string ({e})") from e
+        except Exception as e:  # each endpoint type's parser raises its own kind
+            raise StartupError(f"cannot start the status service: "
+                               f"{endpointProblem(self.listen, e)}") from e
         outcome = []
         waiting = endpoint.listen(self.site)
         waiting.addBoth(outcome.append)
