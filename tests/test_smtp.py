@@ -753,3 +753,23 @@ class SMTPIntegrationTests(TestCase):
         new = os.path.join(self.base, "example.com", "alice", "new")
         tmp = os.path.join(self.base, "example.com", "alice", "tmp")
         self.assertEqual((os.listdir(new), os.listdir(tmp)), ([], []))
+
+
+class SMTPDefaultLimitsTests(SynchronousTestCase):
+    """
+    An C{smtp} service is bounded in time without any config.
+    """
+
+    def test_idleTimeoutByDefault(self):
+        """
+        The protocol declares C{idle_timeout: 300} (RFC 5321 4.5.3.2), so the tracking
+        layer closes a silent connection whatever the SMTP state, and C{/api/listeners}
+        and C{--check} show it.
+        """
+        from portserver.limits import LIMITS_SCHEMA, Limits
+        from portserver.options import checkOptions
+        from portserver.protocols.smtp import smtp
+        self.assertEqual(smtp.defaultLimits, {"idle_timeout": 300})
+        limits = Limits.fromOptions({**checkOptions({}, LIMITS_SCHEMA),
+                                     **smtp.defaultLimits})
+        self.assertEqual(limits.asOptions()["idle_timeout"], 300)

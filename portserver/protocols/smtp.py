@@ -648,6 +648,12 @@ def buildFactory(service, reactor) -> MaildirSMTPFactory:
     return MaildirSMTPFactory(settings, store, reactor)
 
 
+#: The limits an C{smtp} service has unless configured: no byte either way for five
+#: minutes closes the connection (RFC 5321 4.5.3.2: a server waits at least that long),
+#: whatever the SMTP state, the data phase included.
+DEFAULT_LIMITS = {"idle_timeout": DEFAULT_TIMEOUT}
+
+
 smtp = PortProtocol(
     name="smtp",
     description="SMTP: receives mail for local domains into Maildirs (RFC 5321)",
@@ -655,4 +661,5 @@ smtp = PortProtocol(
     factory=buildFactory,
     options=OPTIONS,
     validate=completeOptions,
+    defaultLimits=DEFAULT_LIMITS,
 )
