@@ -773,3 +773,33 @@ class SMTPDefaultLimitsTests(SynchronousTestCase):
         limits = Limits.fromOptions({**checkOptions({}, LIMITS_SCHEMA),
                                      **smtp.defaultLimits})
         self.assertEqual(limits.asOptions()["idle_timeout"], 300)
+
+
+class HostileInputTests(SynchronousTestCase):
+    """
+    Input a client should not send gets an SMTP reply, never an unhandled exception, and
+    the connection stays usable.
+    """
+
+    def test_nonASCIICommand(self):
+        """
+        A command of non-ASCII bytes is answered 500 (before: C{UnicodeDecodeError} in
+        Twisted's command lookup, and the connection dropped); the next command works.
+        """
+        conversation = Conversation(self)
+        self.assertEqual(conversation.codes(b"\xff\xfe HELO x"), [500])
+        self.assertEqual(conversation.codes(b"NOOP"), [250])
+        self.assertFalse(conversation.transport.disconnecting)
+
+    def test_hugeSize(self):
+        """
+        C{SIZE=} with 5000 digits is answered 552 (before: Python's C{ValueError} on a
+        5000-digit int); a sender can then try again.
+        """
+        conversation = Conversation(self)
+        conversation.send(b"EHLO client.example")
+        self.assertEqual(conversation.codes(b"MAIL FROM:<a@b.example> SIZE=" + b"9" * 5000),
+                         [552])
+        self.assertEqual(conversation.codes(b"MAIL FROM:<a@b.example> SIZE=100"), [250])
+        self.assertEqual(conversation.codes(b"MAIL FROM:<a@b.example> SIZE=" + b"0" * 40
+                                            + b"100"), [503])  # sender already given

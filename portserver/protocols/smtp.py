@@ -477,6 +477,15 @@ class MaildirSMTP(tsmtp.ESMTP):
         """
         self.sendCode(252, b"Cannot VRFY user, but will accept message and attempt delivery")
 
+    def lookupMethod(self, command):
+        """
+        The handler of C{command}, or L{None} (answered 500) for a command that is not
+        ASCII (Twisted's would raise C{UnicodeDecodeError} and drop the connection).
+        """
+        if not command.isascii():
+            return None
+        return super().lookupMethod(command)
+
     def lineLengthExceeded(self, line):
         """
         A line longer than C{MAX_LENGTH}: refuse it and close. (Twisted's would carry on,
@@ -500,7 +509,9 @@ class MaildirSMTP(tsmtp.ESMTP):
                 if not value.isdigit():
                     self.sendCode(501, b"Syntax error in SIZE parameter")
                     return
-                if int(value) > self.settings.maxSize:
+                # More digits than any size this server takes: refused unread (Python
+                # will not even turn 5000 digits into a number).
+                if len(value.lstrip(b"0")) > 20 or int(value) > self.settings.maxSize:
                     self.sendCode(552, b"Message size exceeds fixed maximum message size")
                     return
         super().do_MAIL(rest)
