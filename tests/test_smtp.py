@@ -21,7 +21,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from portserver.interfaces import IPortProtocol
@@ -123,6 +123,12 @@ class Conversation:
 
     def pending(self, address: str) -> list[str]:
         return files(os.path.join(self.maildir(address), "tmp"))
+
+    def spooled(self) -> list[str]:
+        """
+        The files in the spool, where a message is written once before delivery.
+        """
+        return files(os.path.join(os.path.abspath(self.base), ".spool"))
 
 
 MESSAGE = (b"Subject: hello", b"From: sender@elsewhere.test", b"", b"First line.",
@@ -366,20 +372,21 @@ class ConversationTests(SynchronousTestCase):
     def test_dataTooBig(self):
         """
         A message over C{max_size} is refused with 552, after the final dot; nothing is
-        delivered, the C{tmp/} copies are gone, and the next message on the same connection
-        is delivered.
+        delivered, the spooled message is gone, no empty Maildir is left, and the next
+        message on the same connection is delivered.
         """
         conversation = Conversation(self, max_size=1000)
         conversation.envelope(b"bob@example.com")
         self.assertEqual(conversation.codes(b"DATA"), [354])
-        self.assertEqual(len(conversation.pending("bob@example.com")), 1)
+        self.assertEqual(len(conversation.spooled()), 1)
         self.assertEqual(conversation.codes(*[b"x" * 98] * 10), [])  # 1000 bytes: fits
         self.assertEqual(conversation.codes(b"y"), [])  # 1003: too big, no reply yet
-        self.assertEqual(conversation.pending("bob@example.com"), [])
+        self.assertEqual(conversation.spooled(), [])
         self.assertEqual(conversation.codes(*[b"z" * 500] * 10), [])  # read and dropped
         self.assertEqual(conversation.codes(b"."), [552])
         self.assertEqual(conversation.delivered("bob@example.com"), [])
-        self.assertEqual(conversation.pending("bob@example.com"), [])
+        self.assertEqual(conversation.spooled(), [])
+        self.assertFalse(os.path.exists(conversation.maildir("bob@example.com")))
         conversation.codes(b"MAIL FROM:<a@elsewhere.test>", b"RCPT TO:<bob@example.com>")
         self.assertEqual(replyCodes(conversation.send(b"DATA", *MESSAGE)), [354, 250])
         self.assertEqual(len(conversation.delivered("bob@example.com")), 1)
@@ -489,8 +496,8 @@ class ConversationTests(SynchronousTestCase):
 
     def test_syncedBeforeRename(self):
         """
-        Each copy is C{fsync}ed before any is renamed into C{new/}, and C{new/} is synced
-        after.
+        The message is C{fsync}ed before any copy is renamed into C{new/}, and C{new/} is
+        synced after.
         """
         conversation = Conversation(self)
         store = conversation.factory.store
@@ -501,7 +508,9 @@ class ConversationTests(SynchronousTestCase):
         store.rename = lambda a, b: (events.append("rename"), realRename(a, b))
         conversation.envelope(b"alice@example.com", b"bob@example.com")
         self.assertEqual(replyCodes(conversation.send(b"DATA", *MESSAGE)), [354, 250])
-        self.assertEqual(events, ["file", "file", "rename", "rename", "dir", "dir"])
+        # The message is synced once (the spool file), then linked and renamed for each
+        # recipient, then each new/ is synced.
+        self.assertEqual(events, ["file", "rename", "rename", "dir", "dir"])
 
     def test_syncFails(self):
         """
@@ -558,22 +567,23 @@ class ConversationTests(SynchronousTestCase):
         """
         conversation = Conversation(self)
         store = conversation.factory.store
-        realCreate = store.create
+        realCreate = store.createSpool
 
-        def create(domain, local):
-            directory, name, file = realCreate(domain, local)
-            return directory, name, FailingFile(file)
+        def create():
+            path, name, file = realCreate()
+            return path, name, FailingFile(file)
 
-        store.create = create
+        store.createSpool = create
         conversation.envelope(b"bob@example.com")
         self.assertEqual(replyCodes(conversation.send(b"DATA", *MESSAGE)), [354, 451])
         self.assertEqual(conversation.delivered("bob@example.com"), [])
-        self.assertEqual(conversation.pending("bob@example.com"), [])
+        self.assertEqual(conversation.spooled(), [])
 
     def test_maildirUnusable(self):
         """
-        When the recipient's Maildir cannot be made (the base is a file), DATA is answered
-        451, and the other recipient's C{tmp/} copy is removed.
+        When a recipient's Maildir cannot be made (its domain's path is a file), the final
+        dot is answered 451 and the other recipient's copy, already delivered, is taken
+        back: nothing is delivered, nothing is left in the spool.
         """
         base = self.mktemp()
         os.makedirs(os.path.join(base, "example.com"))
@@ -581,21 +591,25 @@ class ConversationTests(SynchronousTestCase):
             pass
         conversation = Conversation(self, base=base)
         conversation.envelope(b"alice@example.com", b"bob@example.org")
-        self.assertEqual(conversation.codes(b"DATA"), [451])
+        self.assertEqual(replyCodes(conversation.send(b"DATA", *MESSAGE)), [354, 451])
+        self.assertEqual(conversation.delivered("alice@example.com"), [])
         self.assertEqual(conversation.pending("alice@example.com"), [])
+        self.assertEqual(conversation.spooled(), [])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
         self.assertEqual(conversation.codes(b"NOOP"), [250])  # back to commands
 
     def test_clientGoesAway(self):
         """
-        A client that disconnects in the middle of a message leaves no C{tmp/} file and no
-        delivery.
+        A client that disconnects in the middle of a message leaves nothing in the spool,
+        no delivery and no Maildir.
         """
         conversation = Conversation(self)
         conversation.envelope(b"bob@example.com")
         conversation.send(b"DATA", b"Subject: half")
-        self.assertEqual(len(conversation.pending("bob@example.com")), 1)
+        self.assertEqual(len(conversation.spooled()), 1)
         conversation.protocol.connectionLost(None)
-        self.assertEqual(conversation.pending("bob@example.com"), [])
+        self.assertEqual(conversation.spooled(), [])
+        self.assertFalse(os.path.exists(conversation.maildir("bob@example.com")))
         self.assertEqual(conversation.delivered("bob@example.com"), [])
 
     def test_lineTooLong(self):
@@ -610,7 +624,7 @@ class ConversationTests(SynchronousTestCase):
         self.assertEqual(replyCodes(reply), [500])
         self.assertTrue(conversation.transport.disconnecting)
         conversation.protocol.connectionLost(None)
-        self.assertEqual(conversation.pending("bob@example.com"), [])
+        self.assertEqual(conversation.spooled(), [])
 
     def test_timeout(self):
         """
@@ -750,9 +764,8 @@ class SMTPIntegrationTests(TestCase):
 
         code, _ = yield deferToThread(send)
         self.assertEqual(code, 552)
-        new = os.path.join(self.base, "example.com", "alice", "new")
-        tmp = os.path.join(self.base, "example.com", "alice", "tmp")
-        self.assertEqual((os.listdir(new), os.listdir(tmp)), ([], []))
+        self.assertFalse(os.path.exists(os.path.join(self.base, "example.com", "alice")))
+        self.assertEqual(os.listdir(os.path.join(self.base, ".spool")), [])
 
 
 class SMTPDefaultLimitsTests(SynchronousTestCase):
@@ -803,3 +816,89 @@ class HostileInputTests(SynchronousTestCase):
         self.assertEqual(conversation.codes(b"MAIL FROM:<a@b.example> SIZE=100"), [250])
         self.assertEqual(conversation.codes(b"MAIL FROM:<a@b.example> SIZE=" + b"0" * 40
                                             + b"100"), [503])  # sender already given
+
+
+class SpoolOnceTests(SynchronousTestCase):
+    """
+    A message is written once and delivered by hard links: bounded descriptors and disk
+    per transaction, whatever its recipients; Maildirs are private.
+    """
+
+    RECIPIENTS = [b"user%d@example.com" % i for i in range(100)]
+
+    def openDescriptors(self) -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    def test_descriptorsBounded(self):
+        """
+        During DATA to 100 recipients the transaction holds one more descriptor (the
+        spool file), not one per recipient (before: 100).
+        """
+        if not os.path.isdir("/proc/self/fd"):
+            raise SkipTest("counting descriptors needs /proc")
+        conversation = Conversation(self)
+        self.assertEqual(conversation.envelope(*self.RECIPIENTS), [250, 250] + [250] * 100)
+        before = self.openDescriptors()
+        self.assertEqual(conversation.codes(b"DATA", b"Subject: many"), [354])
+        self.assertLessEqual(self.openDescriptors() - before, 1)
+        self.assertEqual(conversation.codes(b"."), [250])
+        self.assertEqual(self.openDescriptors(), before)
+
+    def test_hardLinksOneInode(self):
+        """
+        The 100 delivered copies are one file on disk (hard links: one inode, 100
+        links), each with the whole message, and the spool is empty after.
+        """
+        conversation = Conversation(self)
+        conversation.envelope(*self.RECIPIENTS)
+        self.assertEqual(replyCodes(conversation.send(b"DATA", *MESSAGE)), [354, 250])
+        inodes = set()
+        for recipient in self.RECIPIENTS:
+            new = os.path.join(conversation.maildir(recipient.decode()), "new")
+            [name] = os.listdir(new)
+            info = os.stat(os.path.join(new, name))
+            inodes.add(info.st_ino)
+            self.assertEqual(info.st_nlink, 100)
+        self.assertEqual(len(inodes), 1)
+        self.assertIn(b"First line.", conversation.delivered("user7@example.com")[0])
+        self.assertEqual(conversation.spooled(), [])
+
+    def test_copyWhereNoLink(self):
+        """
+        Where a link is impossible (another file system: EXDEV), each copy is a synced
+        copy of its own, with the same content.
+        """
+        conversation = Conversation(self)
+
+        def noLink(source, destination):
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+        conversation.factory.store.link = noLink
+        conversation.envelope(b"alice@example.com", b"bob@example.com")
+        self.assertEqual(replyCodes(conversation.send(b"DATA", *MESSAGE)), [354, 250])
+        alice, bob = (conversation.delivered(a)
+                      for a in ("alice@example.com", "bob@example.com"))
+        self.assertEqual(alice, bob)
+        new = os.path.join(conversation.maildir("alice@example.com"), "new")
+        self.assertEqual(os.stat(os.path.join(new, os.listdir(new)[0])).st_nlink, 1)
+
+    def test_privateDirectories(self):
+        """
+        Every directory portserver makes for mail is 0700: the domain's, the local
+        part's (before: 0755), its tmp/, new/ and cur/, and the spool.
+        """
+        conversation = Conversation(self)
+        conversation.envelope(b"alice@example.com")
+        self.assertEqual(replyCodes(conversation.send(b"DATA", *MESSAGE)), [354, 250])
+        maildir = conversation.maildir("alice@example.com")
+        for path in (os.path.dirname(maildir), maildir, os.path.join(maildir, "tmp"),
+                     os.path.join(maildir, "new"), os.path.join(maildir, "cur"),
+                     os.path.join(os.path.abspath(conversation.base), ".spool")):
+            self.assertEqual(stat.S_IMODE(os.stat(path).st_mode),
+                             0o700 & ~_umask(), path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

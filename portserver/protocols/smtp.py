@@ -25,6 +25,7 @@ import errno
 import itertools
 import os
 import re
+import shutil
 import socket
 import time
 
@@ -206,7 +207,14 @@ _counter = itertools.count(1)
 
 class MaildirStore:
     """
-    Where mail goes: C{<base>/<domain>/<localpart>/}, a Maildir made on first delivery.
+    Where mail goes: C{<base>/<domain>/<localpart>/}, a Maildir made on first delivery
+    (every directory portserver makes is 0700: mail is private).
+
+    A message is written once, to C{<base>/.spool/} (no domain name starts with a dot),
+    and synced; each recipient then gets it by a hard link into its Maildir's C{tmp/},
+    renamed into C{new/} (a copy, synced, only where a link is impossible: another file
+    system). So a transaction holds one open file whatever its recipients, and a 5 MB
+    message to 100 recipients takes 5 MB of disk, not 500.
 
     The file system calls used to commit a message are attributes, so that a test can make
     them fail.
@@ -214,10 +222,12 @@ class MaildirStore:
 
     fsync = staticmethod(os.fsync)
     rename = staticmethod(os.rename)
+    link = staticmethod(os.link)
 
     def __init__(self, base: str, hostname: str, clock):
         self.base = base
         self.clock = clock
+        self.spool = os.path.join(base, ".spool")
         # The Maildir convention's escapes for the two characters a name cannot hold.
         self.host = hostname.replace("/", r"\057").replace(":", r"\072")
 
@@ -234,23 +244,74 @@ class MaildirStore:
         micro = int((now - seconds) * 1_000_000)
         return f"{seconds}.M{micro:06d}P{os.getpid()}Q{next(_counter)}.{self.host}"
 
-    def create(self, domain: str, local: str):
+    def _makeDirectories(self, path: str) -> None:
         """
-        Create a new file in the recipient's C{tmp/} (making the Maildir if needed).
+        Make C{path} and each missing directory between it and the base, 0700 each
+        (C{os.makedirs} gives its mode to the last one only).
+        """
+        missing = []
+        while not os.path.isdir(path):
+            missing.append(path)
+            parent = os.path.dirname(path)
+            if parent == path:
+                break
+            path = parent
+        for directory in reversed(missing):
+            try:
+                os.mkdir(directory, 0o700)
+            except FileExistsError:
+                if not os.path.isdir(directory):
+                    raise
 
-        @return: C{(directory, name, file)}, the file open for binary writing.
+    def createSpool(self):
         """
-        directory = self.directory(domain, local)
+        Create the one file a message is written to, in the spool.
+
+        @return: C{(path, name, file)}, the file open for binary writing.
+        """
         name = self.uniqueName()
-        path = os.path.join(directory, "tmp", name)
+        path = os.path.join(self.spool, name)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         try:
             fd = os.open(path, flags, 0o600)
         except FileNotFoundError:
-            for sub in ("tmp", "new", "cur"):
-                os.makedirs(os.path.join(directory, sub), mode=0o700, exist_ok=True)
+            self._makeDirectories(self.spool)
             fd = os.open(path, flags, 0o600)
-        return directory, name, os.fdopen(fd, "wb")
+        return path, name, os.fdopen(fd, "wb")
+
+    def deliver(self, spoolPath: str, domain: str, local: str, name: str) -> str:
+        """
+        Put the synced message at C{spoolPath} into the recipient's C{new/}, through
+        C{tmp/} (making the Maildir if needed): a hard link, or a synced copy where the
+        file system takes no link.
+
+        @return: the path in C{new/}.
+        """
+        directory = self.directory(domain, local)
+        for sub in ("tmp", "new", "cur"):
+            self._makeDirectories(os.path.join(directory, sub))
+        tmpPath = os.path.join(directory, "tmp", name)
+        newPath = os.path.join(directory, "new", name)
+        try:
+            self.link(spoolPath, tmpPath)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            self._copy(spoolPath, tmpPath)
+        try:
+            self.rename(tmpPath, newPath)
+        except OSError:
+            _unlinkQuietly(tmpPath)
+            raise
+        return newPath
+
+    def _copy(self, source: str, destination: str) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        with open(source, "rb") as reading, os.fdopen(os.open(destination, flags, 0o600),
+                                                       "wb") as writing:
+            shutil.copyfileobj(reading, writing)
+            writing.flush()
+            self.fsync(writing.fileno())
 
     def syncDirectory(self, path: str) -> None:
         """
@@ -269,81 +330,76 @@ class MaildirStore:
             os.close(fd)
 
 
+def _unlinkQuietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.error("smtp: could not remove {path}: {error}", path=path, error=e)
+
+
 @implementer(IMessageSMTP)
 class MaildirMessage:
     """
-    One recipient's copy of a message: streamed to C{tmp/}, synced on the final dot,
-    renamed into C{new/} by L{commit} (called only when every copy is synced).
+    One recipient's copy of a message. The transaction's first copy writes the message
+    to the spool and syncs it on the final dot; L{commit} (called only once every copy's
+    final dot has been answered) delivers this recipient's copy from the spool.
     """
 
-    def __init__(self, store: MaildirStore, transaction: "Transaction", address: str,
-                 directory: str, name: str, file):
-        self.store = store
+    def __init__(self, transaction: "Transaction", address: str, domain: str, local: str,
+                 writer: bool):
         self.transaction = transaction
         self.address = address
-        self.directory = directory
-        self.name = name
-        self.file = file
-        self.tmpPath = os.path.join(directory, "tmp", name)
-        self.newPath = os.path.join(directory, "new", name)
+        self.domain = domain
+        self.local = local
+        self.writer = writer
+        self.directory = transaction.store.directory(domain, local)
+        self.newPath = None
         self.state = "writing"  # then "synced", "committed" or "discarded"
 
     def lineReceived(self, line: bytes) -> None:
-        try:
-            self.file.write(line + b"\n")
-        except (OSError, ValueError) as e:
-            log.error("smtp {service}: writing {path} failed: {error}",
-                      service=self.transaction.service, path=self.tmpPath, error=e)
-            raise tsmtp.SMTPServerError(451, LOCAL_ERROR)
+        if self.writer:
+            self.transaction.write(line)
 
     def eomReceived(self):
         """
-        Flush, C{fsync} and close the C{tmp/} file. The L{Deferred} fires with this
-        message (see L{MaildirSMTP._messageHandled}), or fails, the file removed.
+        The writer flushes, C{fsync}s and closes the spool file. The L{Deferred} fires
+        with this message (see L{MaildirSMTP._messageHandled}), or fails.
         """
-        try:
-            self.file.flush()
-            self.store.fsync(self.file.fileno())
-            self.file.close()
-        except OSError:
-            failure = defer.fail()
-            self.discard()
-            return failure
+        if self.writer:
+            try:
+                self.transaction.sync()
+            except OSError:
+                failure = defer.fail()
+                self.discard()
+                return failure
         self.state = "synced"
         return defer.succeed(self)
 
     def connectionLost(self) -> None:
         """
-        The message was abandoned (client gone, too big, write failed): remove the copy.
+        The message was abandoned (client gone, too big, write failed): remove it.
         """
         self.discard()
+        self.transaction.abort()
 
     def commit(self) -> None:
         """
-        Move the synced file into C{new/}.
+        Deliver this recipient's copy into its C{new/}.
         """
-        self.store.rename(self.tmpPath, self.newPath)
+        transaction = self.transaction
+        self.newPath = transaction.store.deliver(transaction.spoolPath, self.domain,
+                                                 self.local, transaction.name)
         self.state = "committed"
 
     def discard(self) -> None:
         """
-        Remove this copy, wherever it is; never raises.
+        Remove this copy if it was delivered; never raises.
         """
-        if self.state == "discarded":
-            return
-        path = self.newPath if self.state == "committed" else self.tmpPath
+        if self.state == "committed" and self.newPath is not None:
+            _unlinkQuietly(self.newPath)
         self.state = "discarded"
-        try:
-            self.file.close()
-        except (OSError, ValueError):
-            pass
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            log.error("smtp {service}: could not remove {path}: {error}",
-                      service=self.transaction.service, path=path, error=e)
 
 
 @implementer(IMessageSMTP)
@@ -365,7 +421,8 @@ class DuplicateMessage:
 @attrs.define
 class Transaction:
     """
-    One message (from C{DATA} to the final dot) and its copies, by recipient address.
+    One message (from C{DATA} to the final dot): its spool file, and a copy per
+    recipient address.
     """
 
     service: str
@@ -374,27 +431,69 @@ class Transaction:
     seconds: float
     size: int = 0
     copies: dict = attrs.field(factory=dict)
+    spoolPath: str | None = None
+    name: str | None = None
+    file: object = None
 
     def messageFor(self, domain: str, local: str):
         """
-        The L{IMessageSMTP} for one recipient; C{tmp/} trouble is a 451.
+        The L{IMessageSMTP} for one recipient; spool trouble is a 451.
         """
         address = f"{local}@{domain}"
         if address in self.copies:
             return DuplicateMessage()
-        try:
-            directory, name, file = self.store.create(domain, local)
-        except OSError as e:
-            log.error("smtp {service}: cannot create a file in the Maildir of {address}: "
-                      "{error}", service=self.service, address=address, error=e)
-            raise tsmtp.SMTPServerError(451, LOCAL_ERROR)
-        message = MaildirMessage(self.store, self, address, directory, name, file)
+        writer = self.spoolPath is None
+        if writer:
+            try:
+                self.spoolPath, self.name, self.file = self.store.createSpool()
+            except OSError as e:
+                log.error("smtp {service}: cannot create a file in the spool {path}: "
+                          "{error}", service=self.service, path=self.store.spool, error=e)
+                raise tsmtp.SMTPServerError(451, LOCAL_ERROR)
+        message = MaildirMessage(self, address, domain, local, writer)
         self.copies[address] = message
         return message
 
+    def write(self, line: bytes) -> None:
+        try:
+            self.file.write(line + b"\n")
+        except (OSError, ValueError) as e:
+            log.error("smtp {service}: writing {path} failed: {error}",
+                      service=self.service, path=self.spoolPath, error=e)
+            raise tsmtp.SMTPServerError(451, LOCAL_ERROR)
+
+    def sync(self) -> None:
+        """
+        Flush, C{fsync} and close the spool file.
+        """
+        file = self.file
+        file.flush()
+        self.store.fsync(file.fileno())
+        file.close()
+
+    def finish(self) -> None:
+        """
+        Every copy is delivered (or none will be): remove the spool file.
+        """
+        self._closeSpool()
+
     def abort(self) -> None:
+        """
+        Remove every delivered copy and the spool file; never raises.
+        """
         for message in self.copies.values():
             message.discard()
+        self._closeSpool()
+
+    def _closeSpool(self) -> None:
+        if self.file is not None:
+            try:
+                self.file.close()
+            except (OSError, ValueError):
+                pass
+        if self.spoolPath is not None:
+            _unlinkQuietly(self.spoolPath)
+            self.spoolPath = None
 
 
 # -- the protocol ----------------------------------------------------------------------
@@ -601,6 +700,7 @@ class MaildirSMTP(tsmtp.ESMTP):
         service = self.settings.service
         for failure in failures:
             log.failure("smtp {service}: delivery failed", failure, service=service)
+        transaction = copies[0].transaction if copies else self.transaction
         if not failures:
             try:
                 for copy in copies:
@@ -611,11 +711,14 @@ class MaildirSMTP(tsmtp.ESMTP):
                 log.failure("smtp {service}: delivery failed", service=service)
                 failures.append(True)
         if failures:
+            if transaction is not None:
+                transaction.abort()
             for copy in copies:
                 copy.discard()
             self.sendCode(451, LOCAL_ERROR)
             return
-        transaction = copies[0].transaction if copies else self.transaction
+        if transaction is not None:
+            transaction.finish()
         host, port = peerOf(self.transport.getPeer())
         client = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         log.info("smtp {service}: delivered message {id} ({size} bytes) from {client} "
