@@ -902,3 +902,34 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+class RepeatedFailureTests(SynchronousTestCase):
+    """
+    A full disk fails every delivery: its traceback is logged once per interval.
+    """
+
+    def test_fullDiskLoggedOnce(self):
+        """
+        Five messages failing on the same fsync (disk full) are five 451s and one
+        logged traceback; the next after 10 s is logged again, with the count.
+        """
+        from twisted.logger import capturedLogs
+
+        conversation = Conversation(self)
+
+        def fsync(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        conversation.factory.store.fsync = fsync
+        conversation.send(b"EHLO client.test")
+        for _ in range(5):
+            conversation.codes(b"MAIL FROM:<a@elsewhere.test>", b"RCPT TO:<bob@example.com>")
+            self.assertEqual(replyCodes(conversation.send(b"DATA", *MESSAGE)), [354, 451])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        conversation.clock.advance(10)
+        with capturedLogs() as events:
+            conversation.codes(b"MAIL FROM:<a@elsewhere.test>", b"RCPT TO:<bob@example.com>")
+            conversation.send(b"DATA", *MESSAGE)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual([e.get("suppressed") for e in events if "log_failure" in e], [4])

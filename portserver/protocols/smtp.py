@@ -35,10 +35,12 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.mail import smtp as tsmtp
 from twisted.mail.interfaces import IMessageSMTP
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from portserver.options import Option, OptionProblem, seconds
 from portserver.provider import PortProtocol
+from portserver.ratelog import RepeatedErrors, causeOf
 
 log = Logger()
 
@@ -228,6 +230,8 @@ class MaildirStore:
         self.base = base
         self.clock = clock
         self.spool = os.path.join(base, ".spool")
+        # A full disk fails every delivery: its error is logged once per 10 s, counted.
+        self.errors = RepeatedErrors(log, clock)
         # The Maildir convention's escapes for the two characters a name cannot hold.
         self.host = hostname.replace("/", r"\057").replace(":", r"\072")
 
@@ -447,8 +451,10 @@ class Transaction:
             try:
                 self.spoolPath, self.name, self.file = self.store.createSpool()
             except OSError as e:
-                log.error("smtp {service}: cannot create a file in the spool {path}: "
-                          "{error}", service=self.service, path=self.store.spool, error=e)
+                self.store.errors.error(
+                    (self.service, "spool", e.errno), "smtp {service}: cannot create a "
+                    "file in the spool {path}: {error}", service=self.service,
+                    path=self.store.spool, error=e)
                 raise tsmtp.SMTPServerError(451, LOCAL_ERROR)
         message = MaildirMessage(self, address, domain, local, writer)
         self.copies[address] = message
@@ -458,8 +464,10 @@ class Transaction:
         try:
             self.file.write(line + b"\n")
         except (OSError, ValueError) as e:
-            log.error("smtp {service}: writing {path} failed: {error}",
-                      service=self.service, path=self.spoolPath, error=e)
+            self.store.errors.error(
+                (self.service, "write", getattr(e, "errno", None)),
+                "smtp {service}: writing {path} failed: {error}",
+                service=self.service, path=self.spoolPath, error=e)
             raise tsmtp.SMTPServerError(451, LOCAL_ERROR)
 
     def sync(self) -> None:
@@ -698,8 +706,10 @@ class MaildirSMTP(tsmtp.ESMTP):
         copies = [result for ok, result in resultList if ok and result is not None]
         failures = [result for ok, result in resultList if not ok]
         service = self.settings.service
+        errors = self.store.errors
         for failure in failures:
-            log.failure("smtp {service}: delivery failed", failure, service=service)
+            errors.failure(causeOf(failure, service, "delivery"),
+                           "smtp {service}: delivery failed", failure, service=service)
         transaction = copies[0].transaction if copies else self.transaction
         if not failures:
             try:
@@ -708,7 +718,9 @@ class MaildirSMTP(tsmtp.ESMTP):
                 for directory in {os.path.join(copy.directory, "new") for copy in copies}:
                     self.store.syncDirectory(directory)
             except OSError:
-                log.failure("smtp {service}: delivery failed", service=service)
+                failure = Failure()
+                errors.failure(causeOf(failure, service, "delivery"),
+                               "smtp {service}: delivery failed", failure, service=service)
                 failures.append(True)
         if failures:
             if transaction is not None:
