@@ -9,6 +9,7 @@ import signal
 import sys
 from importlib import resources
 
+from twisted.application.service import Service
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -211,10 +212,13 @@ def makeService(options, reactor=None):
                         loadPlan=getattr(options, "_loadPlan", loadPlan))
     ReloadSignal(reactor, reloader, install=installReloadSignal if takeSignals else None
                  ).setServiceParent(tree)
+    owner = droppedTo(options)
+    if owner is not None:
+        HandOver(twistdFiles(options), *owner).setServiceParent(tree)
     if plan.config.registry.connectionLog is not None:
         # First in, last out: it still logs the connections closed at shutdown.
         ConnectionLog(server.registry, plan.config.registry.connectionLog,
-                      reactor, owner=droppedTo(options)).setServiceParent(tree)
+                      reactor, owner=owner).setServiceParent(tree)
     server.setServiceParent(tree)
     reactor.callWhenRunning(installStopSignals, reactor, server)
     status = None
@@ -226,6 +230,59 @@ def makeService(options, reactor=None):
         RuntimeFile(runtimePath(pidfile), pidfile, os.path.abspath(plan.config.path),
                     status).setServiceParent(tree)
     return tree
+
+
+class HandOver(Service):
+    """
+    Run as root with C{--uid}/C{--gid}, twistd opens its log file and writes its pid file
+    as root, then drops to that user, who can then neither rotate the log (Twisted's
+    C{LogFile} then skips the rotation, silently, and the file grows without end) nor
+    remove the pid file at exit. Before the drop, this gives those files to the user, and
+    warns when the user cannot write their directory (rotating and removing need it).
+    """
+
+    name = "hand-over"
+
+    def __init__(self, paths, uid: int, gid: int, chown=os.chown):
+        self.paths = [p for p in paths if p]
+        self.uid, self.gid = uid, gid
+        self.chown = chown
+
+    def privilegedStartService(self):
+        from portserver.connlog import writableBy
+        super().privilegedStartService()
+        for path in self.paths:
+            if not os.path.exists(path):
+                continue
+            try:
+                self.chown(path, self.uid, self.gid)
+            except OSError as e:
+                log.warn("Cannot give {path} to uid {uid}: {error}", path=path,
+                         uid=self.uid, error=e.strerror or str(e))
+            directory = os.path.dirname(path)
+            if not writableBy(directory, self.uid, self.gid):
+                log.warn("{directory} is not writable by uid {uid}, which portserver runs "
+                         "as after start-up: {path} cannot be rotated or removed by it "
+                         "(make the directory writable by that user, or use another)",
+                         directory=directory, uid=self.uid, path=path)
+
+
+def twistdFiles(options) -> list[str]:
+    """
+    The files twistd itself writes for this run: its log file (unless C{-} or syslog)
+    and its pid file, as absolute paths.
+    """
+    parent = getattr(options, "parent", None)
+    if not isinstance(parent, dict):
+        return []
+    paths = []
+    logfile = parent.get("logfile")
+    if isinstance(logfile, str) and logfile not in ("", "-") and not parent.get("syslog"):
+        paths.append(os.path.abspath(logfile))
+    pidfile = twistdPidfile(options)
+    if pidfile:
+        paths.append(pidfile)
+    return paths
 
 
 def droppedTo(options, geteuid=os.geteuid) -> tuple[int, int] | None:

@@ -281,3 +281,45 @@ class ServiceTreeTests(SynchronousTestCase):
         self.assertIsNone(tap.twistdPidfile(self.options("")))
         self.assertIsNone(tap.twistdPidfile(self.options()))
         self.assertIsNone(tap.twistdPidfile({"plan": None}))
+
+
+class HandOverTests(SynchronousTestCase):
+    """
+    Under C{--uid}/C{--gid}, twistd's own files are given to the user it drops to.
+    """
+
+    def test_filesGivenAndUnwritableDirectoryWarned(self):
+        """
+        The log and pid files that exist are given to the uid and gid (missing ones
+        skipped), before the drop; a directory the user cannot write is a warning
+        naming it.
+        """
+        from twisted.logger import capturedLogs
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        os.chmod(directory, 0o755)
+        logfile, pidfile = (os.path.join(directory, n) for n in ("twistd.log", "twistd.pid"))
+        for path in (logfile, pidfile):
+            with open(path, "w"):
+                pass
+        calls = []
+        handOver = tap.HandOver([logfile, pidfile, os.path.join(directory, "gone")],
+                                os.stat(directory).st_uid + 4242, 4242,
+                                chown=lambda *args: calls.append(args))
+        with capturedLogs() as events:
+            handOver.privilegedStartService()
+        uid = os.stat(directory).st_uid + 4242
+        self.assertEqual(calls, [(logfile, uid, 4242), (pidfile, uid, 4242)])
+        warned = [e for e in events if "is not writable by uid" in e.get("log_format", "")]
+        self.assertEqual([e["path"] for e in warned], [logfile, pidfile])
+
+    def test_twistdFiles(self):
+        """
+        The files are twistd's log file (not C{-}) and pid file, as absolute paths.
+        """
+        class Options(dict):
+            parent = {"logfile": "twistd.log", "pidfile": "twistd.pid", "syslog": False}
+        self.assertEqual(tap.twistdFiles(Options()),
+                         [os.path.abspath("twistd.log"), os.path.abspath("twistd.pid")])
+        Options.parent = {"logfile": "-", "pidfile": "", "syslog": False}
+        self.assertEqual(tap.twistdFiles(Options()), [])
