@@ -300,12 +300,15 @@ class ConversationTests(SynchronousTestCase):
     def test_greetingAndSize(self):
         """
         The greeting names the configured host name; the EHLO reply advertises SIZE with
-        C{max_size}.
+        C{max_size}, PIPELINING, 8BITMIME and ENHANCEDSTATUSCODES (RFC 5321's usual set),
+        and no empty AUTH.
         """
         conversation = Conversation(self, max_size=12345)
         self.assertEqual(conversation.greeting, b"220 mx.example.com ESMTP portserver\r\n")
         reply = conversation.send(b"EHLO client.test")
-        self.assertIn(b"250 SIZE 12345\r\n", reply)
+        self.assertEqual(reply.split(b"\r\n")[1:-1], [
+            b"250-SIZE 12345", b"250-PIPELINING", b"250-8BITMIME",
+            b"250 ENHANCEDSTATUSCODES"])
         self.assertTrue(reply.startswith(b"250-mx.example.com Hello 203.0.113.7"))
 
     def test_unknownDomain(self):
@@ -394,8 +397,9 @@ class ConversationTests(SynchronousTestCase):
     def test_delivery(self):
         """
         A message for two recipients gives one file in each C{new/}, C{tmp/} empty, each
-        starting with a Received header naming the HELO name, the client's address and
-        port, the host name and the clock's date, then the message, dot-unstuffed.
+        starting with the Return-Path (the envelope sender) and a Received header in RFC
+        5321's syntax naming the HELO name, the client's address (its port in a comment),
+        the host name and the clock's date, then the message, dot-unstuffed.
         """
         conversation = Conversation(self)
         self.assertEqual(conversation.envelope(b"alice@example.com", b"bob@example.org"),
@@ -408,8 +412,9 @@ class ConversationTests(SynchronousTestCase):
             self.assertEqual(files(os.path.join(conversation.maildir(address), "cur")), [])
             header, rest = content.split(b"\nSubject: hello\n", 1)
             self.assertTrue(header.startswith(
-                b"Received: from client.test ([203.0.113.7]:40001)\n\tby mx.example.com "
-                b"with ESMTP id "), header)
+                b"Return-Path: <sender@elsewhere.test>\n"
+                b"Received: from client.test ([203.0.113.7])\n\t(port 40001)\n"
+                b"\tby mx.example.com with ESMTP id "), header)
             self.assertTrue(header.endswith(b";\n\tTue, 14 Nov 2023 22:13:20 +0000"), header)
             self.assertEqual(rest, b"From: sender@elsewhere.test\n\nFirst line.\n"
                                    b".a line that starts with a dot\nLast line.\n")
@@ -429,7 +434,7 @@ class ConversationTests(SynchronousTestCase):
         conversation.envelope(b"bob@example.com")
         conversation.send(b"DATA", *MESSAGE)
         (content,) = conversation.delivered("bob@example.com")
-        self.assertIn(b"([IPv6:2001:db8::7]:40002)", content)
+        self.assertIn(b"([IPv6:2001:db8::7])\n\t(port 40002)", content)
         self.assertEqual([e["client"] for e in events], ["[2001:db8::7]:40002"])
 
     def test_receivedMappedIPv4(self):
@@ -443,7 +448,7 @@ class ConversationTests(SynchronousTestCase):
         conversation.envelope(b"bob@example.com")
         conversation.send(b"DATA", *MESSAGE)
         (content,) = conversation.delivered("bob@example.com")
-        self.assertIn(b"([203.0.113.7]:9)", content)
+        self.assertIn(b"([203.0.113.7])\n\t(port 9)", content)
         self.assertEqual([e["client"] for e in events], ["203.0.113.7:9"])
 
     def test_heloSanitised(self):
@@ -456,7 +461,7 @@ class ConversationTests(SynchronousTestCase):
         conversation.send(b"DATA", *MESSAGE)
         (content,) = conversation.delivered("bob@example.com")
         self.assertNotIn(b"\nX-Injected", content)
-        self.assertTrue(content.startswith(b"Received: from evil?X-Injected:?yes ("), content)
+        self.assertIn(b"\nReceived: from evil?X-Injected:?yes (", content)
         self.assertIn(b"with SMTP id", content)
 
     def test_duplicateRecipient(self):
@@ -477,7 +482,7 @@ class ConversationTests(SynchronousTestCase):
 
         class Checking(StringTransport):
             def write(transport, data):
-                if data.startswith(b"250 Message accepted"):
+                if data.startswith(b"250 2.0.0 Message accepted"):
                     seen.append([(conversation.delivered(a), conversation.pending(a))
                                  for a in ("alice@example.com", "bob@example.com")])
                 super().write(data)
@@ -716,7 +721,7 @@ class SMTPIntegrationTests(TestCase):
             (stored,) = box.values()
             self.assertEqual(stored["Subject"], "test")
             self.assertEqual(stored.get_payload(), "Hello there.\n.leading dot\n")
-            self.assertIn(f"([127.0.0.1]:{port})", stored["Received"])
+            self.assertIn(f"([127.0.0.1])\n\t(port {port})", stored["Received"])
             self.assertIn("by mx.example.com with ESMTP", stored["Received"])
             self.assertEqual(
                 os.listdir(os.path.join(self.base, domain, local, "tmp")), [])
@@ -933,3 +938,97 @@ class RepeatedFailureTests(SynchronousTestCase):
             conversation.send(b"DATA", *MESSAGE)
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
         self.assertEqual([e.get("suppressed") for e in events if "log_failure" in e], [4])
+
+
+class RFC5321Tests(SynchronousTestCase):
+    """
+    What RFC 5321 (and the extensions advertised) ask of a receiving server.
+    """
+
+    def test_returnPath(self):
+        """
+        Every stored message starts with C{Return-Path: <sender>}; a bounce's (C{MAIL
+        FROM:<>}) is C{<>} (RFC 5321 4.4).
+        """
+        for sender, expected in ((b"<a@elsewhere.test>", b"Return-Path: <a@elsewhere.test>\n"),
+                                 (b"<>", b"Return-Path: <>\n")):
+            conversation = Conversation(self)
+            conversation.envelope(b"bob@example.com", sender=sender)
+            self.assertEqual(replyCodes(conversation.send(b"DATA", *MESSAGE)), [354, 250])
+            [content] = conversation.delivered("bob@example.com")
+            self.assertTrue(content.startswith(expected), content)
+
+    def test_postmasterAlwaysAccepted(self):
+        """
+        C{postmaster} (bare, or at a served domain) is accepted even with a
+        C{recipients} list that does not name it (RFC 5321 4.5.1); a bare one is
+        delivered to postmaster at the first served domain.
+        """
+        conversation = Conversation(self, recipients=["alice@example.com"])
+        self.assertEqual(conversation.envelope(b"postmaster", b"PostMaster@example.org",
+                                               b"carol@example.com"),
+                         [250, 250, 250, 250, 550])
+        self.assertEqual(replyCodes(conversation.send(b"DATA", *MESSAGE)), [354, 250])
+        self.assertEqual(len(conversation.delivered("postmaster@example.com")), 1)
+        self.assertEqual(len(conversation.delivered("postmaster@example.org")), 1)
+
+    def test_unadvertisedParameters(self):
+        """
+        MAIL and RCPT parameters that EHLO did not advertise get 555 (RFC 5321
+        4.1.1.11); BODY=8BITMIME and BODY=7BIT are taken, other BODY values are not;
+        after HELO no parameter is.
+        """
+        conversation = Conversation(self)
+        conversation.send(b"EHLO client.test")
+        self.assertEqual(conversation.codes(b"MAIL FROM:<a@elsewhere.test> FOO=bar"), [555])
+        self.assertEqual(conversation.codes(b"MAIL FROM:<a@elsewhere.test> BODY=BINARYMIME"),
+                         [555])
+        self.assertEqual(conversation.codes(b"MAIL FROM:<a@elsewhere.test> BODY=8BITMIME"),
+                         [250])
+        self.assertEqual(conversation.codes(b"RCPT TO:<bob@example.com> NOTIFY=NEVER"),
+                         [555])
+        self.assertEqual(conversation.codes(b"RCPT TO:<bob@example.com>"), [250])
+        conversation = Conversation(self)
+        conversation.send(b"HELO client.test")
+        self.assertEqual(conversation.codes(b"MAIL FROM:<a@elsewhere.test> SIZE=10"), [555])
+
+    def test_enhancedStatusCodes(self):
+        """
+        After EHLO, replies carry RFC 3463 enhanced codes; after HELO they do not.
+        """
+        conversation = Conversation(self)
+        conversation.send(b"EHLO client.test")
+        self.assertEqual(conversation.send(b"MAIL FROM:<a@elsewhere.test>"),
+                         b"250 2.1.0 Sender address accepted\r\n")
+        self.assertTrue(conversation.send(b"RCPT TO:<bob@example.com>").startswith(
+            b"250 2.1.5 "))
+        self.assertTrue(conversation.send(b"RCPT TO:<x@elsewhere.test>").startswith(
+            b"550 5.7.1 "))
+        reply = conversation.send(b"DATA", *MESSAGE)
+        self.assertIn(b"354 Continue", reply)
+        self.assertIn(b"250 2.0.0 Message accepted", reply)
+        self.assertTrue(conversation.send(b"NOOP").startswith(b"250 2.0.0 "))
+        conversation = Conversation(self)
+        conversation.send(b"HELO client.test")
+        self.assertEqual(conversation.send(b"MAIL FROM:<a@elsewhere.test>"),
+                         b"250 Sender address accepted\r\n")
+
+    def test_utf8AddressRefused(self):
+        """
+        A non-ASCII address without SMTPUTF8 (not offered) is refused with 553 5.6.7.
+        """
+        conversation = Conversation(self)
+        conversation.send(b"EHLO client.test")
+        self.assertTrue(conversation.send("MAIL FROM:<jos\u00e9@elsewhere.test>".encode())
+                        .startswith(b"553 5.6.7 "))
+
+    def test_addressLiteralRefused(self):
+        """
+        A recipient at an address literal (C{user@[127.0.0.1]}) is refused with 550 5.7.1,
+        saying to use a served domain.
+        """
+        conversation = Conversation(self)
+        conversation.send(b"EHLO client.test", b"MAIL FROM:<a@elsewhere.test>")
+        reply = conversation.send(b"RCPT TO:<bob@[127.0.0.1]>")
+        self.assertTrue(reply.startswith(b"550 5.7.1 "), reply)
+        self.assertIn(b"Address literals are not accepted", reply)

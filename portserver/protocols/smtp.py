@@ -70,6 +70,10 @@ MAX_LOCAL = 64
 
 #: A HELO name as written into the Received header: anything else becomes C{?}.
 _UNSAFE_HELO = re.compile(rb"[^A-Za-z0-9.:_\[\]-]")
+#: A recipient at an address literal: C{TO:<user@[192.0.2.1]>}, C{TO:<user@[IPv6:...]>}.
+_ADDRESS_LITERAL = re.compile(rb"\s*TO:\s*<[^<>@\s]+@\[[^\]]*\]>", re.I)
+#: What a reverse path may not bring into the Return-Path header: spaces, controls, <>.
+_UNSAFE_PATH = re.compile(rb"[^\x21-\x7e]|[<>]")
 
 
 def peerOf(address) -> tuple[str, int]:
@@ -537,6 +541,35 @@ class Settings:
 _transactionIds = itertools.count(1)
 
 
+#: RFC 3463 enhanced codes by reply code and command (None: any command).
+_ENHANCED = {
+    (250, b"MAIL"): b"2.1.0", (250, b"RCPT"): b"2.1.5", (250, None): b"2.0.0",
+    (221, None): b"2.0.0", (252, None): b"2.5.0",
+    (421, None): b"4.4.2", (451, None): b"4.3.0", (452, None): b"4.5.3",
+    (454, None): b"4.7.0",
+    (500, None): b"5.5.2", (501, None): b"5.5.4", (502, None): b"5.5.1",
+    (503, None): b"5.5.1", (504, None): b"5.5.4", (551, None): b"5.1.6",
+    (552, None): b"5.3.4", (554, None): b"5.0.0", (555, None): b"5.5.4",
+}
+
+
+def enhancedCode(code: int, command: bytes, message: bytes) -> bytes | None:
+    """
+    The RFC 3463 enhanced status code of a reply C{code} to C{command}, or L{None}.
+    """
+    if code == 550:
+        if b"Relaying denied" in message or b"literals" in message:
+            return b"5.7.1"
+        if b"No such user" in message:
+            return b"5.1.1"
+        return b"5.0.0"
+    if code == 553:
+        return b"5.6.7" if b"SMTPUTF8" in message else b"5.1.3"
+    if code == 250 and command == b"DATA":
+        return b"2.0.0"
+    return _ENHANCED.get((code, command)) or _ENHANCED.get((code, None))
+
+
 class MaildirSMTP(tsmtp.ESMTP):
     """
     The ESMTP server side: accepts mail for the configured domains (and recipients) and
@@ -560,8 +593,18 @@ class MaildirSMTP(tsmtp.ESMTP):
         return self.host + b" ESMTP portserver"
 
     def extensions(self) -> dict:
+        """
+        What EHLO advertises, each of them implemented: C{SIZE} (RFC 1870),
+        C{PIPELINING} (RFC 2920: Twisted answers commands in order, whatever arrives at
+        once), C{8BITMIME} (RFC 6152: the message is stored byte for byte) and
+        C{ENHANCEDSTATUSCODES} (RFC 2034, in L{sendCode}).
+        """
         extensions = super().extensions()
+        extensions.pop(b"AUTH", None)  # no authentication: nothing to advertise
         extensions[b"SIZE"] = [b"%d" % self.settings.maxSize]
+        extensions[b"PIPELINING"] = None
+        extensions[b"8BITMIME"] = None
+        extensions[b"ENHANCEDSTATUSCODES"] = None
         return extensions
 
     def do_HELO(self, rest):
@@ -571,6 +614,25 @@ class MaildirSMTP(tsmtp.ESMTP):
     def do_EHLO(self, rest):
         self.extended = True
         super().do_EHLO(rest)
+
+    def sendCode(self, code, message=b""):
+        """
+        After EHLO, every reply but the greeting, EHLO's and 354 starts with its RFC 3463
+        enhanced status code (C{250 2.1.5 Recipient address accepted}).
+        """
+        if isinstance(message, str):
+            message = message.encode("ascii", "replace")
+        if self.extended and code not in (220, 354) and self._command != b"EHLO":
+            enhanced = enhancedCode(code, self._command, message)
+            if enhanced:
+                message = b"\n".join(enhanced + b" " + line for line in message.split(b"\n"))
+        super().sendCode(code, message)
+
+    _command = b""
+
+    def state_COMMAND(self, line):
+        self._command = line.split(None, 1)[0].upper() if line.split() else b""
+        return super().state_COMMAND(line)
 
     def do_NOOP(self, rest):
         """
@@ -603,12 +665,62 @@ class MaildirSMTP(tsmtp.ESMTP):
 
     # -- the envelope --------------------------------------------------------------------
 
+    def _notASCII(self, rest) -> bool:
+        """
+        Answer an address that is not ASCII: it needs SMTPUTF8 (RFC 6531), which this
+        server does not offer.
+        """
+        if rest.isascii():
+            return False
+        self.sendCode(553, b"Address requires SMTPUTF8, which this server does not offer")
+        return True
+
+    def _unknownParameter(self, parameters: bytes, allowed) -> bool:
+        """
+        Answer 555 (RFC 5321 4.1.1.11) for a parameter EHLO did not advertise (any,
+        after HELO), or a C{BODY=} other than 7BIT and 8BITMIME.
+        """
+        for parameter in parameters.split():
+            key, _, value = parameter.partition(b"=")
+            key = key.upper()
+            if not self.extended or key not in allowed:
+                self.sendCode(555, b"Parameter " + key + b" not recognised")
+                return True
+            if key == b"BODY" and value.upper() not in (b"7BIT", b"8BITMIME"):
+                self.sendCode(555, b"BODY must be 7BIT or 8BITMIME")
+                return True
+        return False
+
+    def do_RCPT(self, rest):
+        """
+        C{RCPT TO}: no parameter is advertised for it, so any is answered 555.
+        """
+        if self._notASCII(rest):
+            return
+        if self._from and _ADDRESS_LITERAL.match(rest):
+            # RFC 5321 4.1.3: a valid address (Twisted's parser would call it a syntax
+            # error); this server serves domains, not addresses.
+            self.sendCode(550, b"Address literals are not accepted here: use one of the "
+                               b"domains this server serves")
+            return
+        match = self.rcpt_re.match(rest) if self._from else None
+        if match is not None and match.group("opts"):
+            if self._unknownParameter(match.group("opts"), ()):
+                return
+        self._bare = match is not None and b"@" not in match.group("path")
+        super().do_RCPT(rest)
+
     def do_MAIL(self, rest):
         """
-        C{MAIL FROM}, checking RFC 1870's C{SIZE=} parameter against C{max_size} first.
+        C{MAIL FROM}, checking RFC 1870's C{SIZE=} parameter against C{max_size} first,
+        and C{BODY=} (RFC 6152); any other parameter is answered 555.
         """
+        if self._notASCII(rest):
+            return
         match = None if self._from else self.mail_re.match(rest)
         if match is not None and match.group("opts"):
+            if self._unknownParameter(match.group("opts"), (b"SIZE", b"BODY")):
+                return
             for parameter in match.group("opts").split():
                 key, _, value = parameter.partition(b"=")
                 if key.upper() != b"SIZE":
@@ -639,14 +751,23 @@ class MaildirSMTP(tsmtp.ESMTP):
             address, 553 for a local part that cannot be a Maildir's name.
         """
         settings = self.settings
-        domain = normaliseDomain(user.dest.domain.decode("ascii", "replace"))
+        rawDomain = user.dest.domain.decode("ascii", "replace")
+        local = user.dest.local.decode("ascii", "replace")
+        postmaster = local.lower() == "postmaster"
+        if postmaster and getattr(self, "_bare", False):
+            # RFC 5321 4.5.1: the bare "postmaster" is always accepted.
+            rawDomain = min(settings.domains)
+        if rawDomain.startswith("["):
+            raise tsmtp.SMTPBadRcpt(user, 550, "Address literals are not accepted here: "
+                                               "use one of the domains this server serves")
+        domain = normaliseDomain(rawDomain)
         if domain not in settings.domains:
             raise tsmtp.SMTPBadRcpt(user, 550, "Relaying denied: not a local domain")
-        local = user.dest.local.decode("ascii", "replace")
         if _localProblem(local) is not None:
             raise tsmtp.SMTPBadRcpt(user, 553, "Mailbox name not allowed")
         local = local.lower()
-        if settings.recipients is not None and f"{local}@{domain}" not in settings.recipients:
+        if (settings.recipients is not None and not postmaster
+                and f"{local}@{domain}" not in settings.recipients):
             raise tsmtp.SMTPBadRcpt(user, 550, "No such user here")
         if len(self._to) >= MAX_RECIPIENTS:
             raise tsmtp.SMTPServerError(452, "Too many recipients")
@@ -672,9 +793,17 @@ class MaildirSMTP(tsmtp.ESMTP):
         host, port = peerOf(self.transport.getPeer())
         literal = f"IPv6:{host}" if ":" in host else host
         date = tsmtp.rfc822date(time.gmtime(transaction.seconds), local=False)
-        return (b"Received: from %s ([%s]:%d)\n\tby %s with %s id %s;\n\t%s" % (
-            name, literal.encode("ascii", "replace"), port, self.host,
-            b"ESMTP" if self.extended else b"SMTP", transaction.id.encode("ascii"), date))
+        sender = bytes(origin) if origin is not None else b""
+        # RFC 5321 4.4: "Return-Path: <reverse-path>" first (<> for a bounce), then the
+        # Received stamp: "from" Domain "(" address-literal ")", the client's port in a
+        # comment (TCP-info has no port), "by", "with", "id", ";" date. The recipients
+        # are left out: one copy serves them all.
+        return (b"Return-Path: <%s>\nReceived: from %s ([%s])\n\t(port %d)\n\tby %s with %s "
+                b"id %s;\n\t%s" % (
+                    _UNSAFE_PATH.sub(b"?", sender), name,
+                    literal.encode("ascii", "replace"), port, self.host,
+                    b"ESMTP" if self.extended else b"SMTP",
+                    transaction.id.encode("ascii"), date))
 
     def dataLineReceived(self, line):
         """
