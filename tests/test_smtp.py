@@ -230,7 +230,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(result, {
             "domains": ["example.com"], "recipients": None, "max_size": 10485760,
             "maildir": os.path.join(os.getcwd(), "spool"), "timeout": 300,
-            "hostname": smtpModule.defaultHostname(),
+            "hostname": smtpModule.defaultHostname(), "tls": None,
         })
         self.assertIn(smtpModule.defaultHostname(), (socket.gethostname(), "localhost"))
         explicitNone = smtp.validateOptions(options("m", recipients=None))
@@ -1032,3 +1032,109 @@ class RFC5321Tests(SynchronousTestCase):
         reply = conversation.send(b"RCPT TO:<bob@[127.0.0.1]>")
         self.assertTrue(reply.startswith(b"550 5.7.1 "), reply)
         self.assertIn(b"Address literals are not accepted", reply)
+
+
+def selfSignedCertificate(testCase):
+    """
+    A self-signed certificate and its key for localhost (PEM files), made by the
+    openssl command; skip when it or pyOpenSSL is missing.
+    """
+    import shutil
+    import subprocess
+    try:
+        import OpenSSL  # noqa: F401
+    except ImportError:
+        raise SkipTest("STARTTLS needs pyOpenSSL (pip install 'twisted[tls]')")
+    if shutil.which("openssl") is None:
+        raise SkipTest("making a test certificate needs the openssl command")
+    directory = os.path.abspath(testCase.mktemp())
+    os.makedirs(directory)
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj",
+                    "/CN=localhost", "-days", "1", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+class StartTLSTests(TestCase):
+    """
+    STARTTLS (RFC 3207) with C{tls: {cert, key}}, driven by Python's smtplib.
+    """
+
+    timeout = 60
+
+    def serve(self, **options):
+        base = os.path.abspath(self.mktemp())
+        item = spec("mail", protocol="smtp", port=0, interface="127.0.0.1",
+                    options={"domains": ["example.com"], "maildir": base,
+                             "hostname": "mx.example.com", **options},
+                    providers={"smtp": smtp})
+        server = PortServer(makePlan(item), reactor)
+        server.startService()
+        self.addCleanup(server.stopService)
+        return server.addressOf("mail", "tcp").port, base
+
+    @inlineCallbacks
+    def test_startTLSThenDeliver(self):
+        """
+        With a certificate, EHLO advertises STARTTLS; smtplib's C{starttls()} succeeds,
+        the EHLO after it no longer offers it, and a message sent over TLS is delivered
+        with C{with ESMTPS} in its Received header.
+        """
+        import smtplib
+        import ssl
+
+        cert, key = selfSignedCertificate(self)
+        port, base = self.serve(tls={"cert": cert, "key": key})
+
+        def talk():
+            context = ssl.create_default_context(cafile=cert)
+            context.check_hostname = False
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                client.ehlo()
+                offered = client.has_extn("starttls")
+                code, _ = client.starttls(context=context)
+                client.ehlo()
+                again = client.has_extn("starttls")
+                client.sendmail("a@elsewhere.test", ["bob@example.com"],
+                                b"Subject: secret\r\n\r\nover TLS\r\n")
+            return offered, code, again
+
+        offered, code, again = yield deferToThread(talk)
+        self.assertEqual((offered, code, again), (True, 220, False))
+        new = os.path.join(base, "example.com", "bob", "new")
+        [name] = os.listdir(new)
+        with open(os.path.join(new, name), "rb") as f:
+            content = f.read()
+        self.assertIn(b"with ESMTPS id", content)
+        self.assertIn(b"over TLS", content)
+
+    @inlineCallbacks
+    def test_notOfferedWithoutCertificate(self):
+        """
+        Without C{tls}, STARTTLS is not advertised, and asking for it is 454.
+        """
+        import smtplib
+        port, base = self.serve()
+
+        def talk():
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                client.ehlo()
+                return client.has_extn("starttls"), client.docmd("STARTTLS")[0]
+
+        self.assertEqual((yield deferToThread(talk)), (False, 454))
+
+    def test_badCertificateIsAConfigError(self):
+        """
+        A missing key file, or a key that is not the certificate's, is an option error
+        naming the files.
+        """
+        cert, key = selfSignedCertificate(self)
+        from portserver.options import OptionsError
+        error = self.assertRaises(OptionsError, smtp.validateOptions, {
+            "domains": ["example.com"], "maildir": "m",
+            "tls": {"cert": cert, "key": key + ".missing"}})
+        self.assertIn("cannot load cert", str(error))
+        error = self.assertRaises(OptionsError, smtp.validateOptions, {
+            "domains": ["example.com"], "maildir": "m", "tls": {"cert": cert}})
+        self.assertIn("must give cert and key", str(error))

@@ -31,6 +31,7 @@ import time
 
 import attrs
 from twisted.internet import defer
+from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.mail import smtp as tsmtp
@@ -188,7 +189,46 @@ OPTIONS = {
     "hostname": Option(str, default=None, check=_checkHostname),
     "timeout": Option((int, float), default=DEFAULT_TIMEOUT, check=_checkTimeout,
                       describe="a number of seconds"),
+    "tls": Option((dict, type(None)), default=None, check=lambda v: _tlsProblem(v),
+                  describe="a mapping with cert and key (PEM file paths)",
+                  convert=lambda v: None if v is None else
+                  {k: os.path.abspath(p) for k, p in v.items()}),
 }
+
+
+def _tlsProblem(value) -> str | None:
+    """
+    C{tls: {cert, key}}: both PEM files readable, the key matching the certificate, and
+    pyOpenSSL installed (Twisted's TLS needs it).
+    """
+    if value is None:
+        return None
+    unknown = sorted(set(value) - {"cert", "key"})
+    if unknown or set(value) != {"cert", "key"}:
+        return "must give cert and key (PEM file paths), and nothing else"
+    if not all(isinstance(v, str) and v for v in value.values()):
+        return "cert and key must be file paths"
+    try:
+        contextFactory(value["cert"], value["key"])
+    except ImportError:
+        return "needs pyOpenSSL for STARTTLS: pip install 'twisted[tls]'"
+    except Exception as e:  # OpenSSL's errors, unreadable files
+        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        return f"cannot load cert {value['cert']!r} with key {value['key']!r}: {reason}"
+    return None
+
+
+def contextFactory(cert: str, key: str):
+    """
+    The server TLS context of C{cert} and C{key} (PEM files), as Twisted's STARTTLS
+    takes it.
+
+    @raise ImportError: without pyOpenSSL.
+    """
+    from twisted.internet import ssl
+    factory = ssl.DefaultOpenSSLContextFactory(key, cert)
+    factory.getContext().check_privatekey()
+    return factory
 
 
 def completeOptions(options: dict) -> list[OptionProblem]:
@@ -578,8 +618,8 @@ class MaildirSMTP(tsmtp.ESMTP):
 
     noisy = False
 
-    def __init__(self, settings: Settings, store: MaildirStore, clock):
-        super().__init__()
+    def __init__(self, settings: Settings, store: MaildirStore, clock, tls=None):
+        super().__init__(contextFactory=tls)
         self.settings = settings
         self.store = store
         self.clock = clock
@@ -592,6 +632,24 @@ class MaildirSMTP(tsmtp.ESMTP):
     def greeting(self) -> bytes:
         return self.host + b" ESMTP portserver"
 
+    def connectionMade(self):
+        super().connectionMade()
+        if self.ctx is not None and not self.canStartTLS:
+            # Under portserver's tracking layer the socket's transport is one below.
+            inner = getattr(self.transport, "transport", None)
+            self.canStartTLS = ITLSTransport.providedBy(inner)
+
+    def ext_STARTTLS(self, rest):
+        """
+        RFC 3207: after the handshake, the client starts again with EHLO, and what it
+        said before is forgotten.
+        """
+        super().ext_STARTTLS(rest)
+        if self.startedTLS:
+            self._helo = self._from = None
+            self._to = []
+            self.extended = False
+
     def extensions(self) -> dict:
         """
         What EHLO advertises, each of them implemented: C{SIZE} (RFC 1870),
@@ -599,7 +657,7 @@ class MaildirSMTP(tsmtp.ESMTP):
         once), C{8BITMIME} (RFC 6152: the message is stored byte for byte) and
         C{ENHANCEDSTATUSCODES} (RFC 2034, in L{sendCode}).
         """
-        extensions = super().extensions()
+        extensions = super().extensions()  # with STARTTLS when tls is configured
         extensions.pop(b"AUTH", None)  # no authentication: nothing to advertise
         extensions[b"SIZE"] = [b"%d" % self.settings.maxSize]
         extensions[b"PIPELINING"] = None
@@ -802,7 +860,8 @@ class MaildirSMTP(tsmtp.ESMTP):
                 b"id %s;\n\t%s" % (
                     _UNSAFE_PATH.sub(b"?", sender), name,
                     literal.encode("ascii", "replace"), port, self.host,
-                    b"ESMTP" if self.extended else b"SMTP",
+                    (b"ESMTPS" if self.startedTLS else b"ESMTP") if self.extended
+                    else b"SMTP",
                     transaction.id.encode("ascii"), date))
 
     def dataLineReceived(self, line):
@@ -876,13 +935,14 @@ class MaildirSMTPFactory(ServerFactory):
 
     noisy = False
 
-    def __init__(self, settings: Settings, store: MaildirStore, clock):
+    def __init__(self, settings: Settings, store: MaildirStore, clock, tls=None):
         self.settings = settings
         self.store = store
         self.clock = clock
+        self.tls = tls
 
     def buildProtocol(self, addr):
-        protocol = MaildirSMTP(self.settings, self.store, self.clock)
+        protocol = MaildirSMTP(self.settings, self.store, self.clock, self.tls)
         protocol.factory = self
         return protocol
 
@@ -900,7 +960,9 @@ def buildFactory(service, reactor) -> MaildirSMTPFactory:
         raise ValueError(f"maildir {base!r} is not a directory")
     settings = Settings.fromService(service)
     store = MaildirStore(base, options["hostname"], reactor)
-    return MaildirSMTPFactory(settings, store, reactor)
+    tls = options.get("tls")
+    return MaildirSMTPFactory(settings, store, reactor,
+                              None if tls is None else contextFactory(tls["cert"], tls["key"]))
 
 
 #: The limits an C{smtp} service has unless configured: no byte either way for five
