@@ -227,3 +227,40 @@ class RunTests(SynchronousTestCase):
         for argv in (["--out", "somewhere"], ["--quick", "--out", "somewhere"]):
             self.assertEqual(self.run.outputDirectory(self.run.makeParser().parse_args(argv)),
                              "somewhere")
+
+
+class HTTPScenarioTests(SynchronousTestCase):
+    """
+    C{bench/http_static.py}: reading the clients' output and writing the table.
+    """
+
+    def setUp(self):
+        import importlib.util
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "bench", "http_static.py")
+        spec = importlib.util.spec_from_file_location("http_static", path)
+        self.module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(self.module)
+
+    def test_parseClients(self):
+        """
+        wrk's and ab's requests per second are read; ab with failed requests is an
+        error, not a figure.
+        """
+        self.assertEqual(self.module.parseWrk("Requests/sec:   3149.69\nTransfer/sec: 1MB"),
+                         3149.69)
+        self.assertEqual(self.module.parseAb("Failed requests:        0\n"
+                                             "Requests per second:    3590.39 [#/sec] (mean)"),
+                         3590.39)
+        self.assertRaises(ValueError, self.module.parseAb,
+                          "Failed requests:        3\nRequests per second:    10 [#/sec]")
+        self.assertRaises(ValueError, self.module.parseWrk, "nothing")
+
+    def test_tableRatiosToTwistdWeb(self):
+        """
+        The table gives each server's median per client and its ratio to twistd web.
+        """
+        text = self.module.table({("portserver", "wrk"): [90, 100, 110],
+                                  ("twistd web", "wrk"): [200, 200, 200]}, 3, 1.0)
+        self.assertIn("| portserver | 100/s (0.50x) |", text)
+        self.assertIn("| twistd web | 200/s (1.00x) |", text)
