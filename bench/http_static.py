@@ -18,7 +18,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -93,7 +92,7 @@ def servers(work: str, root: str) -> dict[str, list[str]]:
     return result
 
 
-def start(name: str, command: list[str], work: str, root: str) -> tuple:
+def start(name: str, command: list[str], work: str, root: str) -> harness.Running:
     port = harness.freePort()
     if name == "portserver":
         with open(f"{work}/portserver.yaml", "w") as f:
@@ -107,16 +106,7 @@ def start(name: str, command: list[str], work: str, root: str) -> tuple:
                                cwd=work, stdout=log, stderr=subprocess.STDOUT,
                                env=harness.checkoutEnvironment())
     harness.waitForPort(port, process, log.name)
-    return process, port
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    return harness.Running(process, {"http": port}, log.name)
 
 
 def measure(port: int, client: str, duration: float) -> float:
@@ -180,13 +170,13 @@ def main(argv=None) -> int:
         try:
             for index in range(rounds):
                 for client in ("ab", "wrk"):
-                    for name, (process, port) in running.items():
+                    for name, server in running.items():
                         figures.setdefault((name, client), []).append(
-                            measure(port, client, duration))
+                            measure(server.ports["http"], client, duration))
                 print(f"round {index + 1} of {rounds} done")
         finally:
-            for process, _ in running.values():
-                stop(process)
+            for server in running.values():
+                server.stop()
     text = table(figures, rounds, duration)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "http.md"), "w") as f:

@@ -19,7 +19,7 @@ from portserver import __version__
 from portserver.status import cli
 from portserver.status.cli import TOKEN_ENV, FetchError
 from tests.support import freePort
-from tests.test_twistd import DEADLINE, ROOT, waitForLine
+from tests.test_twistd import DEADLINE, ROOT, stopProcess, waitForLine
 
 URL = "http://127.0.0.1:8790"
 
@@ -367,15 +367,7 @@ class RealProcessTests(SynchronousTestCase):
         return done.returncode, done.stdout, done.stderr
 
     def stop(self, process):
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(DEADLINE)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        stopProcess(process, DEADLINE)
 
     def test_statusAndReloadFindTheServerOfTheirDirectory(self):
         """

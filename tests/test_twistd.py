@@ -38,6 +38,22 @@ def twistd(*args, cwd=None):
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
+def stopProcess(process, deadline=DEADLINE):
+    """
+    Stop a server process started by a test: SIGTERM, then SIGKILL if it has not exited
+    within C{deadline} seconds; close its output pipe.
+    """
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(deadline)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
 def waitForLine(process, text, deadline=DEADLINE):
     """
     Read the process's output until a line contains C{text}; return all lines read.
@@ -81,14 +97,7 @@ class TwistdTests(SynchronousTestCase):
     """
 
     def stop(self, process):
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(DEADLINE)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        process.stdout.close()
+        stopProcess(process)
 
     def start(self, *args, ready="portserver ready"):
         """

@@ -425,15 +425,22 @@ class Unauthorized(Resource):
     isLeaf = True
 
     def render(self, request):
-        request.setResponseCode(401)
         request.setHeader(b"www-authenticate", b"Bearer")
-        request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"content-type", TEXT_TYPE.encode("ascii"))
-        body = b"unauthorized\n"
-        if request.method == b"HEAD":
-            request.setHeader(b"content-length", b"%d" % len(body))
-            return b""
-        return body
+        return plainReply(request, 401, b"unauthorized\n")
+
+
+def plainReply(request, code: int, body: bytes) -> bytes:
+    """
+    Answer C{request} with C{code} and the plain text C{body} (its headers alone for a
+    HEAD), uncached.
+    """
+    request.setResponseCode(code)
+    request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"content-type", TEXT_TYPE.encode("ascii"))
+    if request.method == b"HEAD":
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return b""
+    return body
 
 
 class Misdirected(Resource):
@@ -445,13 +452,8 @@ class Misdirected(Resource):
     isLeaf = True
 
     def render(self, request):
-        request.setResponseCode(421)
-        request.setHeader(b"content-type", TEXT_TYPE.encode("ascii"))
-        body = b"misdirected request: use localhost or a loopback address in Host\n"
-        if request.method == b"HEAD":
-            request.setHeader(b"content-length", b"%d" % len(body))
-            return b""
-        return body
+        return plainReply(request, 421,
+                          b"misdirected request: use localhost or a loopback address in Host\n")
 
 
 class Guard(Resource):
