@@ -34,6 +34,7 @@ from portserver.tracking import (
     TrackingDatagram,
     TrackingFactory,
 )
+from portserver.transport import WriteThroughTransport
 
 log = Logger()
 
@@ -150,11 +151,14 @@ def ownTransportClass(port) -> None:
     bench/README.md). A class per listener keeps each listener's connections alike.
 
     The class is also where portserver's flow control hooks in
-    (L{FlowControlledTransport}: reading resumes once the output has drained).
+    (L{FlowControlledTransport}: reading resumes once the output has drained), and where
+    writes go straight to the socket when nothing is buffered
+    (L{WriteThroughTransport}: no epoll round trip for a reply sent in one go).
     """
     transport = getattr(port, "transport", None)
     if isinstance(transport, type):
-        port.transport = type(transport.__name__, (FlowControlledTransport, transport), {
+        port.transport = type(transport.__name__,
+                              (WriteThroughTransport, FlowControlledTransport, transport), {
             "__module__": transport.__module__, "__doc__": transport.__doc__})
 
 

@@ -1,0 +1,59 @@
+"""
+Writes that go straight to the socket: fewer system calls than Twisted's buffered path.
+
+Twisted never sends inside C{write()}: it buffers the data, asks epoll for writability
+(C{epoll_ctl}), waits a loop iteration, sends, then asks epoll to stop watching
+(C{epoll_ctl} again). asyncio tries C{send()} at once and buffers only what the kernel
+does not take. L{WriteThroughTransport}, mixed into the transport class of every
+connection a portserver TCP listener accepts (L{portserver.service.ownTransportClass}),
+does the same: a write with nothing buffered before it is sent at once; the rest of a
+partial send, and every write while something is buffered, takes Twisted's path, so the
+order of the bytes and every contract Twisted gives a protocol hold:
+
+ - C{write} never calls the protocol back: a failed send (the peer reset) buffers the
+   data, and Twisted finds the error on its own path and ends the connection through
+   C{connectionLost}, as before;
+ - a registered producer, a pending close (C{loseConnection}, half-close) or TLS
+   (C{startTLS}) turns the write-through off: Twisted's path does what it always did;
+ - C{unsentBytes} and flow control see the same buffer as before.
+"""
+
+from __future__ import annotations
+
+import errno
+
+_RETRY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ENOBUFS)
+
+
+class WriteThroughTransport:
+    """
+    Mixed into a C{twisted.internet.tcp.Server} subclass: C{write} and C{writeSequence}
+    send at once when nothing is buffered.
+    """
+
+    def _canWriteThrough(self) -> bool:
+        return (self.connected and not self.TLS and not self.disconnecting
+                and not self._writeDisconnected and self.producer is None
+                and not self._tempDataLen and self.offset == len(self.dataBuffer))
+
+    def write(self, data):
+        if type(data) is bytes and data and self._canWriteThrough():
+            try:
+                sent = self.socket.send(data)
+            except OSError as e:
+                if e.errno not in _RETRY:
+                    # Not now: Twisted's path meets the error and closes properly.
+                    return super().write(data)
+                sent = 0
+            if sent == len(data):
+                return None
+            data = data[sent:]
+        return super().write(data)
+
+    def writeSequence(self, iovec):
+        if self._canWriteThrough():
+            data = b"".join(iovec)
+            if data:
+                return self.write(data)
+            return None
+        return super().writeSequence(iovec)
