@@ -719,6 +719,7 @@ class TrackingDatagram(_Wrapping, DatagramProtocol):
     """
 
     admission = None
+    errors = None  # a RepeatedErrors, made at the first failure: one traceback per 10 s
 
     def makeConnection(self, transport) -> None:
         super().makeConnection(transport)
@@ -783,11 +784,16 @@ class TrackingDatagram(_Wrapping, DatagramProtocol):
         try:
             self.wrapped.datagramReceived(data, addr)
         except Exception:
-            log.failure("Service {service} ({protocol}): the plugin's datagramReceived "
-                        "failed on a datagram from {remote} -> {local}",
-                        service=self.service, protocol=self.protocolName,
-                        remote=str(record.remote), local=str(record.local),
-                        connection=record.id)
+            failure = Failure()
+            errors = self.errors
+            if errors is None:
+                errors = self.errors = RepeatedErrors(log, self.registry.clock)
+            errors.failure(causeOf(failure, "datagramReceived"),
+                           "Service {service} ({protocol}): the plugin's datagramReceived "
+                           "failed on a datagram from {remote} -> {local}", failure,
+                           service=self.service, protocol=self.protocolName,
+                           remote=str(record.remote), local=str(record.local),
+                           connection=record.id)
 
     def connectionRefused(self) -> None:
         self.wrapped.connectionRefused()

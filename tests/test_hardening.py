@@ -784,7 +784,8 @@ class FaultTests(SynchronousTestCase):
     def test_datagram(self):
         """
         A datagram plugin raising in C{datagramReceived} is logged with the service and
-        the peer, and the next datagram is served.
+        the peer, and the next datagram is served; the same failure on every datagram is
+        logged once per 10 s, the next line counting those left out.
         """
         class Failing(DatagramProtocol):
             def datagramReceived(self, data, addr):
@@ -815,6 +816,13 @@ class FaultTests(SynchronousTestCase):
         self.assertEqual(port.written, [(b"ok", ("127.0.0.2", 40001))])
         [flow] = registry.snapshot("udp")
         self.assertEqual(flow.datagramsIn, 2)
+        for _ in range(50):  # the same failure again: counted, not logged
+            tracking.datagramReceived(b"boom", ("127.0.0.2", 40001))
+        self.assertEqual(self.flushLoggedErrors(ZeroDivisionError), [])
+        registry.clock.advance(10)
+        tracking.datagramReceived(b"boom", ("127.0.0.2", 40001))
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(self.failures()[-1][1]["suppressed"], 50)
 
 
 # -- on the real reactor --------------------------------------------------------------------
