@@ -13,7 +13,8 @@ order of the bytes and every contract Twisted gives a protocol hold:
  - C{write} never calls the protocol back: a failed send (the peer reset) buffers the
    data, and Twisted finds the error on its own path and ends the connection through
    C{connectionLost}, as before;
- - a registered producer, a pending close (C{loseConnection}, half-close) or TLS
+ - a registered producer, a pending close (C{loseConnection}, half-close), an abort
+   (C{abortConnection}: what is written after it is dropped, not sent) or TLS
    (C{startTLS}) turns the write-through off: Twisted's path does what it always did;
  - C{unsentBytes} and flow control see the same buffer as before.
 """
@@ -33,8 +34,10 @@ class WriteThroughTransport:
 
     def _canWriteThrough(self) -> bool:
         return (self.connected and not self.TLS and not self.disconnecting
-                and not self._writeDisconnected and self.producer is None
-                and not self._tempDataLen and self.offset == len(self.dataBuffer))
+                and not getattr(self, "_aborting", False)
+                and not self._writeDisconnecting and not self._writeDisconnected
+                and self.producer is None and not self._tempDataLen
+                and self.offset == len(self.dataBuffer))
 
     def write(self, data):
         if type(data) is bytes and data and self._canWriteThrough():

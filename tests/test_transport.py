@@ -120,10 +120,13 @@ class WriteThroughTests(SynchronousTestCase):
 
     def test_twistedsPathWhenProducingClosingOrTLS(self):
         """
-        A registered producer, a pending close, or TLS: Twisted's buffered path.
+        A registered producer, a pending close or half-close, an abort (what is written
+        after C{abortConnection} is dropped, never sent), or TLS: Twisted's buffered path.
         """
         for setUp in (lambda c: c.registerProducer(object(), True),
                       lambda c: setattr(c, "disconnecting", True),
+                      lambda c: setattr(c, "_writeDisconnecting", True),
+                      lambda c: setattr(c, "_aborting", True),
                       lambda c: setattr(c, "TLS", True)):
             connection = self.connect()
             setUp(connection)
@@ -136,3 +139,83 @@ class WriteThroughTests(SynchronousTestCase):
         """
         connection = self.connect()
         self.assertRaises(TypeError, connection.write, "text")
+
+
+class TwistedConnection(FileDescriptor):
+    """
+    The same connection without the write-through: Twisted's own behaviour.
+    """
+
+    TLS = False
+    __init__ = Connection.__init__
+    writeSomeData = Connection.writeSomeData
+    connectionLost = Connection.connectionLost
+
+
+class ContractTests(SynchronousTestCase):
+    """
+    The same cases on portserver's transport and on Twisted's own: once the reactor has
+    let each write its buffer, the peer has the same bytes, and the same errors reach
+    the protocol the same way.
+    """
+
+    def outcome(self, cls, steps, **socketOptions):
+        """
+        Run C{steps(connection, socket)} on a C{cls} connection, then let it write what
+        it buffered (as the reactor would); the bytes sent, and the reasons it was lost.
+        """
+        reactor = MemoryReactor()
+        sock = FakeSocket(**socketOptions)
+        connection = cls(sock, reactor)
+        steps(connection, sock)
+        sock.room, sock.error = 1 << 20, None
+        for _ in range(3):
+            if connection in reactor.getWriters() and not connection.lost:
+                result = connection.doWrite()
+                if result is not None:
+                    connection.connectionLost(result)
+        return sock.sent, [type(r) for r in connection.lost]
+
+    def same(self, steps, **socketOptions):
+        ours = self.outcome(Connection, steps, **socketOptions)
+        theirs = self.outcome(TwistedConnection, steps, **socketOptions)
+        self.assertEqual(ours, theirs)
+        return ours
+
+    def test_writesInOrder(self):
+        """
+        Writes and write sequences, through partial sends, arrive whole and in order.
+        """
+        def steps(connection, sock):
+            connection.write(b"abc")
+            connection.writeSequence([b"de", b"f"])
+            connection.write(b"ghi")
+        self.assertEqual(self.same(steps, room=2)[0], b"abcdefghi")
+        self.assertEqual(self.same(steps)[0], b"abcdefghi")
+
+    def test_abortDropsLaterWrites(self):
+        """
+        What is written after an abort is not sent.
+        """
+        def steps(connection, sock):
+            connection.write(b"before ")
+            # What tcp.Connection.abortConnection does to the connection.
+            connection._aborting = True
+            connection.stopWriting()
+            connection.doWrite = lambda *args, **kwargs: None
+            sock.room = 1 << 20
+            connection.write(b"after")
+        sent, _ = self.same(steps, room=0)
+        self.assertEqual(sent, b"")
+
+    def test_resetSurfacesThroughConnectionLost(self):
+        """
+        A send that fails is not raised from C{write}; the connection is lost, later,
+        through C{connectionLost}, as with Twisted's own transport.
+        """
+        def steps(connection, sock):
+            connection.write(b"abc")
+            sock.error = None
+            sock.room = 0
+        sent, lost = self.same(steps, error=errno.ECONNRESET)
+        self.assertEqual(lost, [])
