@@ -256,6 +256,21 @@ class OptionsTests(SynchronousTestCase):
                       self.problems(options("m", domains=["../etc"]))["domains"])
         self.assertIn("non-empty string", self.problems(options("m", domains=[7]))["domains"])
 
+    def test_addressLiteralDomains(self):
+        """
+        C{domains} may list address literals, kept in their canonical form; an unquoted
+        one (a YAML list) is told to be quoted, a malformed one is refused.
+        """
+        result = smtp.validateOptions(options(
+            "m", domains=["example.com", "[127.0.0.1]", "[ipv6:0:0::1]"],
+            recipients=["bob@[IPv6:::1]"]))
+        self.assertEqual(result["domains"], ["example.com", "[127.0.0.1]", "[IPv6:::1]"])
+        self.assertEqual(result["recipients"], ["bob@[IPv6:::1]"])
+        self.assertIn("must be quoted", self.problems(
+            options("m", domains=[["127.0.0.1"]]))["domains"])
+        self.assertIn("not an address literal", self.problems(
+            options("m", domains=["[1.2.3]"]))["domains"])
+
     def test_recipients(self):
         """
         C{recipients} must be addresses in one of the domains, with local parts that can be
@@ -962,7 +977,7 @@ class RFC5321Tests(SynchronousTestCase):
         """
         C{postmaster} (bare, or at a served domain) is accepted even with a
         C{recipients} list that does not name it (RFC 5321 4.5.1); a bare one is
-        delivered to postmaster at the first served domain.
+        delivered to postmaster at the first listed domain name.
         """
         conversation = Conversation(self, recipients=["alice@example.com"])
         self.assertEqual(conversation.envelope(b"postmaster", b"PostMaster@example.org",
@@ -971,6 +986,11 @@ class RFC5321Tests(SynchronousTestCase):
         self.assertEqual(replyCodes(conversation.send(b"DATA", *MESSAGE)), [354, 250])
         self.assertEqual(len(conversation.delivered("postmaster@example.com")), 1)
         self.assertEqual(len(conversation.delivered("postmaster@example.org")), 1)
+        # The first listed domain name, not an address literal nor the first in order.
+        conversation = Conversation(self, domains=["[127.0.0.1]", "zz.example", "aa.example"])
+        conversation.envelope(b"POSTMASTER")
+        self.assertEqual(replyCodes(conversation.send(b"DATA", *MESSAGE)), [354, 250])
+        self.assertEqual(len(conversation.delivered("postmaster@zz.example")), 1)
 
     def test_unadvertisedParameters(self):
         """
@@ -1032,6 +1052,79 @@ class RFC5321Tests(SynchronousTestCase):
         reply = conversation.send(b"RCPT TO:<bob@[127.0.0.1]>")
         self.assertTrue(reply.startswith(b"550 5.7.1 "), reply)
         self.assertIn(b"Address literals are not accepted", reply)
+
+
+    def test_receivedSyntax(self):
+        """
+        The Received header of a message to one recipient is RFC 5321 4.4's
+        C{from HELO (TCP-info) by HOST with ESMTP id ID for <rcpt>; date}; with several
+        recipients (one file serves them all) it names none.
+        """
+        conversation = Conversation(self)
+        conversation.envelope(b"Bob@Example.com")
+        self.assertEqual(replyCodes(conversation.send(b"DATA", *MESSAGE)), [354, 250])
+        [content] = conversation.delivered("bob@example.com")
+        received = content.split(b"\nSubject:")[0].split(b"\n", 1)[1]
+        self.assertRegex(
+            received.replace(b"\n\t", b" ").decode(),
+            r"\AReceived: from client\.test \(\[203\.0\.113\.7\]\) \(port 40001\) "
+            r"by mx\.example\.com with ESMTP id [0-9A-F]+\.[0-9A-F]+\.\d+ "
+            r"for <Bob@Example\.com>; Tue, 14 Nov 2023 22:13:20 \+0000\Z")
+        conversation.envelope(b"alice@example.com", b"carol@example.com")
+        conversation.send(b"DATA", *MESSAGE)
+        [content] = conversation.delivered("alice@example.com")
+        self.assertNotIn(b" for <", content)
+
+    def test_addressLiteralHelo(self):
+        """
+        HELO and EHLO take an address literal (RFC 5321 4.1.1.1), IPv4 or IPv6, and the
+        Received header shows it.
+        """
+        for helo in (b"HELO [127.0.0.1]", b"EHLO [IPv6:::1]"):
+            conversation = Conversation(self)
+            self.assertEqual(conversation.codes(helo, b"MAIL FROM:<a@elsewhere.test>",
+                                                b"RCPT TO:<bob@example.com>"),
+                             [250, 250, 250])
+            self.assertEqual(replyCodes(conversation.send(b"DATA", *MESSAGE)), [354, 250])
+            [content] = conversation.delivered("bob@example.com")
+            self.assertIn(b"Received: from " + helo[5:] + b" ([203.0.113.7])", content)
+
+    def test_addressLiteralRecipient(self):
+        """
+        With address literals listed in C{domains}, a recipient at one (in any spelling
+        of the same address) is accepted and filed under the canonical literal; another
+        literal is 550 5.7.1, a malformed one 501.
+        """
+        conversation = Conversation(self, domains=["example.com", "[127.0.0.1]",
+                                                   "[IPv6:::1]"])
+        conversation.send(b"EHLO client.test", b"MAIL FROM:<a@elsewhere.test>")
+        self.assertTrue(conversation.send(b"RCPT TO:<bob@[127.0.0.1]>").startswith(
+            b"250 2.1.5 "))
+        self.assertTrue(conversation.send(b"RCPT TO:<carol@[IPv6:0:0::1]>").startswith(
+            b"250 2.1.5 "))
+        self.assertTrue(conversation.send(b"RCPT TO:<bob@[192.0.2.1]>").startswith(
+            b"550 5.7.1 "))
+        self.assertEqual(conversation.codes(b"RCPT TO:<bob@[300.1.1.1]>"), [501])
+        self.assertEqual(conversation.codes(b"RCPT TO:<bob@[127.0.0.1]> NOTIFY=NEVER"),
+                         [555])
+        self.assertEqual(replyCodes(conversation.send(b"DATA", *MESSAGE)), [354, 250])
+        self.assertEqual(len(conversation.delivered("bob@[127.0.0.1]")), 1)
+        self.assertEqual(len(conversation.delivered("carol@[IPv6:::1]")), 1)
+
+    def test_noDirectoryForRefused(self):
+        """
+        Refused recipients, and accepted ones of a transaction that never sends DATA,
+        leave no directory behind; only delivered recipients get a Maildir.
+        """
+        conversation = Conversation(self)
+        conversation.envelope(b"bob@example.com", b"x@elsewhere.test", b"../x@example.com",
+                              b"y@[127.0.0.1]")
+        conversation.send(b"RSET")
+        self.assertFalse(os.path.exists(conversation.base))
+        conversation.envelope(b"alice@example.com", b"nobody@elsewhere.test")
+        self.assertEqual(replyCodes(conversation.send(b"DATA", *MESSAGE)), [354, 250])
+        self.assertEqual(files(conversation.base), [".spool", "example.com"])
+        self.assertEqual(files(os.path.join(conversation.base, "example.com")), ["alice"])
 
 
 def selfSignedCertificate(testCase):

@@ -4,13 +4,14 @@ into one Maildir per recipient, built on L{twisted.mail.smtp.ESMTP}.
 
 It never relays: a recipient outside C{domains} (or, when C{recipients} is given, not
 listed) is refused with 550. The message size is limited (RFC 1870 C{SIZE}), and a message
-is streamed to C{tmp/} files as it arrives, never held in memory.
+is streamed to one spool file as it arrives, never held in memory.
 
-Delivery is all or nothing for one message: each recipient's copy is written to
-C{<maildir>/<domain>/<localpart>/tmp/}, flushed, C{fsync}ed and closed; only when every copy
-is on disk are they renamed into C{new/} (and C{new/} itself synced), and only then is the
-C{250} sent. Any failure on the way removes every copy (renamed ones too) and answers 451,
-so the client keeps the message and tries again later.
+Delivery is all or nothing for one message: the message is written once, to
+C{<maildir>/.spool/}, flushed, C{fsync}ed and closed; each recipient then gets it by a hard
+link into C{<maildir>/<domain>/<localpart>/tmp/} renamed into C{new/} (a synced copy where
+no link can be made), the C{new/} directories are synced, and only then is the C{250}
+sent. Any failure on the way removes every copy (renamed ones too) and answers 451, so the
+client keeps the message and tries again later.
 
 Twisted's L{ESMTP} is used as is except where it falls short here: it answers a failed
 delivery with 550 (a permanent failure, so the sender would bounce the message) instead of
@@ -22,6 +23,7 @@ commands); and its timeout uses the global reactor.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import itertools
 import os
 import re
@@ -52,8 +54,8 @@ DEFAULT_MAX_SIZE = 10 * 1024 * 1024
 #: least five minutes for the next command.
 DEFAULT_TIMEOUT = 300
 
-#: Recipients one message may have (RFC 5321 4.5.3.1.8 asks for at least 100). Each one
-#: holds an open file while the message comes in.
+#: Recipients one message may have (RFC 5321 4.5.3.1.8 asks for at least 100). They share
+#: one spool file: a transaction holds one descriptor whatever its recipients.
 MAX_RECIPIENTS = 100
 
 #: The reply to a delivery that failed for a local reason; the client tries again later.
@@ -71,8 +73,11 @@ MAX_LOCAL = 64
 
 #: A HELO name as written into the Received header: anything else becomes C{?}.
 _UNSAFE_HELO = re.compile(rb"[^A-Za-z0-9.:_\[\]-]")
-#: A recipient at an address literal: C{TO:<user@[192.0.2.1]>}, C{TO:<user@[IPv6:...]>}.
-_ADDRESS_LITERAL = re.compile(rb"\s*TO:\s*<[^<>@\s]+@\[[^\]]*\]>", re.I)
+#: A recipient at an address literal: C{TO:<user@[192.0.2.1]>}, C{TO:<user@[IPv6:...]>}
+#: (Twisted's address parser takes it for a syntax error).
+_ADDRESS_LITERAL = re.compile(
+    rb"\s*TO:\s*<(?P<local>[^<>@\s]+)@(?P<literal>\[[^\]]*\])>\s*(?:\s(?P<opts>.*))?\Z",
+    re.I)
 #: What a reverse path may not bring into the Return-Path header: spaces, controls, <>.
 _UNSAFE_PATH = re.compile(rb"[^\x21-\x7e]|[<>]")
 
@@ -90,16 +95,41 @@ def peerOf(address) -> tuple[str, int]:
 # -- options ---------------------------------------------------------------------------
 
 
+def addressLiteral(value: str) -> str | None:
+    """
+    The canonical form of an RFC 5321 address literal (C{[192.0.2.1]},
+    C{[IPv6:2001:db8::1]}), or L{None} if C{value} is not one.
+    """
+    if not (value.startswith("[") and value.endswith("]")):
+        return None
+    inside = value[1:-1]
+    try:
+        if inside[:5].lower() == "ipv6:":
+            return f"[IPv6:{ipaddress.IPv6Address(inside[5:]).compressed}]"
+        return f"[{ipaddress.IPv4Address(inside)}]"
+    except ValueError:
+        return None
+
+
 def normaliseDomain(value: str) -> str:
     """
-    A domain as compared and used as a directory name: lower case, no trailing dot.
+    A domain as compared and used as a directory name: lower case, no trailing dot; an
+    address literal in its canonical form.
     """
-    return value.strip().lower().rstrip(".")
+    value = value.strip()
+    return addressLiteral(value) or value.lower().rstrip(".")
 
 
 def _domainProblem(value) -> str | None:
+    if isinstance(value, list):  # YAML reads an unquoted [127.0.0.1] as a list
+        return "an address literal must be quoted: '[127.0.0.1]', '[IPv6:::1]'"
     if not isinstance(value, str) or not value.strip():
         return "must be a non-empty string"
+    if value.strip().startswith("["):
+        if addressLiteral(value.strip()) is None:
+            return (f"{value!r} is not an address literal ('[127.0.0.1]', "
+                    "'[IPv6:::1]')")
+        return None
     domain = normaliseDomain(value)
     if len(domain) > 253 or not _DOMAIN.match(domain):
         return f"{value!r} is not a domain name"
@@ -563,6 +593,8 @@ class Settings:
     maxSize: int
     hostname: bytes
     timeout: float
+    #: Where the bare C{postmaster} goes: the first listed domain name.
+    postmasterDomain: str = ""
 
     @classmethod
     def fromService(cls, service) -> "Settings":
@@ -575,6 +607,8 @@ class Settings:
             maxSize=options["max_size"],
             hostname=options["hostname"].encode("ascii"),
             timeout=options["timeout"],
+            postmasterDomain=next((d for d in options["domains"] if not d.startswith("[")),
+                                  options["domains"][0]),
         )
 
 
@@ -755,11 +789,9 @@ class MaildirSMTP(tsmtp.ESMTP):
         """
         if self._notASCII(rest):
             return
-        if self._from and _ADDRESS_LITERAL.match(rest):
-            # RFC 5321 4.1.3: a valid address (Twisted's parser would call it a syntax
-            # error); this server serves domains, not addresses.
-            self.sendCode(550, b"Address literals are not accepted here: use one of the "
-                               b"domains this server serves")
+        literal = _ADDRESS_LITERAL.match(rest) if self._from else None
+        if literal is not None:
+            self._literalRecipient(literal)
             return
         match = self.rcpt_re.match(rest) if self._from else None
         if match is not None and match.group("opts"):
@@ -767,6 +799,24 @@ class MaildirSMTP(tsmtp.ESMTP):
                 return
         self._bare = match is not None and b"@" not in match.group("path")
         super().do_RCPT(rest)
+
+    def _literalRecipient(self, match) -> None:
+        """
+        C{RCPT TO:<user@[192.0.2.1]>}: an address at an address literal (RFC 5321 4.1.3),
+        validated like any other (accepted only when C{domains} lists the literal).
+        """
+        if match.group("opts") and self._unknownParameter(match.group("opts"), ()):
+            return
+        canonical = addressLiteral(match.group("literal").decode("ascii"))
+        if canonical is None:
+            self.sendCode(501, b"Syntax error in address literal")
+            return
+        dest = tsmtp.Address(b"placeholder@invalid")
+        dest.local, dest.domain = match.group("local"), canonical.encode("ascii")
+        user = tsmtp.User(dest, self._helo, self, self._from)
+        self._bare = False
+        d = defer.maybeDeferred(self.validateTo, user)
+        d.addCallbacks(self._cbToValidate, self._ebToValidate, callbackArgs=(user,))
 
     def do_MAIL(self, rest):
         """
@@ -814,11 +864,11 @@ class MaildirSMTP(tsmtp.ESMTP):
         postmaster = local.lower() == "postmaster"
         if postmaster and getattr(self, "_bare", False):
             # RFC 5321 4.5.1: the bare "postmaster" is always accepted.
-            rawDomain = min(settings.domains)
-        if rawDomain.startswith("["):
+            rawDomain = settings.postmasterDomain
+        domain = normaliseDomain(rawDomain)
+        if rawDomain.startswith("[") and domain not in settings.domains:
             raise tsmtp.SMTPBadRcpt(user, 550, "Address literals are not accepted here: "
                                                "use one of the domains this server serves")
-        domain = normaliseDomain(rawDomain)
         if domain not in settings.domains:
             raise tsmtp.SMTPBadRcpt(user, 550, "Relaying denied: not a local domain")
         if _localProblem(local) is not None:
@@ -834,6 +884,8 @@ class MaildirSMTP(tsmtp.ESMTP):
     # -- the message ---------------------------------------------------------------------
 
     def do_DATA(self, rest):
+        # The one stored file serves every recipient: the Received header can name one.
+        self._recipients = {bytes(user.dest).lower() for user, _ in self._to}
         if self._from is not None and self._to:
             now = self.clock.seconds()
             self.transaction = Transaction(
@@ -854,15 +906,21 @@ class MaildirSMTP(tsmtp.ESMTP):
         sender = bytes(origin) if origin is not None else b""
         # RFC 5321 4.4: "Return-Path: <reverse-path>" first (<> for a bounce), then the
         # Received stamp: "from" Domain "(" address-literal ")", the client's port in a
-        # comment (TCP-info has no port), "by", "with", "id", ";" date. The recipients
-        # are left out: one copy serves them all.
+        # comment (TCP-info has no port), "by", "with", "id", "for" <recipient>, ";"
+        # date. One file serves every recipient (hard links), so "for" names the
+        # recipient only when there is one (RFC 5321 7.2 advises naming no others).
+        forClause = b""
+        if len(getattr(self, "_recipients", ())) == 1:
+            recipient = bytes(recipients[0].dest)
+            if b"@" in recipient:  # not the bare "postmaster"
+                forClause = b"\n\tfor <%s>" % _UNSAFE_PATH.sub(b"?", recipient)
         return (b"Return-Path: <%s>\nReceived: from %s ([%s])\n\t(port %d)\n\tby %s with %s "
-                b"id %s;\n\t%s" % (
+                b"id %s%s;\n\t%s" % (
                     _UNSAFE_PATH.sub(b"?", sender), name,
                     literal.encode("ascii", "replace"), port, self.host,
                     (b"ESMTPS" if self.startedTLS else b"ESMTP") if self.extended
                     else b"SMTP",
-                    transaction.id.encode("ascii"), date))
+                    transaction.id.encode("ascii"), forClause, date))
 
     def dataLineReceived(self, line):
         """
