@@ -74,6 +74,25 @@ def writableBy(directory: str, uid: int, gid: int) -> bool:
     return bool(info.st_mode & stat.S_IWOTH and info.st_mode & stat.S_IXOTH)
 
 
+def handOver(path: str, uid: int, gid: int, chown=os.chown) -> None:
+    """
+    Give C{path} (a log or pid file opened as root) to the user twistd drops to, and
+    warn at once if that user cannot write its directory: rotating or removing the file
+    needs it.
+    """
+    try:
+        chown(path, uid, gid)
+    except OSError as e:
+        log.warn("Cannot give {path} to uid {uid}: {error}", path=path, uid=uid,
+                 error=e.strerror or str(e))
+    directory = os.path.dirname(path)
+    if not writableBy(directory, uid, gid):
+        log.warn("{directory} is not writable by uid {uid}, which portserver runs as "
+                 "after start-up: {path} cannot be rotated or removed by it (make the "
+                 "directory writable by that user, or put the file elsewhere)",
+                 directory=directory, uid=uid, path=path)
+
+
 class ConnectionLogFile(LogFile):
     """
     A L{LogFile} that stays bounded when it cannot rotate. Twisted's skips the rotation,
@@ -142,25 +161,8 @@ class ConnectionLog(Service):
                                f"{e.strerror or e}") from e
         log.info("Connection log: {path}", path=self.path)
         if self.owner is not None:
-            self._handOver(*self.owner)
+            handOver(self.path, *self.owner)
 
-    def _handOver(self, uid: int, gid: int) -> None:
-        """
-        Give the log file to the user twistd drops to, and say at once if that user will
-        not be able to rotate it (its directory is not writable by it).
-        """
-        try:
-            os.chown(self.path, uid, gid)
-        except OSError as e:
-            log.warn("Cannot give the connection log {path} to uid {uid}: {error}",
-                     path=self.path, uid=uid, error=e.strerror or str(e))
-        directory = os.path.dirname(self.path)
-        if not writableBy(directory, uid, gid):
-            log.warn("The connection log's directory {directory} is not writable by uid "
-                     "{uid}, which portserver runs as after start-up: the log cannot "
-                     "rotate, so at {limit} MB it is emptied instead (make the directory "
-                     "writable by that user, or set registry.connection_log elsewhere)",
-                     directory=directory, uid=uid, limit=ROTATE_BYTES // 2**20)
 
     def privilegedStartService(self):
         self.open()

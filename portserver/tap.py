@@ -249,22 +249,11 @@ class HandOver(Service):
         self.chown = chown
 
     def privilegedStartService(self):
-        from portserver.connlog import writableBy
+        from portserver.connlog import handOver
         super().privilegedStartService()
         for path in self.paths:
-            if not os.path.exists(path):
-                continue
-            try:
-                self.chown(path, self.uid, self.gid)
-            except OSError as e:
-                log.warn("Cannot give {path} to uid {uid}: {error}", path=path,
-                         uid=self.uid, error=e.strerror or str(e))
-            directory = os.path.dirname(path)
-            if not writableBy(directory, self.uid, self.gid):
-                log.warn("{directory} is not writable by uid {uid}, which portserver runs "
-                         "as after start-up: {path} cannot be rotated or removed by it "
-                         "(make the directory writable by that user, or use another)",
-                         directory=directory, uid=self.uid, path=path)
+            if os.path.exists(path):
+                handOver(path, self.uid, self.gid, self.chown)
 
 
 def twistdFiles(options) -> list[str]:
