@@ -30,11 +30,10 @@ from portserver.plan import Listener, Plan
 from portserver.registry import CLOSED, SHUTDOWN, Registry
 from portserver.tracking import (
     DENIED,
-    FlowControlledTransport,
     TrackingDatagram,
     TrackingFactory,
 )
-from portserver.transport import WriteThroughTransport
+from portserver.transport import FlowControlledTransport, WriteThroughTransport
 
 log = Logger()
 

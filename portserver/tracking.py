@@ -42,7 +42,7 @@ the connection they happen on:
    must never be aborted by the output cap because its peer reads slowly. After each
    write, when the connection's unsent output passes the high-water mark
    (L{HIGH_WATER}, or half the output cap when that is smaller), the tracker stops
-   reading from the peer; portserver's TCP transport (L{FlowControlledTransport}, the
+   reading from the peer; portserver's TCP transport (L{portserver.transport.FlowControlledTransport}, the
    class of every connection a portserver listener accepts) tells it when the buffer is
    back under the low-water mark (L{LOW_WATER}), and reading resumes, as asyncio's
    transports do. This is separate from a plugin's own C{pauseProducing} (reading
@@ -483,23 +483,6 @@ class Tracker:
         if transport is None:
             raise AttributeError(name)
         return getattr(transport, name)
-
-
-class FlowControlledTransport:
-    """
-    Mixed into the transport class of every connection a portserver TCP listener
-    accepts (see L{portserver.service.ownTransportClass}): after each write to the
-    socket, a L{Tracker} whose reading is paused for flow control learns how much is
-    left unsent. C{doWrite} runs only while output is buffered, so the common path (a
-    write the kernel takes at once) costs nothing more.
-    """
-
-    def doWrite(self):
-        result = super().doWrite()
-        protocol = self.protocol
-        if result is None and getattr(protocol, "paused", 0) & PAUSED_FLOW:
-            protocol.drained(unsentBytes(self))
-        return result
 
 
 @implementer(IHalfCloseableProtocol)

@@ -1,5 +1,11 @@
 """
-Writes that go straight to the socket: fewer system calls than Twisted's buffered path.
+portserver's TCP transport: what is mixed into the transport class of every connection
+a portserver listener accepts (L{portserver.service.ownTransportClass}).
+
+ - L{FlowControlledTransport} tells a connection's L{portserver.tracking.Tracker} when
+   its buffered output has drained, so that reading paused for flow control resumes.
+ - L{WriteThroughTransport}: writes that go straight to the socket, with fewer system
+   calls than Twisted's buffered path.
 
 Twisted never sends inside C{write()}: it buffers the data, asks epoll for writability
 (C{epoll_ctl}), waits a loop iteration, sends, then asks epoll to stop watching
@@ -22,6 +28,8 @@ order of the bytes and every contract Twisted gives a protocol hold:
 from __future__ import annotations
 
 import errno
+
+from portserver.tracking import PAUSED_FLOW, unsentBytes
 
 _RETRY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ENOBUFS)
 
@@ -60,3 +68,20 @@ class WriteThroughTransport:
                 return self.write(data)
             return None
         return super().writeSequence(iovec)
+
+
+class FlowControlledTransport:
+    """
+    Mixed into the transport class of every connection a portserver TCP listener
+    accepts (see L{portserver.service.ownTransportClass}): after each write to the
+    socket, a L{Tracker} whose reading is paused for flow control learns how much is
+    left unsent. C{doWrite} runs only while output is buffered, so the common path (a
+    write the kernel takes at once) costs nothing more.
+    """
+
+    def doWrite(self):
+        result = super().doWrite()
+        protocol = self.protocol
+        if result is None and getattr(protocol, "paused", 0) & PAUSED_FLOW:
+            protocol.drained(unsentBytes(self))
+        return result

@@ -31,9 +31,9 @@ from portserver.tracking import (
     LOW_WATER,
     OUTPUT_CAP,
     PAUSED_FLOW,
-    FlowControlledTransport,
     TrackingFactory,
 )
+from portserver.transport import FlowControlledTransport
 from tests.support import freePort
 
 DEADLINE = 60
