@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import urllib.parse
 from typing import Any, Callable, Iterable, Mapping
 
 import attrs
@@ -130,6 +131,9 @@ class StatusSpec:
         see L{endpointIsLocal}).
     @ivar metricsToken: the bearer token of C{/metrics}, in place of C{token}, or
         L{None} (then C{/metrics} wants C{token}, if any).
+    @ivar urls: C{status.urls}, the status services (base URLs) that C{portserver status
+        --config} shows in one view. Only the CLI uses them, so they are left out of
+        equality: a reload that changes only them needs no restart.
 
     The tokens are left out of the C{repr}, so that no log line shows them.
     """
@@ -137,6 +141,7 @@ class StatusSpec:
     listen: str | None = DEFAULT_STATUS_LISTEN
     token: str | None = attrs.field(default=None, repr=False)
     metricsToken: str | None = attrs.field(default=None, repr=False)
+    urls: tuple[str, ...] = attrs.field(default=(), eq=False)
 
 
 @attrs.frozen
@@ -229,7 +234,78 @@ STATUS_SCHEMA = {
     "metrics_token": Option((str, type(None)), check=_checkToken, describe="a string"),
     "metrics_token_file": Option((str, type(None)), check=_checkPath,
                                  describe="a file path"),
+    "urls": Option((list, type(None)),
+                   check=lambda v: None if v else "must list at least one URL, or be left out",
+                   describe="a list of status service URLs like 'http://127.0.0.1:8790'"),
 }
+
+
+def statusURLProblem(value) -> str | None:
+    """
+    Why C{value} is not the base URL of a status service (what C{portserver status
+    --url} takes), or L{None}: C{http://} or C{https://}, a host, an optional port and
+    path prefix; no query, fragment, credentials or spaces.
+    """
+    if not isinstance(value, str):
+        return f"must be a URL like 'http://127.0.0.1:8790', not {_describe(value)}"
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https"):
+        return f"{value!r} is not an http:// or https:// URL"
+    if any(c.isspace() for c in value):
+        return f"{value!r} holds a space"
+    try:
+        parts.port
+    except ValueError:
+        return f"{value!r} has no valid port"
+    if not parts.hostname:
+        return f"{value!r} names no host"
+    if parts.username is not None or parts.password is not None:
+        return (f"{value!r} holds credentials: the status service takes a token "
+                "(status.token_file, --token-file or PORTSERVER_TOKEN)")
+    if parts.query or parts.fragment or value.endswith(("?", "#")):
+        return f"{value!r} has a query or fragment (give the service's base URL)"
+    return None
+
+
+def _statusURLs(section, collector: _Collector) -> tuple[str, ...]:
+    """
+    The C{urls} of the C{status:} mapping C{section}, without a trailing slash, each
+    item checked by L{statusURLProblem} and reported at its own line; C{()} when
+    absent, not a list or empty (L{STATUS_SCHEMA} reports those) or when an item is
+    wrong.
+    """
+    items = section.get("urls") if isinstance(section, dict) else None
+    if not isinstance(items, list):
+        return ()
+    wrong = False
+    for index, url in enumerate(items):
+        problem = statusURLProblem(url)
+        if problem is not None:
+            wrong = True
+            mark = items.itemMark(index) if isinstance(items, MarkedList) else \
+                section.valueMark("urls")
+            collector.add(mark, f"status: 'urls' item {index + 1}: {problem}")
+    return () if wrong else tuple(url.rstrip("/") for url in items)
+
+
+def statusURLs(data, path: str) -> tuple[tuple[str, ...], list[ConfigProblem]]:
+    """
+    The C{status.urls} of the config C{data} (as L{marks.load} gives it) read from
+    C{path}, checked as the server checks them, for the CLI: only that key is read.
+
+    @return: the URLs (C{()} when there are none) and the problems, located.
+    """
+    collector = _Collector(path)
+    section = data.get("status") if isinstance(data, dict) else None
+    if not isinstance(section, dict) or section.get("urls") is None:
+        return (), []
+    try:
+        checkOptions({"urls": section["urls"]}, {"urls": STATUS_SCHEMA["urls"]})
+    except OptionsError as e:
+        for p in e.problems:
+            collector.add(section.keyMark("urls"), f"status: 'urls' {p.message}")
+        return (), collector.problems
+    return _statusURLs(section, collector), collector.problems
 
 
 def _statusSpec(data: MarkedMap, collector: _Collector) -> StatusSpec:
@@ -242,6 +318,7 @@ def _statusSpec(data: MarkedMap, collector: _Collector) -> StatusSpec:
         return StatusSpec(None)
     before = len(collector.problems)
     settings = _section(data, "status", STATUS_SCHEMA, collector)
+    urls = _statusURLs(data.get("status"), collector)
     if len(collector.problems) > before:
         return StatusSpec(settings["listen"])
     section = data.get("status") or MarkedMap()
@@ -269,7 +346,7 @@ def _statusSpec(data: MarkedMap, collector: _Collector) -> StatusSpec:
                       f"status.listen {listen!r} is not loopback: set status.token or "
                       "status.token_file (a status service others can reach must ask for "
                       "a token)")
-    return StatusSpec(listen, mainToken, metricsToken)
+    return StatusSpec(listen, mainToken, metricsToken, urls)
 
 
 def _checkConnectionLog(value) -> str | None:

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.logfile import LogFile
 
 from portserver.registry import CLOSED, ConnectionRecord, Registry
-from portserver.service import StartupError
+from portserver.startup import StartupError
 
 log = Logger()
 

@@ -1,10 +1,10 @@
 """
 Live reload: re-read the config (on SIGHUP, which C{portserver reload} sends) and apply it
-to the running L{portserver.service.PortServer} as a difference.
+to the running L{portserver.server.PortServer} as a difference.
 
 A config that does not load (or does not apply: a plugin fails to build, a new port cannot
 be bound) is rejected whole, logged with every error, and the config in force stays; see
-L{portserver.service.PortServer.reload} for what applying one changes.
+L{portserver.server.PortServer.reload} for what applying one changes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from portserver.config import ConfigError
 from portserver.plan import loadPlan
 from portserver.plugins import DuplicateProtocolError, discover
-from portserver.service import ReloadError
+from portserver.reloading import ReloadError
 
 log = Logger()
 

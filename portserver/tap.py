@@ -17,7 +17,7 @@ from portserver.config import ConfigError
 from portserver.plan import formatPlan, loadPlan
 from portserver.plugins import DuplicateProtocolError, discover, formatProtocols
 from portserver.ports import canBindPrivileged
-from portserver.service import PRIVILEGED_REMEDY, groupFailures, preflight
+from portserver.startup import PRIVILEGED_REMEDY, StartupError, groupFailures, preflight
 
 log = Logger()
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -124,8 +124,6 @@ def _startupExceptHook(previous):
     has begun by then), and a traceback is not a message for an operator. Anything else
     goes to the previous hook.
     """
-    from portserver.service import StartupError
-
     def hook(kind, value, tb):
         if issubclass(kind, StartupError):
             # One event, not a "[stderr#error]" line per line of the message.
@@ -195,7 +193,7 @@ def makeService(options, reactor=None):
     from portserver.connlog import ConnectionLog
     from portserver.reload import Reloader, ReloadSignal, installReloadSignal
     from portserver.runtime import RuntimeFile, runtimePath
-    from portserver.service import PortServer, ServerTree
+    from portserver.server import PortServer, ServerTree
     from portserver.status.web import StatusService
 
     takeSignals = reactor is None

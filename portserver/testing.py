@@ -45,7 +45,7 @@ from portserver.marks import Mark
 from portserver.plan import planListeners
 from portserver.ports import PrivilegeRule
 from portserver.registry import CLOSED, ConnectionRecord, Endpoint, Registry
-from portserver.service import ListenerService
+from portserver.listeners import ListenerService
 
 __all__ = ["ServiceHarness", "Connection", "DatagramPort", "MemoryTransport", "serviceSpec"]
 

@@ -22,7 +22,7 @@ from portserver.connlog import (
 )
 from portserver.ports import PrivilegeRule
 from portserver.registry import CLIENT_CLOSED, IDLE, SHUTDOWN, Endpoint, Registry
-from portserver.service import StartupError
+from portserver.startup import StartupError
 from tests.support import PortReactor, makePlan, spec
 
 LOCAL = Endpoint("127.0.0.1", 7)

@@ -34,7 +34,7 @@ from portserver.plugins import (
     discover,
     formatProtocols,
 )
-from portserver.service import PortServer
+from portserver.server import PortServer
 
 #: The built-in protocols: name -> the attribute of C{portserver_protocols} providing it.
 BUILTINS = {

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from portserver.limits import ShutdownSpec
-from portserver.service import PortServer, ServerTree
+from portserver.server import PortServer, ServerTree
 from portserver.tap import installStopSignals
 from tests.support import PortReactor, makePlan, spec
 

@@ -24,17 +24,18 @@ import os, resource, sys
 from twisted.internet import reactor
 from twisted.logger import globalLogBeginner, textFileLogObserver
 globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
-from portserver import service
+from portserver import accepting
+from portserver.server import PortServer
 from tests.support import makePlan, spec
 if sys.argv[1] == "noreserve":
-    service._reserve.reserve = lambda: None
+    accepting._reserve.reserve = lambda: None
 if sys.argv[1] == "stock":  # Twisted's own Port, without its spare descriptor
     from twisted.internet import tcp
     tcp._reservedFD = tcp._NullFileDescriptorReservation()
-    service._stockListenTCP = lambda reactor: False
-server = service.PortServer(makePlan(spec("echo", port=0)), reactor)
+    accepting._stockListenTCP = lambda reactor: False
+server = PortServer(makePlan(spec("echo", port=0)), reactor)
 server.startService()
-service._reserve.release() if sys.argv[1] == "noreserve" else None
+accepting._reserve.release() if sys.argv[1] == "noreserve" else None
 def report():
     print("REFUSED", dict(server.registry.refused), dict(server.listeners[0].refused),
           flush=True)

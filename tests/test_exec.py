@@ -47,7 +47,8 @@ from portserver.protocols.execute import (
     execute,
 )
 from portserver.protocols.process_group import ProgramGroups
-from portserver.service import PortServer, StartupError
+from portserver.server import PortServer
+from portserver.startup import StartupError
 from tests.support import makePlan, spec
 
 DEADLINE = 10  # seconds a real program may take on a loaded machine

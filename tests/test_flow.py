@@ -25,7 +25,7 @@ from portserver.plan import loadPlan
 from portserver.plugins import discover
 from portserver.ports import PrivilegeRule
 from portserver.registry import CLOSED, Registry
-from portserver.service import PortServer
+from portserver.server import PortServer
 from portserver.tracking import (
     HIGH_WATER,
     LOW_WATER,

@@ -26,11 +26,12 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from portserver.limits import Limits
+from portserver.listeners import ListenerService
 from portserver.plan import planListeners
 from portserver.ports import PrivilegeRule
 from portserver.protocols.classic import Echo
 from portserver.registry import CLOSED, Registry
-from portserver.service import ListenerService, PortServer
+from portserver.server import PortServer
 from portserver.testing import MemoryTransport
 from portserver.tracking import (
     CLOSE_TIMEOUT,

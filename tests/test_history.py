@@ -14,7 +14,7 @@ from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
 from portserver.registry import CLIENT_CLOSED, Endpoint, Registry
-from portserver.service import PortServer
+from portserver.server import PortServer
 from portserver.status.history import History
 from portserver.status.web import StatusService
 from tests.support import RULE, PortReactor, makePlan, spec

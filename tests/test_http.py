@@ -25,14 +25,16 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 
 from portserver.options import OptionsError
+from portserver.protocols import http as http_module
 from portserver.protocols.http import (
     DEFAULT_INDEX,
     StaticFile,
+    StaticRequest,
     StaticSite,
     http,
 )
 from portserver.registry import CLOSED, Endpoint, Registry
-from portserver.service import PortServer
+from portserver.server import PortServer
 from portserver.testing import MemoryTransport, serviceSpec
 from portserver.tracking import TrackingFactory
 from tests.support import makePlan, spec
@@ -445,6 +447,74 @@ class RequestTests(MemoryTestsMixin, TestCase):
         self.assertFalse(transport.disconnecting)
         [event] = self.events
         self.assertEqual((event["status"], event["aborted"]), (500, False))
+
+    def test_smallFileReadError(self):
+        """
+        A small file asked for whole that cannot be read is logged as a failure and
+        answered with a 500 page; the connection stays usable.
+        """
+        class Broken:
+            name = "broken"
+
+            def read(self, size):
+                raise OSError(5, "Input/output error")
+
+            def fileno(self):
+                raise ValueError("not a real file")
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+        self.patch(StaticFile, "openForReading", lambda self: Broken())
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        response = parseResponse(transport.value())
+        self.assertEqual(response.status, 500)
+        self.assertIn(b"500 Internal Server Error", response.body)
+        self.assertFalse(transport.disconnecting)
+
+    def test_smallFileWithoutProducer(self):
+        """
+        A small file asked for whole is read at once and returned as the body: no
+        producer stands between the file and the request (the head and the body are
+        two writes in the same call, which portserver's transport sends as one); its
+        file is closed.
+        """
+        protocol, transport = self.connect()
+        registered = []
+        self.patch(StaticRequest, "registerProducer",
+                   lambda request, producer, streaming: registered.append(producer))
+        protocol.dataReceived(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(registered, [])
+        self.assertEqual(parseResponse(transport.value()).body, CONTENT)
+        self.assertEqual(openFiles("a.txt"), [])
+
+    def test_cachedChildReplacedBySymlink(self):
+        """
+        A file served once (its resource kept for the next request) and then replaced
+        by a symlink that leaves the root is a 404: every request looks at the path
+        again; one removed is a 404 too.
+        """
+        self.assertEqual(self.request("/a.txt").body, CONTENT)
+        path = os.path.join(self.root, "a.txt")
+        os.remove(path)
+        self.assertNotFound(self.request("/a.txt"))
+        os.symlink(os.path.join(self.outside, "secret.txt"), path)
+        self.assertNotFound(self.request("/a.txt"))
+
+    def test_cachedChildrenBounded(self):
+        """
+        The resources kept for served paths are bounded: past the limit the cache
+        starts again.
+        """
+        self.patch(http_module, "MAX_CACHED_CHILDREN", 2)
+        for target in ("/a.txt", "/notes.md", "/plain/b.txt"):
+            self.assertEqual(self.request(target).status, 200)
+        self.assertLessEqual(len(self.factory.resource.children), 2)
 
     def test_serverHeader(self):
         """

@@ -16,7 +16,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
 from portserver.protocols.classic import CHARGEN_CYCLE, RFC868_OFFSET
-from portserver.service import PortServer
+from portserver.server import PortServer
 from tests.support import makePlan, spec
 
 DEADLINE = 10  # seconds a reply may take on a loaded CI machine; normally < 10 ms

@@ -15,9 +15,9 @@ from twisted.trial.unittest import TestCase
 from portserver.plan import loadPlan
 from portserver.plugins import discover
 from portserver.ports import PrivilegeRule
-from portserver.service import PortServer
-from portserver.testing import ServiceHarness
 from portserver.protocols.classic import echo
+from portserver.server import PortServer
+from portserver.testing import ServiceHarness
 from tests.support import freePort
 
 DEADLINE = 10

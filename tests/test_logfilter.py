@@ -45,7 +45,7 @@ class PortChatterTests(SynchronousTestCase):
         self.assertFalse(isPortChatter(legacyEvent("echo starting on 10007, again")))
         self.assertFalse(isPortChatter(legacyEvent("Main loop terminated.")))
         self.flushLoggedErrors(RuntimeError)
-        self.assertFalse(isPortChatter({"log_namespace": "portserver.service",
+        self.assertFalse(isPortChatter({"log_namespace": "portserver.listeners",
                                         "log_level": LogLevel.info,
                                         "log_text": "echo starting on 7"}))
 

@@ -15,7 +15,7 @@ from importlib import resources
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from portserver.service import PortServer
+from portserver.server import PortServer
 from portserver.status.page import CONTENT_TYPES, pageResources, staticFiles
 from portserver.status.web import StatusService
 from tests.support import PortReactor, makePlan, spec

@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from portserver.provider import PortProtocol
 from portserver.registry import CLIENT_CLOSED, RESET, SERVER_CLOSED, Endpoint
-from portserver.service import PortServer
+from portserver.server import PortServer
 from tests.support import makePlan, spec
 
 DEADLINE = 10.0  # seconds for the server to see what a client did; normally milliseconds

@@ -23,7 +23,8 @@ from portserver.limits import AccessRules, Limits, ShutdownSpec, parseNetwork
 from portserver.plan import loadPlan
 from portserver.provider import PortProtocol
 from portserver.reload import Reloader, ReloadSignal, installReloadSignal
-from portserver.service import PortServer, ReloadError, ServerTree, socketKey
+from portserver.reloading import ReloadError, socketKey
+from portserver.server import PortServer, ServerTree
 from tests.support import PROVIDERS, RULE, Discovery, PortReactor, makePlan, spec
 
 

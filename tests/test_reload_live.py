@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from portserver.plan import loadPlan
 from portserver.reload import Reloader
-from portserver.service import PortServer
+from portserver.server import PortServer
 from tests.support import PROVIDERS, RULE, Discovery, freePort
 from tests import test_twistd
 from tests.test_twistd import DEADLINE, ROOT, waitForLine, writeConfig

@@ -1,5 +1,6 @@
 """
-Tests for L{portserver.service}: binding, start-up failures, stopping.
+Tests for L{portserver.server} and L{portserver.startup}: binding, start-up failures,
+stopping.
 """
 
 import errno
@@ -9,10 +10,11 @@ from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from portserver.provider import PortProtocol
-from portserver.service import PRIVILEGED_REMEDY, PortServer, StartupError, preflight
 from portserver.plan import planListeners
 from portserver.ports import PrivilegeRule
+from portserver.provider import PortProtocol
+from portserver.server import PortServer, ServerTree
+from portserver.startup import PRIVILEGED_REMEDY, StartupError, preflight
 from tests.support import PortReactor, makePlan, spec
 
 
@@ -250,8 +252,6 @@ class ServerTreeTests(SynchronousTestCase):
         reaches the caller.
         """
         from twisted.application.service import Service
-
-        from portserver.service import ServerTree
 
         class Failing(Service):
             def privilegedStartService(self):

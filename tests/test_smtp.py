@@ -29,7 +29,7 @@ from portserver.options import OptionsError
 from portserver.protocols import smtp as smtpModule
 from portserver.protocols.smtp import smtp
 from portserver.provider import PortProtocol
-from portserver.service import PortServer
+from portserver.server import PortServer
 from tests.support import makePlan, spec
 
 PEER = IPv4Address("TCP", "203.0.113.7", 40001)

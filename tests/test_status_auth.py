@@ -27,7 +27,8 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from portserver.config import ConfigError, StatusSpec, parseConfig
 from portserver.plan import loadPlan
-from portserver.service import PortServer, StartupError
+from portserver.server import PortServer
+from portserver.startup import StartupError
 from portserver.status import cli
 from portserver.status.access import MIN_TOKEN_LENGTH, endpointIsLocal
 from portserver.status.web import (

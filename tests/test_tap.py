@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from portserver import tap
 from portserver.plugins import Discovery, DuplicateProtocolError
-from portserver.service import PortServer
+from portserver.server import PortServer
 from tests.support import PROVIDERS, PortReactor
 
 BAD = """\
@@ -207,7 +207,7 @@ class ExceptHookTests(SynchronousTestCase):
         """
         from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
-        from portserver.service import StartupError
+        from portserver.startup import StartupError
 
         seen, events = [], []
         hook = tap._startupExceptHook(lambda *args: seen.append(args[0]))

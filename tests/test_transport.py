@@ -12,7 +12,8 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
-from portserver.transport import WriteThroughTransport
+from portserver.tracking import PAUSED_FLOW
+from portserver.transport import FlowControlledTransport, WriteThroughTransport
 
 
 class FakeSocket:
@@ -37,17 +38,18 @@ class FakeSocket:
         return len(taken)
 
 
-class Connection(WriteThroughTransport, FileDescriptor):
+class FakeTCP(FileDescriptor):
     """
     Twisted's buffered writing (L{FileDescriptor}) over a L{FakeSocket}, as
-    C{tcp.Connection} does it, with the write-through mixed in.
+    C{tcp.Connection} does it, with C{_dataReceived} handing data to C{protocol}.
     """
 
     TLS = False
 
-    def __init__(self, sock, reactor):
+    def __init__(self, sock, reactor, protocol=None):
         FileDescriptor.__init__(self, reactor)
         self.socket = sock
+        self.protocol = protocol
         self.connected = 1
         self.lost = []
 
@@ -59,9 +61,64 @@ class Connection(WriteThroughTransport, FileDescriptor):
                 return 0
             return main.CONNECTION_LOST
 
+    def _dataReceived(self, data):
+        self.protocol.dataReceived(data)
+
     def connectionLost(self, reason):
         self.lost.append(reason)
         FileDescriptor.connectionLost(self, reason)
+
+
+class Connection(WriteThroughTransport, FakeTCP):
+    """
+    L{FakeTCP} with the write-through mixed in.
+    """
+
+
+class Replier:
+    """
+    A protocol that runs C{reply(transport, data)} for each read.
+    """
+
+    def __init__(self, reply):
+        self.reply = reply
+        self.transport = None
+
+    def dataReceived(self, data):
+        self.reply(self.transport, data)
+
+
+class Pull:
+    """
+    A pull producer writing one of C{chunks} to C{consumer} each time it is resumed.
+    """
+
+    def __init__(self, consumer, chunks):
+        self.consumer = consumer
+        self.chunks = list(chunks)
+
+    def resumeProducing(self):
+        if self.chunks:
+            self.consumer.write(self.chunks.pop(0))
+
+    def stopProducing(self):
+        self.chunks = []
+
+
+class Push(Pull):
+    """
+    A streaming producer writing C{chunks} while it is not paused; counts its pauses.
+    """
+
+    paused = 0
+
+    def pauseProducing(self):
+        self.paused += 1
+
+    def resumeProducing(self):
+        self.paused = 0
+        while self.chunks and not self.paused:
+            self.consumer.write(self.chunks.pop(0))
 
 
 class WriteThroughTests(SynchronousTestCase):
@@ -120,10 +177,11 @@ class WriteThroughTests(SynchronousTestCase):
 
     def test_twistedsPathWhenProducingClosingOrTLS(self):
         """
-        A registered producer, a pending close or half-close, an abort (what is written
-        after C{abortConnection} is dropped, never sent), or TLS: Twisted's buffered path.
+        A registered pull producer, a pending close or half-close, an abort (what is
+        written after C{abortConnection} is dropped, never sent), or TLS: Twisted's
+        buffered path.
         """
-        for setUp in (lambda c: c.registerProducer(object(), True),
+        for setUp in (lambda c: c.registerProducer(Pull(c, []), False),
                       lambda c: setattr(c, "disconnecting", True),
                       lambda c: setattr(c, "_writeDisconnecting", True),
                       lambda c: setattr(c, "_aborting", True),
@@ -133,6 +191,95 @@ class WriteThroughTests(SynchronousTestCase):
             connection.write(b"abc")
             self.assertEqual(self.socket.sent, b"")
 
+    def test_streamingProducerWritesThrough(self):
+        """
+        With a streaming producer registered (as C{HTTPChannel} always has), a write
+        with nothing buffered is still sent at once, and the producer is not paused.
+        """
+        connection = self.connect()
+        producer = Push(connection, [])
+        connection.registerProducer(producer, True)
+        connection.write(b"abc")
+        self.assertEqual(self.socket.sent, b"abc")
+        self.assertEqual((self.reactor.getWriters(), producer.paused), ([], 0))
+
+    def read(self, connection, reply, data=b"request"):
+        """
+        Hand C{data} to C{connection} as a read, with C{reply} as its protocol's answer.
+        """
+        connection.protocol = Replier(reply)
+        connection.protocol.transport = connection
+        connection._dataReceived(data)
+
+    def test_heldDuringRead(self):
+        """
+        What the protocol writes while it handles a read (a head, then a body) leaves
+        in one send when the read returns, with no writer registered.
+        """
+        connection = self.connect()
+
+        def reply(transport, data):
+            transport.write(b"head ")
+            transport.writeSequence([b"and ", b"body"])
+            self.assertEqual(self.socket.calls, 0)
+        self.read(connection, reply)
+        self.assertEqual((self.socket.sent, self.socket.calls), (b"head and body", 1))
+        self.assertEqual(self.reactor.getWriters(), [])
+
+    def test_heldPartialSend(self):
+        """
+        What the kernel does not take of the held writes is left to Twisted's path,
+        which sends it once the socket drains.
+        """
+        connection = self.connect(room=3)
+        self.read(connection, lambda transport, data: transport.write(b"abcdef"))
+        self.assertEqual(self.socket.sent, b"abc")
+        self.assertEqual(self.reactor.getWriters(), [connection])
+        self.socket.room = 100
+        connection.doWrite()
+        self.assertEqual(self.socket.sent, b"abcdef")
+        self.assertEqual(self.reactor.getWriters(), [])
+
+    def test_heldPausesAndResumesProducer(self):
+        """
+        Held writes past the buffer size pause a streaming producer, as Twisted's
+        C{write} does; sent whole at the end of the read, they resume it.
+        """
+        connection = self.connect()
+        producer = Push(connection, [])
+        connection.registerProducer(producer, True)
+        pauses = []
+
+        def reply(transport, data):
+            transport.write(b"x" * (connection.bufferSize + 1))
+            pauses.append(producer.paused)
+        self.read(connection, reply)
+        self.assertEqual((pauses, producer.paused), ([1], 0))
+        self.assertEqual(len(self.socket.sent), connection.bufferSize + 1)
+
+    def test_heldFlushResumesFlowControl(self):
+        """
+        A protocol whose reading is paused for flow control (its held writes passed
+        the high-water mark) learns that the buffer drained when the held writes leave
+        whole at the end of the read: with the classes composed as portserver composes
+        them (L{portserver.service.ownTransportClass}), nothing is left paused.
+        """
+        composed = type("Composed", (WriteThroughTransport, FlowControlledTransport, FakeTCP),
+                        {})
+        connection = composed(FakeSocket(), MemoryReactor())
+        drained = []
+
+        class Paused(Replier):
+            paused = PAUSED_FLOW
+
+            def drained(self, unsent):
+                drained.append(unsent)
+
+        connection.protocol = Paused(lambda transport, data: transport.write(b"x" * 100))
+        connection.protocol.transport = connection
+        connection._dataReceived(b"request")
+        self.assertEqual(drained, [0])
+
     def test_textRefused(self):
         """
         Text is refused as Twisted refuses it.
@@ -141,15 +288,10 @@ class WriteThroughTests(SynchronousTestCase):
         self.assertRaises(TypeError, connection.write, "text")
 
 
-class TwistedConnection(FileDescriptor):
+class TwistedConnection(FakeTCP):
     """
     The same connection without the write-through: Twisted's own behaviour.
     """
-
-    TLS = False
-    __init__ = Connection.__init__
-    writeSomeData = Connection.writeSomeData
-    connectionLost = Connection.connectionLost
 
 
 class ContractTests(SynchronousTestCase):
@@ -169,7 +311,7 @@ class ContractTests(SynchronousTestCase):
         connection = cls(sock, reactor)
         steps(connection, sock)
         sock.room, sock.error = 1 << 20, None
-        for _ in range(3):
+        for _ in range(100):
             if connection in reactor.getWriters() and not connection.lost:
                 result = connection.doWrite()
                 if result is not None:
@@ -219,3 +361,65 @@ class ContractTests(SynchronousTestCase):
             sock.room = 0
         sent, lost = self.same(steps, error=errno.ECONNRESET)
         self.assertEqual(lost, [])
+
+    def test_pullProducer(self):
+        """
+        A pull producer is asked for each chunk in turn and every chunk arrives: its
+        writes wait for Twisted's buffer to drain, which is what asks it for more.
+        """
+        chunks = [bytes([65 + i]) * 1000 for i in range(10)]
+
+        def steps(connection, sock):
+            connection.registerProducer(Pull(connection, chunks), False)
+        sent, _ = self.same(steps)
+        self.assertEqual(sent, b"".join(chunks))
+
+    def test_streamingProducerPausedAndResumed(self):
+        """
+        A streaming producer that writes more than the kernel takes is paused past the
+        buffer size and resumed once it drains; every byte arrives, in order.
+        """
+        chunks = [bytes([65 + i % 26]) * 30000 for i in range(20)]
+        pauses = []
+
+        def steps(connection, sock):
+            producer = Push(connection, chunks)
+            connection.registerProducer(producer, True)
+            producer.resumeProducing()
+            pauses.append(producer.paused)
+        sent, _ = self.same(steps, room=1000)
+        self.assertEqual(sent, b"".join(chunks))
+        self.assertEqual(pauses, [1, 1])
+
+    def test_readRepliesThenCloses(self):
+        """
+        A protocol that answers a read and closes in the same call: every byte leaves
+        before the connection closes, through partial sends too.
+        """
+        def steps(connection, sock):
+            def reply(transport, data):
+                transport.write(b"answer to " + data)
+                transport.writeSequence([b" and ", b"more"])
+                transport.loseConnection()
+            connection.protocol = Replier(reply)
+            connection.protocol.transport = connection
+            connection._dataReceived(b"question")
+        for room in (1 << 20, 4):
+            sent, lost = self.same(steps, room=room)
+            self.assertEqual(sent, b"answer to question and more")
+            self.assertEqual(len(lost), 1)
+
+    def test_readRepliesThenAborts(self):
+        """
+        What a protocol writes during a read and then aborts is never sent.
+        """
+        def steps(connection, sock):
+            def reply(transport, data):
+                transport.write(b"never sent")
+                transport._aborting = True  # what tcp.Connection.abortConnection does
+                transport.stopWriting()
+                transport.doWrite = lambda *args, **kwargs: None
+            connection.protocol = Replier(reply)
+            connection.protocol.transport = connection
+            connection._dataReceived(b"question")
+        self.assertEqual(self.same(steps)[0], b"")

@@ -225,7 +225,7 @@ class TwistdTests(SynchronousTestCase):
         """
         Started as a daemon (no C{-n}), a taken port is reported by the process the
         operator started, on its terminal, as portserver's own sentence (not twistd's
-        truncated repr, C{b"portserver.service.StartupError: ...[Errn"}), exit 1, and no
+        truncated repr, C{b"portserver.startup.StartupError: ...[Errn"}), exit 1, and no
         daemon is left running.
         """
         holder = socket.socket()

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from portserver.config import RegistrySpec, parseConfig
 from portserver.limits import Limits
 from portserver.registry import Endpoint
-from portserver.service import PortServer
+from portserver.server import PortServer
 from portserver.udpguard import LOOP, RATE
 from tests.support import PROVIDERS, PortReactor, makePlan, spec
 

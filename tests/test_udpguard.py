@@ -18,7 +18,7 @@ from portserver.admission import Admission
 from portserver.limits import AccessRules, Limits
 from portserver.protocols.classic import ChargenDatagram, EchoDatagram
 from portserver.registry import Endpoint
-from portserver.service import PortServer
+from portserver.server import PortServer
 from portserver.tracking import TrackingDatagram
 from portserver.udpguard import CLASSIC_PORTS, LOOP, RATE, ReplyRate, isLoopSource
 from tests.support import makePlan, spec

@@ -18,7 +18,8 @@ added:
     all activity and is cut.
 
   - Containment: C{File} follows symlinks, so every child it is asked for (and every index
-    file it finds) is checked with C{os.path.realpath} to be the root or under it, and to be
+    file it finds) is checked to be the root or under it (one C{lstat} for an entry of a
+    real directory, C{os.path.realpath} once a symlink is met), and to be
     a regular file or a directory (a FIFO or a device would block or never end). Anything
     else is a 404, as is a C{..} segment, a percent-encoded C{%2e%2e} or C{%2f}, a NUL, or
     a segment that is not UTF-8. A symlink that stays inside the root is served.
@@ -32,7 +33,8 @@ added:
     C{text/html}); C{mime_types} adds or overrides extensions.
   - A C{Server: portserver} header, not Twisted's version.
   - Bodies are pushed (L{PushFile}), paced by the transport, rather than pulled by the
-    global cooperator: the C{Site} runs on the reactor it is given.
+    global cooperator: the C{Site} runs on the reactor it is given. A file of up to
+    L{SMALL_FILE} bytes asked for whole is read at once and sent in one write.
   - One access-log event per request through L{twisted.logger}, with the client's port,
     which the Common Log Format of C{Site} lacks: C{Site.log} (called once, when the
     response is finished) emits it, and a request whose client went away before the end
@@ -52,6 +54,7 @@ import errno
 import math
 import os
 import re
+import stat
 import time
 from urllib.parse import urlsplit
 
@@ -72,6 +75,13 @@ log = Logger()
 ALLOWED_METHODS = (b"GET", b"HEAD")
 DEFAULT_INDEX = ["index.html", "index.htm"]
 DEFAULT_TYPE = "application/octet-stream"
+# Resources of the paths served lately, kept per service (L{StaticFile.children}).
+MAX_CACHED_CHILDREN = 4096
+# Path segments that File.getChild must judge itself (an index, ".", "..").
+_NOT_NAMES = frozenset({"", ".", ".."})
+# Files up to this size (with no Range) are read at once and sent in one write; larger
+# ones are pushed by a PushFile, paced by the transport.
+SMALL_FILE = 64 * 1024
 #: The limits an C{http} service has unless configured: a client that reads nothing of
 #: its response is closed after two minutes without progress.
 DEFAULT_LIMITS = {"idle_timeout": 120}
@@ -319,7 +329,14 @@ class StaticFile(static.File):
     L{static.File} confined to C{root}: see the module's docstring.
 
     @ivar root: the served directory, an absolute real path.
+    @ivar real: whether this resource's path is known to be a real path (no symlink in
+        it) at or under the root: the root itself, and each child checked from a real
+        directory. Only such a directory's children skip C{realpath}.
     @ivar listing: whether a directory without an index file is listed.
+    @ivar children: the resources made for children found by one C{lstat} (a regular
+        file or a directory, in a real directory), by path; shared by every resource
+        of a service and emptied when it reaches L{MAX_CACHED_CHILDREN}. A resource
+        holds no answer, only its path and type: each request stats and opens again.
     """
 
     childNotFound = NOT_FOUND
@@ -327,10 +344,12 @@ class StaticFile(static.File):
 
     def __init__(self, path, defaultType=DEFAULT_TYPE, ignoredExts=(), registry=None, *,
                  root: str | None = None, listing: bool = False, contentTypes=None,
-                 indexNames=None):
+                 indexNames=None, children: dict | None = None):
         super().__init__(path, defaultType, ignoredExts, registry)
         self.root = os.path.realpath(path) if root is None else root
+        self.real = self.path == self.root
         self.listing = listing
+        self.children = {} if children is None else children
         if contentTypes is not None:
             self.contentTypes = contentTypes
         if indexNames is not None:
@@ -339,7 +358,8 @@ class StaticFile(static.File):
     def createSimilarFile(self, path):
         return self.__class__(path, self.defaultType, self.ignoredExts, self.registry,
                               root=self.root, listing=self.listing,
-                              contentTypes=self.contentTypes, indexNames=self.indexNames)
+                              contentTypes=self.contentTypes, indexNames=self.indexNames,
+                              children=self.children)
 
     def getChild(self, path, request):
         try:
@@ -348,9 +368,41 @@ class StaticFile(static.File):
             return self.childNotFound
         if "\0" in name:
             return self.childNotFound
+        if self.real and name not in _NOT_NAMES and "/" not in name:
+            # The common case, with one lstat: a regular file or a directory (not a
+            # symlink) in a real directory under the root is under the root too. Its
+            # resource is reused from the last request for it (a FilePath, a type
+            # lookup and two stats fewer); anything else takes File's own way.
+            childPath = self.path + "/" + name
+            try:
+                mode = os.lstat(childPath).st_mode
+            except OSError:
+                mode = 0
+            if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+                children = self.children
+                child = children.get(childPath)
+                if child is None:
+                    if len(children) >= MAX_CACHED_CHILDREN:
+                        children.clear()
+                    child = children[childPath] = self.createSimilarFile(childPath)
+                    child.real = True
+                return child
         child = super().getChild(path, request)
-        if isinstance(child, static.File) and not isInside(self.root, child.path):
-            return self.childNotFound
+        if isinstance(child, static.File):
+            if self.real and os.path.dirname(child.path) == self.path:
+                # This directory is a real path under the root: a child that is not a
+                # symlink is too, and one lstat shows it (realpath takes one per level).
+                try:
+                    mode = os.lstat(child.path).st_mode
+                except OSError:
+                    return self.childNotFound
+                if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+                    child.real = True
+                    return child
+                if not stat.S_ISLNK(mode):
+                    return self.childNotFound  # a FIFO, a device, a socket
+            if not isInside(self.root, child.path):
+                return self.childNotFound
         return child
 
     def directoryListing(self):
@@ -398,9 +450,28 @@ class StaticFile(static.File):
             self._setContentHeaders(request, size)
             fileForReading.close()
             return b""
+        if size <= SMALL_FILE and request.getHeader(b"range") is None:
+            return self._whole(request, fileForReading, size)
         producer = self.makeProducer(request, fileForReading, size)
         producer.start()
         return server.NOT_DONE_YET
+
+    def _whole(self, request, fileForReading, size: int) -> bytes:
+        """
+        A small file's 200, read at once and returned as the body: the response is one
+        write, with no producer to register (which would keep every write on Twisted's
+        buffered path).
+        """
+        try:
+            with fileForReading:
+                body = fileForReading.read(size)
+        except OSError:
+            log.failure("{service}: reading {path} failed", path=self.path,
+                        service=getattr(request.site, "service", "?"))
+            return INTERNAL_ERROR.render(request)
+        request.setResponseCode(web.OK)
+        self._setContentHeaders(request, len(body))
+        return body
 
     render_HEAD = render_GET
 
@@ -494,10 +565,15 @@ def _now(request) -> float:
 # -- the site -----------------------------------------------------------------------------
 
 
+_ESCAPED = re.compile(rb'[^\x21\x23-\x5b\x5d-\x7e]')
+
+
 def _printable(data: bytes) -> str:
     """
     C{data} for a log line: printable ASCII as is, the rest (and C{"} and C{\\}) escaped.
     """
+    if _ESCAPED.search(data) is None:
+        return data.decode("ascii")
     return "".join(chr(c) if 32 < c < 127 and c not in b'"\\' else f"\\x{c:02x}"
                    for c in data)
 

@@ -43,6 +43,8 @@ _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 414: b"URI Too Long",
 
 #: Bytes of a request line besides its target: method, version, spaces.
 _LINE_SLACK = 64
+# A timer that fires this close to its time counts as on time (float rounding).
+_SLACK = 1e-6
 
 
 def page(code: int, brief: str, detail: str) -> bytes:
@@ -81,6 +83,7 @@ class StaticChannel(HTTPChannel):
     maxHeaderBytes = 16384
 
     _headTimer = None
+    _headSince = None  # when the awaited request head could begin, or None
     _partial = False  # bytes of the coming request arrived since the timer started
     _atRequestLine = True
     _headBytes = 0
@@ -96,21 +99,57 @@ class StaticChannel(HTTPChannel):
         super().connectionMade()
         self._startHeadTimer()
 
+    _host = None
+
+    def getHost(self):
+        """
+        The connection's local address, asked of the transport once (each request asks
+        for it: a C{getsockname} call each time otherwise).
+        """
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
+
     # -- the head timeout ------------------------------------------------------------------
 
     def _startHeadTimer(self) -> None:
-        self._cancelHeadTimer()
+        """
+        A request head may begin now: it must be whole within C{headerTimeout}.
+
+        The connection keeps one timer for all its requests: starting the wait for a
+        head stores the time, and when the timer fires it either times the head out or
+        calls again for the time left (no call made and cancelled per request).
+        """
         self._partial = False
-        if self.headerTimeout is not None:
+        if self.headerTimeout is None:
+            return
+        self._headSince = self.site.reactor.seconds()
+        if self._headTimer is None:
             self._headTimer = self.callLater(self.headerTimeout, self._headTimedOut)
 
     def _cancelHeadTimer(self) -> None:
+        """
+        No head is awaited (one arrived whole, or the connection is ending).
+        """
+        self._headSince = None
+
+    def _stopHeadTimer(self) -> None:
+        self._headSince = None
         timer, self._headTimer = self._headTimer, None
         if timer is not None and timer.active():
             timer.cancel()
 
     def _headTimedOut(self) -> None:
         self._headTimer = None
+        since = self._headSince
+        if since is None:  # no head awaited now: the next wait makes a new call
+            return
+        left = since + self.headerTimeout - self.site.reactor.seconds()
+        if left > _SLACK:  # the wait began after this call was made
+            self._headTimer = self.callLater(left, self._headTimedOut)
+            return
+        self._headSince = None
         if self._partial:
             self.refuse(408, "The request did not arrive in time.")
         else:  # a kept-alive connection with nothing more to ask
@@ -121,7 +160,7 @@ class StaticChannel(HTTPChannel):
     def dataReceived(self, data):
         if self._refused:
             return
-        if self._headTimer is not None:
+        if self._headSince is not None:
             self._partial = True
         super().dataReceived(data)
 
@@ -213,7 +252,7 @@ class StaticChannel(HTTPChannel):
             return
         self._refused = True
         self.persistent = False
-        self._cancelHeadTimer()
+        self._stopHeadTimer()
         reason = _REASONS[code]
         body = page(code, reason.decode("ascii"), detail)
         head = (b"HTTP/1.1 %d %s\r\nServer: %s\r\nDate: %s\r\n"
@@ -229,5 +268,5 @@ class StaticChannel(HTTPChannel):
         self.loseConnection()
 
     def connectionLost(self, reason):
-        self._cancelHeadTimer()
+        self._stopHeadTimer()
         super().connectionLost(reason)

@@ -12,7 +12,10 @@ program: it fetches with the standard library and runs no reactor.
 Where to ask: C{--url}; else the C{status.listen} endpoint string of C{--config},
 turned into a URL by L{urlFromEndpoint}; else the server whose runtime file is beside
 the pid file (C{--pidfile}, by default C{twistd.pid}: see L{portserver.runtime}), while
-its pid is a live portserver; else the bundled config's C{status.listen}.
+its pid is a live portserver; else the bundled config's C{status.listen}. Several
+C{--url}s (or a C{--config} whose C{status.urls} lists several) are shown in one view,
+with a server column (L{runStatusOfMany}); C{portserver status} then exits
+L{EXIT_FAILED} when any of them could not be asked, after printing the others.
 
 Which process C{portserver reload} signals: the pid file's, only once it is known to be a
 live portserver (its command line runs twistd's C{portserver}, or it is the C{pid} the
@@ -28,6 +31,7 @@ takes the token itself: it would show in C{ps}.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import functools
 import http.client
 import ipaddress
@@ -41,12 +45,15 @@ import urllib.parse
 import urllib.request
 from typing import Callable, Iterable
 
+import attrs
 import yaml
 
 from portserver import __version__
-from portserver.config import DEFAULT_STATUS_LISTEN
+from portserver import marks
+from portserver.config import DEFAULT_STATUS_LISTEN, statusURLs
 from portserver.runtime import (commandLine, describeCommand, isPortserverCommand,
                                 readRuntime, runtimePath)
+from portserver.status import tcptext
 from portserver.status.access import readTokenFile, splitEndpoint, tokenProblem
 
 #: Seconds to wait for the status service, per request.
@@ -87,6 +94,17 @@ class Unconfirmed(CLIError):
     """
 
     status = EXIT_UNCONFIRMED
+
+
+class NotAnswered(CLIError):
+    """
+    A status service could not be asked; C{reason} says why in a few words (the
+    message names the service too).
+    """
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 class FetchError(Exception):
@@ -197,6 +215,28 @@ def urlFromConfig(path: str) -> str:
     if not isinstance(listen, str) or not listen:
         raise CLIError(f"the config file {path}: 'status.listen' must be an endpoint string")
     return urlFromEndpoint(listen)
+
+
+def urlsFromConfig(path: str) -> list[str]:
+    """
+    The C{status.urls} of the config file at C{path}: the status services to show in
+    one view (none when the key is absent). They are checked as the server checks them
+    (L{portserver.config.statusURLs}), and a wrong one is reported at its line.
+
+    @raise CLIError: the file cannot be read, is not YAML, or a URL is wrong.
+    """
+    status = _statusSection(path)
+    if status.get("urls") is None:
+        return []
+    try:
+        with open(path, encoding="utf-8") as f:
+            data, _ = marks.load(f.read())  # duplicate keys and such: the server says
+    except (OSError, UnicodeDecodeError) as e:
+        raise CLIError(f"cannot read the config file {path}: {_reason(e)}") from None
+    urls, problems = statusURLs(data, path)
+    if problems:
+        raise CLIError("the config file " + "; ".join(map(str, problems)))
+    return list(urls)
 
 
 def tokenFromConfig(path: str) -> tuple[str | None, str | None]:
@@ -475,11 +515,21 @@ def _connectionRow(connection: dict, now: float, closed: bool) -> list[str]:
 
 
 def renderTable(status: dict, now: float, closed: bool = False,
-                filtered: bool = False) -> list[str]:
+                filtered: bool = False, tcp: bool = False) -> list[str]:
     """
     The listeners, each followed by its connections (indented), as lines. A connection
     belongs to the listener of its service, transport and local port; connections that
-    match no listener come last, under C{(no listener)}.
+    match no listener come last, under C{(no listener)}. With C{tcp}, the kernel's view
+    of each (L{portserver.status.tcptext}) goes under it.
+    """
+    return _layout([(None, _tableParts(status, now, closed, filtered, tcp))])
+
+
+def _tableParts(status: dict, now: float, closed: bool, filtered: bool,
+                tcp: bool = False) -> list[tuple]:
+    """
+    The table of L{renderTable} before its columns are aligned: in order,
+    C{("listener", cells)}, C{("connection", cells)} and C{("text", line)} entries.
     """
     listeners = status["listeners"]
     groups: dict[tuple, list[dict]] = {_listenerKey(l, l.get("port")): [] for l in listeners}
@@ -488,29 +538,47 @@ def renderTable(status: dict, now: float, closed: bool = False,
         key = _listenerKey(connection, (connection.get("local") or {}).get("port"))
         groups.get(key, orphans).append(connection)
 
-    listenerLines = _columns([_listenerRow(l) for l in listeners], right={6})
-    connectionRows = [_connectionRow(c, now, closed) for c in status["connections"]]
-    # Align every connection line alike, across the groups.
-    numbers = {len(connectionRows[0]) - 2, len(connectionRows[0]) - 1} if connectionRows else ()
-    connectionLines = dict(zip(map(id, status["connections"]),
-                               _columns(connectionRows, right=numbers, indent="    ")))
-
-    def connectionLinesOf(connections):
+    def connectionParts(connections):
         for c in connections:
-            yield connectionLines[id(c)]
+            yield "connection", _connectionRow(c, now, closed)
+            if tcp and tcptext.connectionLine(c):
+                yield "text", tcptext.connectionLine(c)
             outbound = c.get("outbound")
             if isinstance(outbound, dict):
-                yield _outboundLine(outbound)
+                yield "text", _outboundLine(outbound)
 
-    lines = []
+    parts: list[tuple] = []
     if not listeners:
-        lines.append("no listeners match" if filtered else "no listeners")
-    for listener, line in zip(listeners, listenerLines):
-        lines.append(line)
-        lines += connectionLinesOf(groups[_listenerKey(listener, listener.get("port"))])
+        parts.append(("text", "no listeners match" if filtered else "no listeners"))
+    for listener in listeners:
+        parts.append(("listener", _listenerRow(listener)))
+        if tcp and tcptext.listenerLine(listener):
+            parts.append(("text", tcptext.listenerLine(listener)))
+        parts += connectionParts(groups[_listenerKey(listener, listener.get("port"))])
     if orphans:
-        lines.append("(no listener)")
-        lines += connectionLinesOf(orphans)
+        parts.append(("text", "(no listener)"))
+        parts += connectionParts(orphans)
+    return parts
+
+
+def _layout(sections: list[tuple[str | None, list[tuple]]]) -> list[str]:
+    """
+    The lines of tables made by L{_tableParts}, one after the other, as one table:
+    every listener line aligned alike, and every connection line alike (indented).
+    Each section's lines start with its label (the server column), when it has one.
+    """
+    every = [part for _, parts in sections for part in parts]
+    listenerRows = [cells for kind, cells in every if kind == "listener"]
+    connectionRows = [cells for kind, cells in every if kind == "connection"]
+    numbers = {len(connectionRows[0]) - 2, len(connectionRows[0]) - 1} if connectionRows else ()
+    laid = {"listener": iter(_columns(listenerRows, right={6})),
+            "connection": iter(_columns(connectionRows, right=numbers, indent="    "))}
+    width = max((len(label) for label, _ in sections if label is not None), default=0)
+    lines = []
+    for label, parts in sections:
+        for kind, content in parts:
+            line = content if kind == "text" else next(laid[kind])
+            lines.append(line if label is None else f"{label.ljust(width)}  {line}".rstrip())
     return lines
 
 
@@ -574,7 +642,7 @@ def renderSummary(summary: dict) -> list[str]:
 
 
 def render(status: dict, base: str, now: float, closed: bool = False,
-           filtered: bool = False, fetched: int | None = None) -> str:
+           filtered: bool = False, fetched: int | None = None, tcp: bool = False) -> str:
     """
     The whole report: a title, the table of listeners and connections, and the summary.
     When the server has more connections than the C{fetched} ones (C{connections_total}),
@@ -586,14 +654,178 @@ def render(status: dict, base: str, now: float, closed: bool = False,
         title += f", config {summary['config']}"
     what = "recently closed connections" if closed else "live connections"
     lines = [title, "", f"listeners and {what}:"]
-    lines += renderTable(status, now, closed, filtered)
+    lines += renderTable(status, now, closed, filtered, tcp)
     total = status.get("connections_total")
     if fetched is not None and isinstance(total, int) and total > fetched:
         lines += ["", f"showing {fetched} of {total} {what} (the first page of each "
                       "kind); --all lists every one"]
     lines += ["", "summary (whole server):" if filtered else "summary:"]
     lines += ["  " + line for line in renderSummary(summary)]
+    if tcp and tcptext.countersLine(summary):
+        lines.append("  " + tcptext.countersLine(summary))
     return "\n".join(lines) + "\n"
+
+
+# -- several servers in one view ----------------------------------------------------------
+
+#: The most servers asked at once by L{runStatusOfMany}.
+MAX_PARALLEL = 8
+
+
+@attrs.frozen
+class ServerAnswer:
+    """
+    What one of several servers answered: C{status} (filtered), or C{error} and a
+    short C{reason} when it could not be asked.
+
+    @ivar fetched: how many connections were fetched, before filtering.
+    """
+
+    url: str
+    status: dict | None = None
+    fetched: int = 0
+    error: str | None = None
+    reason: str | None = None
+
+    def toJSON(self) -> dict:
+        """
+        The server's item of C{{"servers": [...]}}: C{url}, C{ok}, then what the
+        single-server C{--json} gives, or C{error}.
+        """
+        if self.status is None:
+            return {"url": self.url, "ok": False, "error": self.error}
+        return {"url": self.url, "ok": True, **self.status}
+
+
+def askServers(urls: list[str], ask: Callable[[str], dict],
+               parallel: int = MAX_PARALLEL) -> list[ServerAnswer]:
+    """
+    Ask each server of C{urls} with C{ask(url)} (raising L{NotAnswered}, as
+    L{_askServer} does), a few at once: a server that does not answer costs its
+    timeout once, not once per server after it.
+
+    @return: the answers, in the order of C{urls}.
+    """
+    def one(url: str) -> ServerAnswer:
+        try:
+            status = ask(url)
+        except NotAnswered as e:
+            return ServerAnswer(url, error=str(e), reason=e.reason)
+        return ServerAnswer(url, status=status, fetched=len(status["connections"]))
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(parallel, len(urls)))) as pool:
+        return list(pool.map(one, urls))
+
+
+def serverLabel(url: str) -> str:
+    """
+    A server in the server column: its URL, without C{http://}.
+    """
+    return url[len("http://"):] if url.startswith("http://") else url
+
+
+def _totalsRow(label: str, summary: dict) -> list[str]:
+    connections = summary.get("connections") or {}
+    flags = summary.get("flags") or []
+    return [label, f"portserver {summary.get('version', '?')}",
+            f"listeners {(summary.get('listeners') or {}).get('total', 0)}",
+            f"live {connections.get('total', 0)}",
+            f"accepted {summary.get('accepted_total', 0)}",
+            f"closed {summary.get('closed_total', 0)}",
+            f"flags {len(flags)}", f"uptime {humanDuration(summary.get('uptime') or 0)}"]
+
+
+def _number(value) -> int:
+    return value if type(value) is int else 0
+
+
+def renderMany(answers: list[ServerAnswer], now: float, closed: bool = False,
+               filtered: bool = False, tcp: bool = False) -> str:
+    """
+    The report of several servers: one table whose first column names the server
+    (a server that did not answer has one C{down} line in it; C{tcp} as for
+    L{renderTable}), the totals of each server and of all of them, and the flags of
+    each.
+    """
+    up = [a for a in answers if a.status is not None]
+    what = "recently closed connections" if closed else "live connections"
+    down = len(answers) - len(up)
+    lines = [f"portserver status of {len(answers)} servers: {len(up)} up, {down} down",
+             "", f"listeners and {what}:"]
+    sections = []
+    for answer in answers:
+        parts = ([("text", f"down: {answer.reason}")] if answer.status is None
+                 else _tableParts(answer.status, now, closed, filtered, tcp))
+        sections.append((serverLabel(answer.url), parts))
+    lines += _layout(sections)
+    paged = []
+    for answer in up:
+        total = answer.status.get("connections_total")
+        if isinstance(total, int) and total > answer.fetched:
+            paged.append(f"{serverLabel(answer.url)}: showing {answer.fetched} of {total} "
+                         f"{what}")
+    if paged:
+        lines += ["", *paged, "(the first page of each kind); --all lists every one"]
+
+    rows = []
+    for answer in answers:
+        label = serverLabel(answer.url)
+        rows.append(_totalsRow(label, answer.status["summary"]) if answer.status is not None
+                    else [label, "down"] + [""] * 6)
+    summaries = [a.status["summary"] for a in up]
+
+    def total(get) -> int:
+        return sum(_number(get(summary)) for summary in summaries)
+
+    rows.append(["overall", f"{len(up)} of {len(answers)} servers",
+                 f"listeners {total(lambda s: (s.get('listeners') or {}).get('total'))}",
+                 f"live {total(lambda s: (s.get('connections') or {}).get('total'))}",
+                 f"accepted {total(lambda s: s.get('accepted_total'))}",
+                 f"closed {total(lambda s: s.get('closed_total'))}",
+                 f"flags {sum(len(s.get('flags') or []) for s in summaries)}", ""])
+    lines += ["", "totals (whole servers):" if filtered else "totals:"]
+    lines += _columns(rows, right={2, 3, 4, 5, 6}, indent="  ")
+    flagged = [(serverLabel(a.url), f) for a in up
+               for f in a.status["summary"].get("flags") or [] if isinstance(f, dict)]
+    if flagged:
+        lines += ["", f"flags: {len(flagged)}"]
+        lines += _columns([[label, f"{f.get('kind', '?')}: {f.get('message', '')}"]
+                           for label, f in flagged], indent="  ")
+    return "\n".join(lines) + "\n"
+
+
+def runStatusOfMany(args, urls: list[str], stdout, fetch: Callable[..., dict],
+                    now: Callable[[], float]) -> int:
+    """
+    C{portserver status} of several servers: each is asked as one would be (the same
+    token, filters and paging), and all are shown in one view (L{renderMany}), or with
+    C{--json} as C{{"servers": [...]}} (L{ServerAnswer.toJSON}). A server that does
+    not answer is shown as down, and said on stderr too.
+
+    @return: L{EXIT_OK} when every server answered, else L{EXIT_FAILED} (the others
+        are printed all the same).
+    """
+    environ = getattr(args, "environ", None)
+    token, source = findToken(args, os.environ if environ is None else environ)
+    if token is not None:
+        fetch = functools.partial(fetch, token=token)
+
+    def ask(url: str) -> dict:
+        return applyFilters(_askServer(url, fetch, source, args), args.service,
+                            args.portClass)
+
+    answers = askServers(urls, ask)
+    if args.json:
+        stdout.write(json.dumps({"servers": [a.toJSON() for a in answers]}, indent=2) + "\n")
+    else:
+        filtered = args.service is not None or args.portClass is not None
+        stdout.write(renderMany(answers, now(), closed=args.closed, filtered=filtered,
+                                tcp=getattr(args, "tcp", False)))
+    warn = _warner(args)
+    for answer in answers:
+        if answer.error is not None:
+            warn(answer.error)
+    return EXIT_OK if all(a.error is None for a in answers) else EXIT_FAILED
 
 
 # -- the command ---------------------------------------------------------------------------
@@ -639,7 +871,7 @@ def makeParser(stdout, stderr) -> argparse.ArgumentParser:
         help="show listeners, connections and totals",
         description="Show a running portserver's listeners, each with its connections, "
                     "and a summary, from its status web service.")
-    _whereArguments(status)
+    _whereArguments(status, severalURLs=True)
     status.add_argument("--pidfile", default=DEFAULT_PIDFILE, metavar="PATH",
                         help="without --url or --config, ask the server that wrote this "
                              "twistd pid file (its runtime file beside it says where) "
@@ -657,6 +889,10 @@ def makeParser(stdout, stderr) -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true",
                         help="print the (filtered) JSON: listeners, connections, summary, "
                              "and connections_total, how many the server has")
+    status.add_argument("--tcp", action="store_true",
+                        help="add the kernel's view (Linux), as ss -ti shows it: under each "
+                             "TCP connection its state, queues, RTT and retransmits; under "
+                             "each TCP listener its handshakes, accept queue and teardown")
     status.set_defaults(run=runStatus)
 
     reload = commands.add_parser(
@@ -680,13 +916,20 @@ def makeParser(stdout, stderr) -> argparse.ArgumentParser:
     return parser
 
 
-def _whereArguments(parser) -> None:
+def _whereArguments(parser, severalURLs: bool = False) -> None:
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--url", help="the status service, e.g. http://127.0.0.1:8790")
+    if severalURLs:
+        where.add_argument("--url", action="append",
+                           help="the status service, e.g. http://127.0.0.1:8790; give it "
+                                "more than once to show several servers in one view")
+        config = ("find the status service from this config's status.listen, or the "
+                  "servers its status.urls lists")
+    else:
+        where.add_argument("--url", help="the status service, e.g. http://127.0.0.1:8790")
+        config = "find the status service from this config's status.listen"
     where.add_argument("--config", "-c", metavar="PATH",
-                       help="find the status service from this config's status.listen "
-                            "(and its token from status.token or status.token_file) "
-                            "[default: the bundled config]")
+                       help=config + " (and its token from status.token or "
+                                     "status.token_file) [default: the bundled config]")
     parser.add_argument("--token-file", metavar="PATH",
                         help=f"send the status service the token in this file [default: "
                              f"${TOKEN_ENV}, else the config's]")
@@ -725,13 +968,14 @@ def _statusBase(args) -> str:
     return urlFromConfig(args.config)
 
 
-def _connect(args, fetch: Callable[..., dict]) -> tuple[str, Callable[[str], dict], str | None]:
+def _connect(args, fetch: Callable[..., dict], base: str | None = None
+             ) -> tuple[str, Callable[[str], dict], str | None]:
     """
-    The status service's base URL, C{fetch} with the token bound (L{findToken}; C{fetch}
-    is called as C{fetch(url, token=TOKEN)} when there is a token, C{fetch(url)} when
-    not), and where the token came from.
+    The status service's base URL (C{base}, else L{_statusBase}), C{fetch} with the
+    token bound (L{findToken}; C{fetch} is called as C{fetch(url, token=TOKEN)} when
+    there is a token, C{fetch(url)} when not), and where the token came from.
     """
-    base = _statusBase(args)
+    base = base or _statusBase(args)
     environ = getattr(args, "environ", None)
     token, source = findToken(args, os.environ if environ is None else environ)
     if token is not None:
@@ -739,25 +983,51 @@ def _connect(args, fetch: Callable[..., dict]) -> tuple[str, Callable[[str], dic
     return base, fetch, source
 
 
-def runStatus(args, stdout, fetch: Callable[..., dict], now: Callable[[], float]) -> int:
+def _statusURLs(args) -> list[str]:
     """
-    C{portserver status}: fetch, filter and print.
+    The status services C{portserver status} was told to show: each C{--url}, else the
+    C{status.urls} of C{--config} (L{urlsFromConfig}); without a trailing slash, each
+    once. Empty: the one server is found as L{_statusBase} says.
+    """
+    given = args.url or (urlsFromConfig(args.config) if args.config is not None else [])
+    return list(dict.fromkeys(url.rstrip("/") for url in given))
 
-    @raise CLIError: the service cannot be found, does not answer, or wants a token.
+
+def _askServer(base: str, fetch: Callable[[str], dict], source: str | None, args) -> dict:
     """
-    if args.url is None and args.config is None:
-        args.runtime = findRuntime(args.pidfile, _commandLineReader(args), _warner(args))
-    base, fetch, source = _connect(args, fetch)
+    The status of the server at C{base} (L{fetchStatus}), as C{args} asks for it, not
+    yet filtered.
+
+    @raise NotAnswered: it does not answer, or wants a token (the message says which).
+    """
     try:
         if urllib.parse.urlsplit(base).scheme not in ("http", "https"):
             raise FetchError("not an http:// or https:// URL")
-        status = fetchStatus(base, fetch, service=args.service, closed=args.closed,
-                             everything=args.all)
+        return fetchStatus(base, fetch, service=args.service, closed=args.closed,
+                           everything=args.all)
     except Unauthorized:
-        raise CLIError(unauthorizedMessage(base, source)) from None
+        reason = "wants a token" if source is None else f"refused the token from {source}"
+        raise NotAnswered(unauthorizedMessage(base, source), reason) from None
     except (FetchError, OSError, ValueError, http.client.HTTPException) as e:
         reason = str(e) if isinstance(e, FetchError) else _reason(e)
-        raise CLIError(f"no status service answers at {base} ({reason})") from None
+        raise NotAnswered(f"no status service answers at {base} ({reason})", reason) from None
+
+
+def runStatus(args, stdout, fetch: Callable[..., dict], now: Callable[[], float]) -> int:
+    """
+    C{portserver status}: fetch, filter and print; several servers (L{_statusURLs})
+    are shown in one view by L{runStatusOfMany}.
+
+    @raise CLIError: the service cannot be found, does not answer, or wants a token.
+    """
+    urls = _statusURLs(args)
+    if len(urls) > 1:
+        return runStatusOfMany(args, urls, stdout, fetch, now)
+    args.url = urls[0] if args.url else None
+    if args.url is None and args.config is None:
+        args.runtime = findRuntime(args.pidfile, _commandLineReader(args), _warner(args))
+    base, fetch, source = _connect(args, fetch, urls[0] if urls else None)
+    status = _askServer(base, fetch, source, args)
     runtime = getattr(args, "runtime", None)
     served = _servedPid(status["summary"])
     if runtime is not None and served is not None and served != runtime["pid"]:
@@ -770,7 +1040,7 @@ def runStatus(args, stdout, fetch: Callable[..., dict], now: Callable[[], float]
     else:
         filtered = args.service is not None or args.portClass is not None
         stdout.write(render(status, base, now(), closed=args.closed, filtered=filtered,
-                            fetched=fetched))
+                            fetched=fetched, tcp=getattr(args, "tcp", False)))
     return 0
 
 

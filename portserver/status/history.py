@@ -87,7 +87,7 @@ class History(Service):
     @classmethod
     def forServer(cls, server, clock=None, **kwargs) -> History:
         """
-        The history of a L{portserver.service.PortServer}'s registry, showing every
+        The history of a L{portserver.server.PortServer}'s registry, showing every
         service with a listener, on C{clock} (default: the server's reactor).
         """
         return cls(server.registry, server.reactor if clock is None else clock,

@@ -1,10 +1,12 @@
 """
-Prometheus metrics of a L{portserver.service.PortServer}, read from its registry at scrape
-time by a custom collector, in a private L{CollectorRegistry} (never the global one).
+Prometheus metrics of a L{portserver.server.PortServer}, read from its registry at scrape
+time by a custom collector, in a private L{CollectorRegistry} (never the global one); and
+what the kernel says of its TCP listeners (L{KernelCollector}, Linux only).
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Iterator
 
@@ -16,7 +18,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from portserver.kernel import SOCKET_STATES, KernelView, stateCounts
 from portserver.ports import PORT_CLASSES
+from portserver.sockdiag import ESTABLISHED
 
 
 def _flag(value: bool) -> str:
@@ -118,10 +122,71 @@ class RegistryCollector(Collector):
         yield reloads
 
 
-def collectorRegistry(server) -> CollectorRegistry:
+class KernelCollector(Collector):
     """
-    A private L{CollectorRegistry} holding only a L{RegistryCollector} of C{server}.
+    Yields what the kernel says of the server's TCP listeners (L{KernelView}), from one
+    dump per scrape: per service, the accept queues (C{portserver_listen_queue}), their
+    sizes (C{portserver_listen_backlog}), the sockets of its ports by state
+    (C{portserver_tcp_sockets}) and the RTT quantiles of its connections
+    (C{portserver_tcp_rtt_seconds}); for the host, the accept queue overflows since the
+    server started (C{portserver_listen_overflows_total}). Without the kernel's view (not
+    Linux, or no listening socket of the server in the dump), none of these series
+    exists.
+    """
+
+    def __init__(self, kernel: KernelView):
+        self.kernel = kernel
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self.kernel.forMetrics()
+        if snapshot is None:
+            return
+        counters = self.kernel.listenCounters()
+        if counters is not None:
+            yield CounterMetricFamily(
+                "portserver_listen_overflows",
+                "Times an accept queue of this host was full when a handshake completed, "
+                "since the server started (TcpExt ListenOverflows).",
+                value=counters["ListenOverflows"]["since_start"])
+        queue = GaugeMetricFamily(
+            "portserver_listen_queue", "Connections the kernel completed that the service's "
+            "TCP listeners have not accepted yet (their accept queues).", labels=("service",))
+        backlog = GaugeMetricFamily(
+            "portserver_listen_backlog", "The most connections the accept queues of the "
+            "service's TCP listeners hold.", labels=("service",))
+        sockets = GaugeMetricFamily(
+            "portserver_tcp_sockets", "The kernel's TCP sockets on the service's listening "
+            "ports (not the listening sockets), by state.", labels=("service", "state"))
+        rtt = GaugeMetricFamily(
+            "portserver_tcp_rtt_seconds", "Smoothed round-trip times of the service's "
+            "established TCP connections now: quantiles over the connections.",
+            labels=("service", "quantile"))
+        for service, keys in sorted(snapshot.services().items()):
+            listening = [s for key in keys for s in snapshot.listening(key)]
+            queue.add_metric((service,), sum(s.receiveQueue for s in listening))
+            backlog.add_metric((service,), sum(s.sendQueue for s in listening))
+            owned = [s for key in keys for s in snapshot.sockets(key)]
+            counts = stateCounts(owned)
+            for state in SOCKET_STATES:
+                sockets.add_metric((service, state), counts[state])
+            rtts = sorted(r for r in (s.rttSeconds() for s in owned if s.state == ESTABLISHED)
+                          if r is not None)
+            for q in RTT_QUANTILES if rtts else ():
+                rank = min(len(rtts) - 1, max(0, math.ceil(q * len(rtts)) - 1))
+                rtt.add_metric((service, str(q)), rtts[rank])
+        yield from (queue, backlog, sockets, rtt)
+
+
+#: The quantiles of C{portserver_tcp_rtt_seconds}.
+RTT_QUANTILES = (0.5, 0.9, 0.99, 1.0)
+
+
+def collectorRegistry(server, kernel: KernelView | None = None) -> CollectorRegistry:
+    """
+    A private L{CollectorRegistry} holding a L{RegistryCollector} of C{server} and a
+    L{KernelCollector} of C{kernel} (default: a L{KernelView} of C{server}).
     """
     collectors = CollectorRegistry()
     collectors.register(RegistryCollector(server))
+    collectors.register(KernelCollector(KernelView(server) if kernel is None else kernel))
     return collectors

@@ -46,9 +46,10 @@ from twisted.web.server import Request, Site
 
 import portserver
 from portserver.config import StatusSpec, endpointProblem
+from portserver.kernel import FoundSockets, KernelSnapshot, KernelView
 from portserver.status.access import isLocalHost, isLoopback
 from portserver.registry import CLOSED, OPEN
-from portserver.service import BindingService, StartupError
+from portserver.startup import BindingService, StartupError
 from portserver.status.history import History
 from portserver.status.metrics import collectorRegistry
 
@@ -203,16 +204,22 @@ class Connections(JSONPage):
     a time: C{?limit=} records (default L{DEFAULT_PAGE}, at most L{MAX_PAGE}) from
     C{?offset=} (default 0) on. The answer is C{{"connections": [...], "total": N,
     "offset": O, "limit": L}}, C{total} counting every record the query selects.
+
+    On Linux, each live TCP record has C{tcp}, its socket as the kernel sees it
+    (L{portserver.sockdiag.TCPSocket.tcpInfo}), read for the page's records alone
+    (L{KernelView.forRecords}).
     """
 
-    def __init__(self, server):
+    def __init__(self, server, kernel: KernelView | None = None):
         super().__init__()
         self.portServer = server
+        self.kernel = KernelView(server) if kernel is None else kernel
 
     def content(self, request) -> bytes:
         """
         The page of records as JSON, with a C{Server-Timing} header saying how long the
-        registry snapshot, the conversion to dicts and the encoding each took.
+        registry snapshot, the conversion to dicts, the kernel's view (when read) and the
+        encoding each took.
         """
         service = queryParameter(request, "service")
         state = queryParameter(request, "state", (OPEN, CLOSED)) or OPEN
@@ -225,12 +232,30 @@ class Connections(JSONPage):
         selected = perf_counter()
         dicts = registry.asDicts(records)
         converted = perf_counter()
+        timings = {"snapshot": selected - started, "dicts": converted - selected}
+        if state == OPEN and transport != "udp" and records:
+            kernel = self.kernel.forRecords(records, service)
+            if kernel is not None:
+                addTCPInfo(kernel, records, dicts)
+                timings["kernel"] = perf_counter() - converted
+        read = perf_counter()
         body = _json({"connections": dicts, "total": total, "offset": offset,
                       "limit": limit})
-        encoded = perf_counter()
-        request.setHeader(b"server-timing", serverTiming(
-            snapshot=selected - started, dicts=converted - selected, encode=encoded - converted))
+        timings["encode"] = perf_counter() - read
+        request.setHeader(b"server-timing", serverTiming(**timings))
         return body
+
+
+def addTCPInfo(snapshot: KernelSnapshot | FoundSockets, records, dicts: list[dict]) -> None:
+    """
+    Give each of C{dicts} (made from C{records}, in the same order) whose record is a
+    TCP connection found in C{snapshot} its C{tcp}.
+    """
+    for record, result in zip(records, dicts):
+        if record.transport == "tcp":
+            info = snapshot.connectionInfo(record)
+            if info is not None:
+                result["tcp"] = info
 
 
 def serverTiming(**durations: float) -> bytes:
@@ -244,15 +269,25 @@ def serverTiming(**durations: float) -> bytes:
 
 class Listeners(JSONPage):
     """
-    C{GET /api/listeners}: every listener as bound, with its live connections.
+    C{GET /api/listeners}: every listener as bound, with its live connections; on
+    Linux a TCP listener has C{kernel} too (L{KernelSnapshot.listenerInfo}).
     """
 
-    def __init__(self, server):
+    def __init__(self, server, kernel: KernelView | None = None):
         super().__init__()
         self.portServer = server
+        self.kernel = KernelView(server) if kernel is None else kernel
 
     def data(self, request):
-        return {"listeners": self.portServer.listenerStates()}
+        rows = self.portServer.listenerStates()
+        snapshot = self.kernel.forListeners()
+        if snapshot is not None:
+            for row in rows:
+                if row.get("transport") == "tcp":
+                    info = snapshot.listenerInfo(row["host"], row["port"])
+                    if info is not None:
+                        row["kernel"] = info
+        return {"listeners": rows}
 
 
 class Summary(JSONPage):
@@ -265,11 +300,16 @@ class Summary(JSONPage):
     C{config_loaded_at} (Unix time) and C{last_reload} (the outcome of the last reload:
     C{result} C{"applied"} or C{"rejected"}, C{at}, C{generation}, C{errors}, and what an
     applied one changed), with C{reloads}, the counts by result.
+
+    On Linux (when the kernel's view has one of the server's TCP listeners),
+    C{listen_counters}: the host's listen counters (L{KernelView.listenCounters}), and
+    flags from the kernel's view (L{KernelView.flags}).
     """
 
-    def __init__(self, server):
+    def __init__(self, server, kernel: KernelView | None = None):
         super().__init__()
         self.portServer = server
+        self.kernel = KernelView(server) if kernel is None else kernel
 
     def data(self, request):
         server = self.portServer
@@ -283,6 +323,12 @@ class Summary(JSONPage):
         summary["last_reload"] = server.lastReload
         summary["reloads"] = {"applied": server.reloads["applied"],
                               "rejected": server.reloads["rejected"]}
+        snapshot = self.kernel.forListeners()
+        if snapshot is not None:  # Linux, and a listener the kernel knows
+            counters = self.kernel.listenCounters()
+            if counters is not None:
+                summary["listen_counters"] = counters
+            summary["flags"] += self.kernel.flags(snapshot, counters)
         return summary
 
 
@@ -306,9 +352,9 @@ class Metrics(Page):
 
     contentType = CONTENT_TYPE_LATEST
 
-    def __init__(self, server):
+    def __init__(self, server, kernel: KernelView | None = None):
         super().__init__()
-        self.collectors = collectorRegistry(server)
+        self.collectors = collectorRegistry(server, kernel)
 
     def content(self, request) -> bytes:
         return generate_latest(self.collectors)
@@ -317,13 +363,15 @@ class Metrics(Page):
 class Api(Resource):
     """
     C{/api/}: the JSON endpoints; anything else under it, and C{/api} itself, is a JSON 404.
+    C{kernel}: the L{KernelView} they share (default: one of C{server}).
     """
 
-    def __init__(self, server, history: History):
+    def __init__(self, server, history: History, kernel: KernelView | None = None):
         super().__init__()
-        self.putChild(b"connections", Connections(server))
-        self.putChild(b"listeners", Listeners(server))
-        self.putChild(b"summary", Summary(server))
+        kernel = KernelView(server) if kernel is None else kernel
+        self.putChild(b"connections", Connections(server, kernel))
+        self.putChild(b"listeners", Listeners(server, kernel))
+        self.putChild(b"summary", Summary(server, kernel))
         self.putChild(b"history", HistoryPage(history))
 
     def getChild(self, path, request):
@@ -348,8 +396,9 @@ class Root(Resource):
         self.putChild(b"", page)
         self.putChild(b"static", static)
         history = History.forServer(server) if history is None else history
-        self.putChild(b"api", Api(server, history))
-        self.putChild(b"metrics", Metrics(server))
+        kernel = KernelView(server)  # one baseline for the API and the metrics
+        self.putChild(b"api", Api(server, history, kernel))
+        self.putChild(b"metrics", Metrics(server, kernel))
 
     def getChild(self, path, request):
         return NotFound()

@@ -238,6 +238,7 @@ function render() {
   if (!app.data) return;
   renderSummary(app.data.summary);
   renderListeners(app.data.listeners, app.data.summary);
+  renderTCPPath(app.data.listeners);
   renderServiceOptions();
   renderConnections();
   renderClosed(app.data.closed);
@@ -317,6 +318,35 @@ function renderListeners(listeners, summary) {
   }
 }
 
+// The kernel's view (Linux): per TCP listener, the sockets at each step of a connection's
+// path. The section stays hidden when no listener has it.
+function renderTCPPath(listeners) {
+  const known = listeners.filter((l) => l.transport === "tcp" && l.kernel);
+  $.tcpSection.hidden = known.length === 0;
+  const rows = known.map((l) => {
+    const k = l.kernel;
+    const address = endpoint(l.host, l.port);
+    const steps = [["close-wait", k.close_wait], ["fin-wait", k.fin_wait],
+                   ["last-ack", k.last_ack], ["time-wait", k.time_wait]];
+    const teardown = steps.reduce((sum, [, n]) => sum + n, 0);
+    const parts = steps.filter(([, n]) => n > 0).map(([name, n]) => `${name} ${count(n)}`);
+    const filling = k.backlog > 0 && k.accept_queue * 2 > k.backlog;
+    return el("tr", { "data-service": l.service, "data-address": address,
+                      "data-accept-queue": k.accept_queue, "data-time-wait": k.time_wait },
+      el("th", { scope: "row" }, l.service),
+      el("td", { class: "endpoint" }, address),
+      el("td", { class: "num", "data-syn-recv": k.syn_recv }, count(k.syn_recv)),
+      el("td", { class: filling ? "num warn" : "num" },
+         `${count(k.accept_queue)} / ${count(k.backlog)}`),
+      el("td", { class: "num" }, count(l.connections)),
+      el("td", { class: "num", title: parts.join(", ") || "none" }, count(teardown),
+         ...(parts.length ? [" ", el("span", { class: "muted" }, `(${parts.join(", ")})`)]
+           : [])));
+  });
+  $.tcpPath.replaceChildren(...rows);
+  labelCells($.tcpPath.closest("table"));
+}
+
 function renderServiceOptions() {
   const names = new Set(app.data.listeners.map((l) => l.service));
   for (const name of Object.keys(app.data.summary.services || {})) names.add(name);
@@ -352,6 +382,18 @@ function connectionAttributes(c) {
            "data-remote": endpoint(c.remote.host, c.remote.port) };
 }
 
+// The kernel's round-trip time and retransmits of a TCP connection, or dashes.
+function tcpCells(c) {
+  const tcp = c.tcp;
+  if (!tcp || tcp.rtt_ms === undefined) {
+    return [el("td", { class: "num muted" }, "–"), el("td", { class: "num muted" }, "–")];
+  }
+  const rtt = tcp.rtt_ms < 10 ? tcp.rtt_ms.toFixed(3) : tcp.rtt_ms.toFixed(1);
+  return [el("td", { class: "num", "data-rtt": tcp.rtt_ms }, `${rtt} ms`),
+          el("td", { class: tcp.retransmits > 0 ? "num warn" : "num",
+                     "data-retransmits": tcp.retransmits }, count(tcp.retransmits))];
+}
+
 function renderConnections() {
   if (!app.data) return;
   const service = $.serviceFilter.value;
@@ -364,10 +406,11 @@ function renderConnections() {
     el("tr", connectionAttributes(c), ...connectionCells(c),
        el("td", { class: "num" }, duration(now - c.opened)),
        el("td", { class: "num" }, count(c.bytes_in)),
-       el("td", { class: "num" }, count(c.bytes_out))));
+       el("td", { class: "num" }, count(c.bytes_out)),
+       ...tcpCells(c)));
   if (rows.length === 0) {
     const text = all.length ? "No live connection matches the filters." : "No live connections.";
-    rows.push(el("tr", {}, el("td", { colspan: 7, class: "none" }, text)));
+    rows.push(el("tr", {}, el("td", { colspan: 9, class: "none" }, text)));
   }
   $.connections.replaceChildren(...rows);
   labelCells($.connections.closest("table"));
@@ -528,6 +571,8 @@ function start() {
     serviceFilter: document.getElementById("service-filter"),
     addressFilter: document.getElementById("address-filter"),
     connections: document.querySelector("#connections tbody"),
+    tcpSection: document.getElementById("tcp-section"),
+    tcpPath: document.querySelector("#tcp-path tbody"),
     connectionsCount: document.getElementById("connections-count"),
     closed: document.querySelector("#closed tbody"),
     liveChart: document.getElementById("live-chart"),

@@ -1,0 +1,231 @@
+"""
+The accepting port: how a portserver TCP listener accepts connections.
+
+Every TCP listener asks for the longest accept queue the kernel allows (L{BACKLOG}),
+survives running out of file descriptors (L{AcceptingPort}, refusing with
+L{NO_DESCRIPTORS}), and gives its connections a transport class of its own
+(L{ownTransportClass}). L{listenTCP} binds one such listener.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+
+from twisted.internet import tcp
+from twisted.internet.posixbase import PosixReactorBase
+from twisted.logger import Logger
+
+from portserver.transport import FlowControlledTransport, WriteThroughTransport
+
+log = Logger()
+
+# The accept queue of every TCP listener. Twisted's default of 50 overflows under a burst
+# of connections, and an overflowing queue drops SYNs, which clients retry only after a
+# second; like systemd's Backlog= and nginx, ask for the most the kernel allows (it caps
+# this at net.core.somaxconn).
+BACKLOG = socket.SOMAXCONN
+
+
+def ownTransportClass(port) -> None:
+    """
+    Give a listening C{twisted.internet.tcp.Port} a subclass of its transport class of
+    its own, before it accepts anything.
+
+    CPython shares one table of attribute names among the instance dicts of a class, as
+    long as every instance sets its attributes in the same order. Connections of
+    different protocols (echo, an HTTP status request, ...) set them in different
+    orders, and once the shared table no longer fits, every later connection's dict is
+    a full one: about 0.7 KiB more per connection in a server holding three kinds (see
+    bench/README.md). A class per listener keeps each listener's connections alike.
+
+    The class is also where portserver's flow control hooks in
+    (L{FlowControlledTransport}: reading resumes once the output has drained), and where
+    writes go straight to the socket when nothing is buffered
+    (L{WriteThroughTransport}: no epoll round trip for a reply sent in one go).
+    """
+    transport = getattr(port, "transport", None)
+    if isinstance(transport, type):
+        port.transport = type(transport.__name__,
+                              (WriteThroughTransport, FlowControlledTransport, transport), {
+            "__module__": transport.__module__, "__doc__": transport.__doc__})
+
+
+# Refusals for lack of file descriptors (EMFILE: this process; ENFILE: the whole system).
+NO_DESCRIPTORS = "no-descriptors"
+_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class _Reserve:
+    """
+    One spare file descriptor (C{/dev/null}), shared by every listener: out of
+    descriptors, a listener closes it, accepts and closes what waits in its queue (so
+    those clients see a prompt close rather than a hang), and opens it again.
+    """
+
+    fd: int | None = None
+
+    def reserve(self) -> None:
+        if self.fd is None:
+            try:
+                self.fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                pass  # still exhausted: try again next time
+
+    def release(self) -> bool:
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return False
+        os.close(fd)
+        return True
+
+
+_reserve = _Reserve()
+
+
+class AcceptingPort(tcp.Port):
+    """
+    A TCP listening port that survives running out of file descriptors.
+
+    Twisted's C{Port.doRead} logs a failed C{accept} (EMFILE, ENFILE, ...) and returns;
+    the connection stays queued, so the (level-triggered) reactor calls it again at once:
+    a busy loop, logging each time. Here the listener sheds the queue (through the
+    spare descriptor), stops reading, and tries again after a back-off of C{MIN_PAUSE}
+    doubling to C{MAX_PAUSE} seconds; it logs at most once a second, with counts.
+
+    @ivar refused: called with the number of queued connections closed unserved.
+    """
+
+    MIN_PAUSE = 0.1
+    MAX_PAUSE = 1.0
+    LOG_INTERVAL = 1.0
+
+    refused = staticmethod(lambda count: None)
+    description = ""
+    _pause = 0.0
+    _resume = None
+    _lastLog = None
+    _failures = 0  # accepts failed since the last log line
+    _shed = 0  # connections closed unserved since the last log line
+
+    def startListening(self):
+        super().startListening()
+        _reserve.reserve()
+
+    def doRead(self):
+        # As tcp.Port.doRead (accept up to numberAccepts, scaled to traffic), with
+        # descriptor exhaustion handled by _exhausted.
+        accepted = 0
+        try:
+            for _ in range(self.numberAccepts):
+                try:
+                    skt, addr = self.socket.accept()
+                except OSError as e:
+                    if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                        break
+                    if e.errno in (errno.EPERM, errno.ECONNABORTED):
+                        continue  # netfilter refused it, or the client gave up
+                    if e.errno in _EXHAUSTED:
+                        self._exhausted(e.errno)
+                        return
+                    raise
+                accepted += 1
+                if self._pause:
+                    self._recovered()
+                if len(addr) == 4:  # IPv6: keep the scope id
+                    host = socket.getnameinfo(
+                        addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
+                    addr = (host[0], *addr[1:])
+                protocol = self.factory.buildProtocol(self._buildAddr(addr))
+                if protocol is None:
+                    skt.close()
+                    continue
+                s = self.sessionno
+                self.sessionno = s + 1
+                protocol.makeConnection(self.transport(skt, protocol, addr, self, s,
+                                                       self.reactor))
+        except BaseException:
+            log.failure("Accepting on {port} failed", port=self.description)
+        if accepted == self.numberAccepts:
+            self.numberAccepts += 20
+        else:
+            self.numberAccepts = max(1, accepted)
+
+    def _exhausted(self, code: int) -> None:
+        shed = 0
+        if _reserve.release():
+            try:
+                for _ in range(1000):  # bounded: a flood cannot hold the reactor here
+                    try:
+                        skt, _ = self.socket.accept()
+                    except OSError:
+                        break  # the queue is empty (or another thread took the slot)
+                    skt.close()
+                    shed += 1
+            finally:
+                _reserve.reserve()
+        if shed:
+            self.refused(shed)
+        self._failures += 1
+        self._shed += shed
+        self._pause = min(max(self._pause * 2, self.MIN_PAUSE), self.MAX_PAUSE)
+        now = self.reactor.seconds()
+        if self._lastLog is None or now - self._lastLog >= self.LOG_INTERVAL:
+            log.warn("Out of file descriptors ({error}) on {port}: {failures} failed "
+                     "accept(s), {shed} queued connection(s) closed unserved since the last "
+                     "report; accepting again in {pause:.1f}s",
+                     error=errno.errorcode.get(code, code), port=self.description,
+                     failures=self._failures, shed=self._shed, pause=self._pause)
+            self._lastLog, self._failures, self._shed = now, 0, 0
+        self.stopReading()
+        self._resume = self.reactor.callLater(self._pause, self._resumeReading)
+
+    def _resumeReading(self) -> None:
+        self._resume = None
+        if self.connected and not self.disconnecting:
+            self.startReading()
+
+    def _recovered(self) -> None:
+        log.info("Descriptors available again on {port}: accepting ({failures} failed "
+                 "accept(s), {shed} connection(s) closed unserved since the last report)",
+                 port=self.description, failures=self._failures, shed=self._shed)
+        self._pause, self._lastLog, self._failures, self._shed = 0.0, None, 0, 0
+
+    def connectionLost(self, reason):
+        if self._resume is not None and self._resume.active():
+            self._resume.cancel()
+        self._resume = None
+        super().connectionLost(reason)
+
+
+def _stockListenTCP(reactor) -> bool:
+    """
+    Whether C{reactor.listenTCP} is Twisted's posix one (C{tcp.Port(...).startListening()}),
+    which L{AcceptingPort} can stand in for; not a test's memory reactor.
+    """
+    return (isinstance(reactor, PosixReactorBase)
+            and type(reactor).listenTCP is PosixReactorBase.listenTCP)
+
+
+def listenTCP(reactor, port: int, factory, interface: str, description: str,
+              refused) -> tcp.Port:
+    """
+    Listen on TCP C{port} of C{interface} with C{factory}, with a queue of L{BACKLOG}
+    and a transport class of the port's own (L{ownTransportClass}); on Twisted's posix
+    reactors, through an L{AcceptingPort} described (in its log lines) by
+    C{description}, which calls C{refused} with the number of queued connections it
+    closes unserved for lack of descriptors.
+
+    @return: the listening port.
+    @raise CannotListenError: when the OS refuses.
+    """
+    if _stockListenTCP(reactor):
+        listening = AcceptingPort(port, factory, BACKLOG, interface, reactor)
+        listening.description = description
+        listening.refused = refused
+        listening.startListening()
+    else:
+        listening = reactor.listenTCP(port, factory, backlog=BACKLOG, interface=interface)
+    ownTransportClass(listening)
+    return listening
