@@ -30,7 +30,6 @@ import resource
 import selectors
 import socket
 import statistics
-import struct
 import sys
 import tempfile
 import time
@@ -76,7 +75,8 @@ def timed(function, rounds: int) -> tuple[float, object]:
     return statistics.median(samples), result
 
 
-def loopbackPairs(count: int) -> tuple[socket.socket, list[socket.socket], list[socket.socket]]:
+def loopbackPairs(count: int) -> tuple[socket.socket, list[socket.socket],
+                                       list[socket.socket]]:
     """
     A listening socket on 127.0.0.1 and C{count} connections to it: the clients and the
     accepted sockets. Connects are non-blocking, a batch at a time, accepted as they come.

@@ -36,15 +36,14 @@ class DatagramTransport:
     the datagram being delivered).
     """
 
-    __slots__ = ("port", "tracking", "_write")
+    __slots__ = ("port", "tracking")
 
     def __init__(self, port, tracking: TrackingDatagram):
         self.port = port
         self.tracking = tracking
-        self._write = port.write
 
     def write(self, datagram: bytes, addr=None):
-        result = self._write(datagram, addr)
+        result = self.port.write(datagram, addr)
         tracking = self.tracking
         if addr is tracking.lastSource and tracking.lastFlow.closed is None:
             record = tracking.lastFlow

@@ -343,8 +343,8 @@ class KernelView:
         The sockets of C{records} (a page of live registry records of C{service}, or of
         every service) with C{tcp_info}, whichever way costs less: looked up one by one
         when the page is small (one batch of lookups) or a small share of the live
-        connections (L{LOOKUP_SHARE}), else from one dump (L{forConnections}). L{None} without the kernel's view (no TCP
-        listener the kernel knows, or not Linux).
+        connections (L{LOOKUP_SHARE}), else from one dump (L{forConnections}). L{None}
+        without the kernel's view (no TCP listener the kernel knows, or not Linux).
         """
         tcp = [r for r in records if r.transport == "tcp"]
         if not tcp or not self.findListeners(self.server):

@@ -14,10 +14,11 @@ from twisted.logger import Logger
 
 from portserver import udp
 from portserver.accepting import NO_DESCRIPTORS, listenTCP
+from portserver.datagrams import TrackingDatagram
 from portserver.plan import Listener
 from portserver.registry import CLOSED, Registry
 from portserver.startup import BindingService, StartupError, bindFailureMessage
-from portserver.tracking import TrackingDatagram, TrackingFactory
+from portserver.tracking import TrackingFactory
 
 log = Logger()
 

@@ -337,7 +337,8 @@ class Registry:
         """
         record.lastSeen = now
         try:
-            self._flows.move_to_end((record.service, record.remote))
+            # (An (ip, port) tuple is the same key as the Endpoint record.remote makes.)
+            self._flows.move_to_end((record.service, (record.remoteHost, record.remotePort)))
         except KeyError:
             pass  # closed meanwhile (by the plugin's own doing)
 
@@ -346,6 +347,20 @@ class Registry:
         The live flow of C{service} with C{remote}, if any.
         """
         return self._flows.get((service, remote))
+
+    def seenFlow(self, service: str, remote: Endpoint, now: float) -> ConnectionRecord | None:
+        """
+        The live flow of C{service} with C{remote} (an L{Endpoint} or an equal (ip, port)
+        tuple), if any, marked as L{seen} at C{now}: what a datagram of a known flow
+        needs, in one look-up.
+        """
+        key = (service, remote)
+        flows = self._flows
+        record = flows.get(key)
+        if record is not None:
+            record.lastSeen = now
+            flows.move_to_end(key)
+        return record
 
     def expireFlows(self) -> int:
         """

@@ -73,7 +73,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
     ITCPTransport,
 )
-from twisted.internet.protocol import DatagramProtocol, Protocol, ServerFactory
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -81,7 +81,6 @@ from zope.interface import implementer
 from portserver.interfaces import ITrackedTransport
 from portserver.limits import Limits
 from portserver.ratelog import RepeatedErrors, causeOf
-from portserver.udpguard import LOOP, RATE, isLoopSource
 from portserver.registry import (
     ABORTED,
     CLIENT_CLOSED,
@@ -156,9 +155,209 @@ def endpointOf(address) -> Endpoint:
     return Endpoint(hostOf(address.host), address.port)
 
 
+class ConnectionTracking:
+    """
+    What portserver does for every TCP connection, whoever carries it: the registry
+    record, the limits (timeouts, output cap, flow control), fault isolation and
+    admission release. Two classes provide it: portserver's own transport
+    (L{portserver.transport.TrackedTransport}, every connection a portserver listener
+    accepts), and L{Tracker}, a wrapper protocol for transports that are not
+    portserver's (another reactor's, an in-memory test transport).
+
+    A provider has the attributes C{factory} (the L{TrackingFactory}), C{record},
+    C{closer}, C{timer}, C{lastActive}, C{deadlineAt}, C{admitted} and C{paused}
+    (see L{Tracker}), and the operations on the connection underneath:
+    C{_loseBelow}, C{_abortBelow}, C{_pauseBelow}, C{_resumeBelow}, C{_unsent},
+    C{_isOpen} (open, no close begun), C{_isLost} and C{_closing} (a close begins).
+    """
+
+    __slots__ = ()
+
+    def closeReason(self, reason) -> str:
+        """
+        Why the connection ended, from Twisted's reason and who asked to close.
+        """
+        closer = self.closer
+        if closer in VERDICTS:
+            return closer
+        if self.factory.registry.shuttingDown:
+            return SHUTDOWN
+        if closer is not None and closer != SERVER_CLOSED:
+            return closer
+        # issubclass, not Failure.check, which formats qualified names on every call.
+        kind = reason.type
+        if issubclass(kind, ConnectionAborted):
+            return ABORTED
+        if issubclass(kind, ConnectionDone):
+            return closer or CLIENT_CLOSED
+        if issubclass(kind, ConnectionLost):
+            return RESET
+        return ERROR
+
+    # -- limits and failures ------------------------------------------------------------------
+
+    def _startTimer(self) -> None:
+        factory = self.factory
+        now = factory.clock.seconds()
+        due = None
+        if factory.idleTimeout is not None:
+            self.lastActive = now
+            due = factory.idleTimeout
+        if factory.deadline is not None:
+            self.deadlineAt = now + factory.deadline
+            due = factory.deadline if due is None else min(due, factory.deadline)
+        self.timer = factory.clock.callLater(due, self._checkTimeouts)
+
+    def _checkTimeouts(self) -> None:
+        """
+        The timeout call fired: close for the limit that has passed, or call again when
+        the next one is due (activity since the call was made moved the idle one on).
+        """
+        self.timer = None
+        factory = self.factory
+        now = factory.clock.seconds()
+        due = None
+        if factory.deadline is not None:
+            due = self.deadlineAt - now
+            if due <= _SLACK:
+                return self.closeForLimit(DEADLINE)
+        if factory.idleTimeout is not None:
+            idle = self.lastActive + factory.idleTimeout - now
+            if idle <= _SLACK:
+                return self.closeForLimit(IDLE_TIMEOUT)
+            due = idle if due is None else min(due, idle)
+        self.timer = factory.clock.callLater(due, self._checkTimeouts)
+
+    def _closeWithin(self, grace: float) -> None:
+        """
+        A close has begun: abort the connection if it is not gone after C{grace}.
+        """
+        self._closing()
+        timer = self.timer
+        if timer is not None and timer.active():
+            timer.cancel()
+        self.timer = self.factory.clock.callLater(grace, self._graceOver)
+
+    def _graceOver(self) -> None:
+        self.timer = None
+        if self.closer not in VERDICTS:
+            self.closer = CLOSE_TIMEOUT  # the plugin's own close did not complete
+        self._abortBelow()
+
+    def closeForLimit(self, reason: str) -> bool:
+        """
+        Close the connection for C{reason} (a limit): C{loseConnection}, then
+        C{abortConnection} if it is not gone within the service's close grace.
+
+        @return: whether this began a close (the connection was open).
+        """
+        if not self._isOpen():
+            return False
+        self.closer = reason
+        self._closeWithin(self.factory.closeGrace)
+        self._loseBelow()
+        return True
+
+    def _overCap(self) -> None:
+        if self._isLost() or self.closer == OUTPUT_CAP:
+            return
+        self.closer = OUTPUT_CAP
+        self._abortBelow()
+
+    def _logFailure(self, where: str) -> None:
+        """
+        Log the exception being handled, raised by the plugin's protocol in C{where}:
+        with its traceback at most once per cause per interval (L{RepeatedErrors}), so a
+        plugin that fails on every connection does not flood the log.
+        """
+        factory = self.factory
+        record = self.record
+        failure = Failure()
+        factory.errors.failure(
+            causeOf(failure, where), "Service {service} ({protocol}): the plugin's {where} "
+            "failed on connection {remote} -> {local}", failure,
+            service=factory.service, protocol=factory.protocolName,
+            where=where, remote=str(record.remote) if record is not None else "?",
+            local=str(record.local) if record is not None else "?",
+            connection=record.id if record is not None else None)
+
+    def _pluginFailed(self, where: str) -> None:
+        """
+        The plugin's protocol raised in C{where}: log it (once per connection) and abort
+        this connection only.
+        """
+        if self.closer != PLUGIN_ERROR:
+            self._logFailure(where)
+            self.closer = PLUGIN_ERROR
+        if not self._isLost():
+            self._abortBelow()
+
+    def _wrote(self) -> None:
+        """
+        After a write: the connection was active, and its output may be over the cap.
+        """
+        factory = self.factory
+        if factory.idleTimeout is not None:
+            self.lastActive = factory.clock.seconds()
+        unsent = self._unsent()
+        if unsent > factory.highWater:
+            cap = factory.maxOutput
+            if cap is not None and unsent > cap:
+                self._overCap()
+            elif not self.paused & PAUSED_FLOW:
+                self._pauseReading(PAUSED_FLOW)
+
+    def _pauseReading(self, why: int) -> None:
+        if not self.paused:
+            self._pauseBelow()
+        self.paused |= why
+
+    def _resumeReading(self, why: int) -> None:
+        paused = self.paused
+        if paused & why:
+            self.paused = paused = paused & ~why
+            if not paused and self._isOpen():
+                self._resumeBelow()
+
+    def drained(self, unsent: int) -> None:
+        """
+        The transport wrote some of its buffer and has C{unsent} bytes left: below the
+        low-water mark, reading paused for flow control resumes.
+        """
+        if unsent <= LOW_WATER:
+            self._resumeReading(PAUSED_FLOW)
+
+    def openOutbound(self, local, remote):
+        return self.factory.registry.openOutbound(
+            self.record, Endpoint(hostOf(local[0]), local[1]),
+            Endpoint(hostOf(remote[0]), remote[1]))
+
+    def closeOutbound(self, record, reason: str) -> None:
+        self.factory.registry.close(record, reason)
+
+    def _release(self, reason) -> None:
+        """
+        The connection is gone: close its record for C{reason} and release its
+        admission.
+        """
+        if self.record is not None:
+            self.factory.registry.close(self.record, self.closeReason(reason))
+        host = self.admitted
+        if host is not None:
+            self.admitted = None
+            self.factory.admission.release(host)
+
+    def _stopTimer(self) -> None:
+        timer = self.timer
+        if timer is not None:
+            self.timer = None  # also breaks the connection -> call -> bound method cycle
+            if timer.active():
+                timer.cancel()
+
+
 @implementer(IProtocol, ILoggingContext, ITCPTransport, IConsumer, IPushProducer,
              ITrackedTransport)
-class Tracker:
+class Tracker(ConnectionTracking):
     """
     Sits between a TCP transport and a plugin's protocol: to the transport it is the
     protocol, to the plugin's protocol it is the transport.
@@ -226,11 +425,7 @@ class Tracker:
 
     def connectionLost(self, reason) -> None:
         self.connected = _LOST
-        timer = self.timer
-        if timer is not None:
-            self.timer = None  # also breaks the tracker -> call -> bound method cycle
-            if timer.active():
-                timer.cancel()
+        self._stopTimer()
         wrapped, self.wrapped = self.wrapped, None
         try:
             if wrapped is not None:
@@ -238,131 +433,33 @@ class Tracker:
         except Exception:
             self._logFailure("connectionLost")
         finally:
-            if self.record is not None:
-                self.factory.registry.close(self.record, self.closeReason(reason))
-            host = self.admitted
-            if host is not None:
-                self.admitted = None
-                self.factory.admission.release(host)
+            self._release(reason)
 
-    def closeReason(self, reason) -> str:
-        """
-        Why the connection ended, from Twisted's reason and who asked to close.
-        """
-        closer = self.closer
-        if closer in VERDICTS:
-            return closer
-        if self.factory.registry.shuttingDown:
-            return SHUTDOWN
-        if closer is not None and closer != SERVER_CLOSED:
-            return closer
-        # issubclass, not Failure.check, which formats qualified names on every call.
-        kind = reason.type
-        if issubclass(kind, ConnectionAborted):
-            return ABORTED
-        if issubclass(kind, ConnectionDone):
-            return closer or CLIENT_CLOSED
-        if issubclass(kind, ConnectionLost):
-            return RESET
-        return ERROR
+    # -- the connection underneath ------------------------------------------------------
 
-    # -- limits and failures ------------------------------------------------------------------
-
-    def _startTimer(self) -> None:
-        factory = self.factory
-        now = factory.clock.seconds()
-        due = None
-        if factory.idleTimeout is not None:
-            self.lastActive = now
-            due = factory.idleTimeout
-        if factory.deadline is not None:
-            self.deadlineAt = now + factory.deadline
-            due = factory.deadline if due is None else min(due, factory.deadline)
-        self.timer = factory.clock.callLater(due, self._checkTimeouts)
-
-    def _checkTimeouts(self) -> None:
-        """
-        The timeout call fired: close for the limit that has passed, or call again when
-        the next one is due (activity since the call was made moved the idle one on).
-        """
-        self.timer = None
-        factory = self.factory
-        now = factory.clock.seconds()
-        due = None
-        if factory.deadline is not None:
-            due = self.deadlineAt - now
-            if due <= _SLACK:
-                return self.closeForLimit(DEADLINE)
-        if factory.idleTimeout is not None:
-            idle = self.lastActive + factory.idleTimeout - now
-            if idle <= _SLACK:
-                return self.closeForLimit(IDLE_TIMEOUT)
-            due = idle if due is None else min(due, idle)
-        self.timer = factory.clock.callLater(due, self._checkTimeouts)
-
-    def _closeWithin(self, grace: float) -> None:
-        """
-        A close has begun: abort the connection if it is not gone after C{grace}.
-        """
-        self.connected = _CLOSING
-        timer = self.timer
-        if timer is not None and timer.active():
-            timer.cancel()
-        self.timer = self.factory.clock.callLater(grace, self._graceOver)
-
-    def _graceOver(self) -> None:
-        self.timer = None
-        if self.closer not in VERDICTS:
-            self.closer = CLOSE_TIMEOUT  # the plugin's own close did not complete
-        self.transport.abortConnection()
-
-    def closeForLimit(self, reason: str) -> bool:
-        """
-        Close the connection for C{reason} (a limit): C{loseConnection}, then
-        C{abortConnection} if it is not gone within the service's close grace.
-
-        @return: whether this began a close (the connection was open).
-        """
-        if self.connected != _OPEN:
-            return False
-        self.closer = reason
-        self._closeWithin(self.factory.closeGrace)
+    def _loseBelow(self) -> None:
         self.transport.loseConnection()
-        return True
 
-    def _overCap(self) -> None:
-        if self.connected == _LOST or self.closer == OUTPUT_CAP:
-            return
-        self.closer = OUTPUT_CAP
+    def _abortBelow(self) -> None:
         self.transport.abortConnection()
 
-    def _logFailure(self, where: str) -> None:
-        """
-        Log the exception being handled, raised by the plugin's protocol in C{where}:
-        with its traceback at most once per cause per interval (L{RepeatedErrors}), so a
-        plugin that fails on every connection does not flood the log.
-        """
-        factory = self.factory
-        record = self.record
-        failure = Failure()
-        factory.errors.failure(
-            causeOf(failure, where), "Service {service} ({protocol}): the plugin's {where} "
-            "failed on connection {remote} -> {local}", failure,
-            service=factory.service, protocol=factory.protocolName,
-            where=where, remote=str(record.remote) if record is not None else "?",
-            local=str(record.local) if record is not None else "?",
-            connection=record.id if record is not None else None)
+    def _pauseBelow(self) -> None:
+        self.transport.pauseProducing()
 
-    def _pluginFailed(self, where: str) -> None:
-        """
-        The plugin's protocol raised in C{where}: log it (once per connection) and abort
-        this connection only.
-        """
-        if self.closer != PLUGIN_ERROR:
-            self._logFailure(where)
-            self.closer = PLUGIN_ERROR
-        if self.connected != _LOST:
-            self.transport.abortConnection()
+    def _resumeBelow(self) -> None:
+        self.transport.resumeProducing()
+
+    def _unsent(self) -> int:
+        return unsentBytes(self.transport)
+
+    def _isOpen(self) -> bool:
+        return self.connected == _OPEN
+
+    def _isLost(self) -> bool:
+        return self.connected == _LOST
+
+    def _closing(self) -> None:
+        self.connected = _CLOSING
 
     # -- the transport side (called by the plugin's protocol) -------------------------------
 
@@ -380,41 +477,6 @@ class Tracker:
         self.transport.writeSequence(data)
         self._wrote()
 
-    def _wrote(self) -> None:
-        """
-        After a write: the connection was active, and its output may be over the cap.
-        """
-        factory = self.factory
-        if factory.idleTimeout is not None:
-            self.lastActive = factory.clock.seconds()
-        unsent = unsentBytes(self.transport)
-        if unsent > factory.highWater:
-            cap = factory.maxOutput
-            if cap is not None and unsent > cap:
-                self._overCap()
-            elif not self.paused & PAUSED_FLOW:
-                self._pauseReading(PAUSED_FLOW)
-
-    def _pauseReading(self, why: int) -> None:
-        if not self.paused:
-            self.transport.pauseProducing()
-        self.paused |= why
-
-    def _resumeReading(self, why: int) -> None:
-        paused = self.paused
-        if paused & why:
-            self.paused = paused = paused & ~why
-            if not paused and self.connected == _OPEN:
-                self.transport.resumeProducing()
-
-    def drained(self, unsent: int) -> None:
-        """
-        The transport wrote some of its buffer and has C{unsent} bytes left: below the
-        low-water mark, reading paused for flow control resumes.
-        """
-        if unsent <= LOW_WATER:
-            self._resumeReading(PAUSED_FLOW)
-
     def loseConnection(self) -> None:
         if self.closer is None:
             self.closer = SERVER_CLOSED
@@ -429,14 +491,6 @@ class Tracker:
 
     def getPeer(self):
         return self.transport.getPeer()
-
-    def openOutbound(self, local, remote):
-        return self.factory.registry.openOutbound(
-            self.record, Endpoint(hostOf(local[0]), local[1]),
-            Endpoint(hostOf(remote[0]), remote[1]))
-
-    def closeOutbound(self, record, reason: str) -> None:
-        self.factory.registry.close(record, reason)
 
     def getHost(self):
         return self.transport.getHost()
@@ -659,124 +713,3 @@ class TrackingFactory(_Wrapping, ServerFactory):
         if not banner:
             return None
         return Refusal(banner, self.clock, self.closeGrace)
-
-
-class DatagramTransport:
-    """
-    What a tracked datagram protocol sees as its transport: the UDP port, with writes
-    counted on the flow of the address written to.
-    """
-
-    __slots__ = ("port", "tracking")
-
-    def __init__(self, port, tracking: "TrackingDatagram"):
-        self.port = port
-        self.tracking = tracking
-
-    def write(self, datagram: bytes, addr=None):
-        result = self.port.write(datagram, addr)
-        if addr is not None:
-            record = self.tracking.flowFor(addr)
-            record.datagramsOut += 1
-            record.bytesOut += len(datagram)
-        return result
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(object.__getattribute__(self, "port"), name)
-
-
-class TrackingDatagram(_Wrapping, DatagramProtocol):
-    """
-    Wraps a plugin's datagram protocol: one flow per remote endpoint in the registry.
-
-    @ivar admission: the service's admission, whose access rules (only: the connection
-        limits mean nothing without connections) apply to each datagram: one from a
-        denied peer is dropped before the plugin or the registry sees it, and counted
-        as refused ("denied"); and whose per-source reply rate
-        (C{limits.udp_rate_per_source}) drops the datagrams past it ("rate").
-
-    A datagram from a source port that could be a server's (L{portserver.udpguard}:
-    0, the classic ports, the registry's C{ownPorts}) is dropped first ("loop").
-    """
-
-    admission = None
-    errors = None  # a RepeatedErrors, made at the first failure: one traceback per 10 s
-
-    def makeConnection(self, transport) -> None:
-        super().makeConnection(transport)
-        self.wrapped.makeConnection(DatagramTransport(transport, self))
-
-    def doStop(self) -> None:
-        super().doStop()
-        self.wrapped.doStop()
-
-    def replace(self, wrapped, service: str, protocolName: str, admission=None) -> None:
-        """
-        Hand the datagrams from now on to C{wrapped} (a reload's new plugin protocol,
-        for C{service}, with C{admission}); the one replaced is stopped.
-        """
-        old = self.wrapped
-        self.wrapped, self.service, self.protocolName = wrapped, service, protocolName
-        self.admission = admission
-        if self.transport is not None:
-            wrapped.makeConnection(DatagramTransport(self.transport, self))
-            old.doStop()
-
-    def flowFor(self, addr):
-        # An (ip, port) tuple equals and hashes as the Endpoint made of it: look up the
-        # address as given first, and make an Endpoint only for a new flow (or a mapped
-        # IPv4 address).
-        record = self.registry.knownFlow(self.service, addr)
-        if record is not None:
-            return record
-        remote = Endpoint(hostOf(addr[0]), addr[1])
-        record = self.registry.knownFlow(self.service, remote)
-        if record is None:
-            destination = getattr(self.transport, "destination", None)
-            host = self.transport.getHost()
-            local = Endpoint(hostOf(destination or host.host), host.port)
-            record = self.registry.flow(self.service, self.protocolName, local, remote)
-        return record
-
-    def _refuse(self, reason: str, host: str) -> None:
-        admission = self.admission
-        if admission is not None:
-            admission.refuseDatagram(reason, hostOf(host))
-        else:
-            self.registry.refuse(self.service, reason)
-
-    def datagramReceived(self, data: bytes, addr) -> None:
-        if isLoopSource(addr[1], self.registry.ownPorts):
-            self._refuse(LOOP, addr[0])
-            return
-        admission = self.admission
-        if admission is not None:
-            if not admission.allows(addr[0]):
-                admission.deny(hostOf(addr[0]))
-                return
-            replyRate = admission.replyRate
-            if replyRate is not None and not replyRate.allow(addr[0]):
-                self._refuse(RATE, addr[0])
-                return
-        record = self.flowFor(addr)
-        self.registry.seen(record, self.registry.clock.seconds())
-        record.datagramsIn += 1
-        record.bytesIn += len(data)
-        try:
-            self.wrapped.datagramReceived(data, addr)
-        except Exception:
-            failure = Failure()
-            errors = self.errors
-            if errors is None:
-                errors = self.errors = RepeatedErrors(log, self.registry.clock)
-            errors.failure(causeOf(failure, "datagramReceived"),
-                           "Service {service} ({protocol}): the plugin's datagramReceived "
-                           "failed on a datagram from {remote} -> {local}", failure,
-                           service=self.service, protocol=self.protocolName,
-                           remote=str(record.remote), local=str(record.local),
-                           connection=record.id)
-
-    def connectionRefused(self) -> None:
-        self.wrapped.connectionRefused()

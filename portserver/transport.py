@@ -1,6 +1,6 @@
 """
 portserver's TCP transport: what is mixed into the transport class of every connection
-a portserver listener accepts (L{portserver.service.ownTransportClass}).
+a portserver listener accepts (L{portserver.accepting.ownTransportClass}).
 
  - L{FlowControlledTransport} tells a connection's L{portserver.tracking.Tracker} when
    its buffered output has drained, so that reading paused for flow control resumes.
@@ -11,7 +11,7 @@ Twisted never sends inside C{write()}: it buffers the data, asks epoll for writa
 (C{epoll_ctl}), waits a loop iteration, sends, then asks epoll to stop watching
 (C{epoll_ctl} again). asyncio tries C{send()} at once and buffers only what the kernel
 does not take. L{WriteThroughTransport}, mixed into the transport class of every
-connection a portserver TCP listener accepts (L{portserver.service.ownTransportClass}),
+connection a portserver TCP listener accepts (L{portserver.accepting.ownTransportClass}),
 does the same: a write with nothing buffered before it is sent at once; the rest of a
 partial send, and every write while something is buffered, takes Twisted's path. What a
 protocol writes while it handles received data (in C{dataReceived}) waits in Twisted's
@@ -45,7 +45,7 @@ _RETRY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ENOBUFS)
 class FlowControlledTransport:
     """
     Mixed into the transport class of every connection a portserver TCP listener
-    accepts (see L{portserver.service.ownTransportClass}): after each write to the
+    accepts (see L{portserver.accepting.ownTransportClass}): after each write to the
     socket, a L{Tracker} whose reading is paused for flow control learns how much is
     left unsent. C{doWrite} runs only while output is buffered, so the common path (a
     write the kernel takes at once) costs nothing more.

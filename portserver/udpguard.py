@@ -41,6 +41,14 @@ def isLoopSource(port: int, ownPorts) -> bool:
     return port == 0 or port in CLASSIC_PORTS or port in ownPorts
 
 
+def loopPorts(ownPorts) -> frozenset[int]:
+    """
+    Every source port L{isLoopSource} refuses with C{ownPorts}, as one set: a datagram
+    is then checked with one look-up.
+    """
+    return frozenset({0}) | CLASSIC_PORTS | frozenset(ownPorts)
+
+
 class ReplyRate:
     """
     A token bucket per source address: C{rate} datagrams a second, bursts of C{burst}
@@ -55,11 +63,13 @@ class ReplyRate:
         self.maxSources = maxSources
         self._buckets: OrderedDict[str, list] = OrderedDict()
 
-    def allow(self, source: str) -> bool:
+    def allow(self, source: str, now: float | None = None) -> bool:
         """
-        Take a token of C{source}'s bucket, if it has one.
+        Take a token of C{source}'s bucket, if it has one; C{now}: the clock's time, when
+        the caller has just read it.
         """
-        now = self.clock.seconds()
+        if now is None:
+            now = self.clock.seconds()
         buckets = self._buckets
         bucket = buckets.get(source)
         if bucket is None:

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from portserver.datagrams import TrackingDatagram
 from portserver.limits import Limits
 from portserver.listeners import ListenerService
 from portserver.plan import planListeners
@@ -40,7 +41,6 @@ from portserver.tracking import (
     OUTPUT_CAP,
     PLUGIN_ERROR,
     Refusal,
-    TrackingDatagram,
     TrackingFactory,
     unsentBytes,
 )

@@ -17,14 +17,12 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 
 import attrs
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor, task
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web.client import Agent, readBody
@@ -52,6 +50,7 @@ from portserver.status import cli, tcptext
 from portserver.status.metrics import collectorRegistry
 from portserver.status.web import Connections, Listeners, StatusService, Summary
 from tests.support import PortReactor, makePlan, spec
+from tests.test_browser import BrowserTestCase
 from tests.test_sockdiag import tcpInfo
 
 DEADLINE = 10  # seconds a real-network step may take on a loaded machine
@@ -240,7 +239,7 @@ def view(sockets=SOCKETS, counters=None, server=None, found=None, **kwargs) -> K
         calls.append(("lookup", tuple(endpoints)))
         return found(endpoints) if found else [None] * len(endpoints)
 
-    result = KernelView(server or Server(), dump=dump, lookup=lookup,
+    result = KernelView(Server() if server is None else server, dump=dump, lookup=lookup,
                         readCounters=lambda: readings.pop(0) if len(readings) > 1
                         else readings[0],
                         findListeners=lambda server: LISTENERS, **kwargs)
@@ -393,16 +392,15 @@ class SurfaceTests(SynchronousTestCase):
     def setUp(self):
         reactor = PortReactor()
         self.server = PortServer(makePlan(
-            spec("echo", port=7, transports=("tcp", "udp")), spec("web", "echo", port=8080,
-                                                                  interface="::")),
-            reactor)
+            spec("echo", port=7), spec("flows", "echo", port=0, transports=("udp",)),
+            spec("web", "echo", port=8080, interface="::")), reactor)
         self.server.privilegedStartService()
         registry = self.server.registry
         registry.open("echo", "echo", "tcp", Endpoint("127.0.0.1", 7),
                       Endpoint("127.0.0.2", 5000))
         registry.open("echo", "echo", "tcp", Endpoint("127.0.0.1", 7),
                       Endpoint("127.0.0.2", 4999))
-        registry.flow("echo", "echo", Endpoint("127.0.0.1", 7), Endpoint("127.0.0.2", 5000))
+        registry.flow("flows", "echo", Endpoint("127.0.0.1", 7), Endpoint("127.0.0.2", 5000))
         snapshot = KernelSnapshot(SOCKETS, LISTENERS)
 
         def found(endpoints):
@@ -430,7 +428,7 @@ class SurfaceTests(SynchronousTestCase):
         kernels = [(r["service"], r["transport"], r.get("kernel")) for r in rows]
         self.assertEqual(kernels, [
             ("echo", "tcp", KernelSnapshot(SOCKETS, LISTENERS).listenerInfo("127.0.0.1", 7)),
-            ("echo", "udp", None),
+            ("flows", "udp", None),
             ("web", "tcp", KernelSnapshot(SOCKETS, LISTENERS).listenerInfo("::", 8080))])
 
     def test_summary(self):
@@ -453,8 +451,8 @@ class SurfaceTests(SynchronousTestCase):
         self.assertNotIn("kernel", render(Listeners(self.server, self.view))["listeners"][0])
         self.assertNotIn("listen_counters", render(Summary(self.server, self.view)))
         text = generate_latest(collectorRegistry(self.server, self.view)).decode()
-        self.assertNotIn("portserver_listen", text)
-        self.assertNotIn("portserver_tcp", text)
+        for name in ("portserver_listen_", "portserver_tcp_"):
+            self.assertNotIn(name, text)
 
     def test_metrics(self):
         """
@@ -611,6 +609,25 @@ class KernelCheckTests(TestCase):
         return client
 
     @inlineCallbacks
+    def receive(self, client: socket.socket, count: int = 1 << 20):
+        """
+        Read C{count} bytes from C{client}, or up to its end, without blocking the
+        reactor (the server runs on it): the bytes.
+        """
+        client.setblocking(False)
+        received = []
+
+        def more():
+            try:
+                chunk = client.recv(count - sum(map(len, received)))
+            except BlockingIOError:
+                return False
+            received.append(chunk)
+            return not chunk or sum(map(len, received)) >= count
+        yield self.waitFor(more, f"{count} bytes or the end from the server")
+        return b"".join(received)
+
+    @inlineCallbacks
     def get(self, path: str):
         url = f"http://127.0.0.1:{self.status.address.port}{path}"
         response = yield Agent(reactor).request(b"GET", url.encode("ascii")).addTimeout(
@@ -682,8 +699,7 @@ class KernelCheckTests(TestCase):
         port = self.server.addressOf("daytime").port
         for _ in range(3):
             client = self.client(port)
-            while client.recv(100):  # the time, then the server's FIN
-                pass
+            yield self.receive(client)  # the time, then the server's FIN
             client.close()
 
         def counted():
@@ -703,7 +719,7 @@ class KernelCheckTests(TestCase):
         port = self.server.addressOf("echo").port
         client = self.client(port)
         client.sendall(b"ping")
-        self.assertEqual(client.recv(4), b"ping")
+        self.assertEqual((yield self.receive(client, 4)), b"ping")
         [record] = (yield self.get("/api/connections"))["connections"]
         self.assertEqual(record["remote"]["port"], client.getsockname()[1])
         tcp = record["tcp"]
@@ -721,8 +737,7 @@ class KernelCheckTests(TestCase):
         port = self.server.addressOf("echo").port
         client = self.client(port, receiveBuffer=4096)
         client.sendall(b"x")
-        self.assertEqual(client.recv(1), b"x")
-        client.setblocking(False)
+        self.assertEqual((yield self.receive(client, 1)), b"x")
         seen = []
 
         @inlineCallbacks
@@ -741,3 +756,40 @@ class KernelCheckTests(TestCase):
         yield self.waitFor(piledUp, "16 KiB in the server's send queue")
         self.assertGreater(seen[-1], 0)
         self.assertEqual(seen, sorted(seen))
+
+
+class PageTests(BrowserTestCase):
+    """
+    The kernel's view on the status page, in a real browser (L{tests.test_browser}).
+    """
+
+    if NETLINK:
+        skip = NETLINK
+
+    def test_pathAndRTT(self):
+        """
+        Each TCP listener has its row in the kernel's view, with its established count;
+        a live TCP connection shows its RTT (above 0) and its retransmits, a UDP flow
+        dashes.
+        """
+        page = self.open()
+        echo = self.server.echo
+        client, source = self.connect(echo)
+        client.sendall(b"hello")
+        self.assertEqual(client.recv(100), b"hello")
+        self.connect(echo, "udp")
+        self.waitFor(page, """(address) => {
+            const row = document.querySelector(`#tcp-path tr[data-address="${address}"]`);
+            return row !== null && row.dataset.service === "echo" &&
+                row.cells[4].textContent === "1";
+        }""", f"127.0.0.1:{echo}", "the echo listener's path, one established")
+        self.waitFor(page, """(remote) => {
+            const row = document.querySelector(`#connections tr[data-remote="${remote}"]`);
+            const rtt = row && row.querySelector("td[data-rtt]");
+            return rtt !== null && Number(rtt.dataset.rtt) > 0 &&
+                row.querySelector("td[data-retransmits]").textContent === "0";
+        }""", f"127.0.0.1:{source}", "the connection's RTT and retransmits")
+        self.assertFalse(page.is_hidden("#tcp-section"))
+        cells = page.evaluate("""() => [...document.querySelectorAll(
+            '#connections tr[data-transport="udp"] td')].slice(-2).map((c) => c.textContent)""")
+        self.assertEqual(cells, ["–", "–"])

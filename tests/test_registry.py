@@ -451,6 +451,23 @@ class FlowTableBoundTests(SynchronousTestCase):
         self.assertEqual(registry.expireFlows(), 1)
         self.assertEqual((recent.reason, old.reason), (IDLE, None))
 
+    def test_seenFlow(self):
+        """
+        C{seenFlow} finds a live flow by its L{Endpoint} or an equal (ip, port) tuple,
+        marks it seen (the last to be evicted, its C{lastSeen} the time given); for an
+        unknown remote it answers L{None} and opens nothing.
+        """
+        clock, registry = makeRegistry(start=0.0, udpMaxFlows=2)
+        a, b = (registry.flow("echo", "echo", LOCAL, Endpoint("127.0.0.2", p))
+                for p in (1, 2))
+        self.assertIs(registry.seenFlow("echo", ("127.0.0.2", 1), 7.0), a)
+        self.assertEqual(a.lastSeen, 7.0)
+        self.assertIsNone(registry.seenFlow("echo", ("127.0.0.2", 3), 7.0))
+        self.assertIsNone(registry.seenFlow("other", ("127.0.0.2", 1), 7.0))
+        self.assertEqual(registry.accepted[("echo", "udp")], 2)
+        registry.flow("echo", "echo", LOCAL, Endpoint("127.0.0.2", 3))
+        self.assertEqual((a.reason, b.reason), (None, EVICTED))
+
 
 class SummaryTests(SynchronousTestCase):
     """

@@ -150,8 +150,10 @@ def runFilter(program: bytes, port: int) -> bool:
         left = len(program) - at
         minimum = 8 if code in (2, 3) else 4
         if code != 0:
-            if no < minimum or no > left + 4 or no % 4 or (no < left and not validTarget(at + no)):
+            if no < minimum or no > left + 4 or no % 4:
                 raise ValueError(f"op at {at}: bad no {no}")
+            if no < left and not validTarget(at + no):
+                raise ValueError(f"op at {at}: no {no} jumps off the yes chain")
         if yes < minimum or yes > left + 4 or yes % 4:
             raise ValueError(f"op at {at}: bad yes {yes}")
         at += yes

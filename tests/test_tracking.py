@@ -20,11 +20,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from portserver.datagrams import TrackingDatagram
 from portserver.limits import Limits
 from portserver.ports import PrivilegeRule
 from portserver.protocols.classic import EchoDatagram
 from portserver.registry import Endpoint, Registry
-from portserver.tracking import HalfCloseableTracker, Tracker, TrackingDatagram, TrackingFactory
+from portserver.tracking import HalfCloseableTracker, Tracker, TrackingFactory
 
 HOST = IPv4Address("TCP", "127.0.0.1", 7)
 PEER = IPv4Address("TCP", "127.0.0.2", 40001)

@@ -262,7 +262,7 @@ class WriteThroughTests(SynchronousTestCase):
         A protocol whose reading is paused for flow control (its held writes passed
         the high-water mark) learns that the buffer drained when the held writes leave
         whole at the end of the read: with the classes composed as portserver composes
-        them (L{portserver.service.ownTransportClass}), nothing is left paused.
+        them (L{portserver.accepting.ownTransportClass}), nothing is left paused.
         """
         composed = type("Composed", (WriteThroughTransport, FlowControlledTransport, FakeTCP),
                         {})

@@ -15,12 +15,12 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from portserver.admission import Admission
+from portserver.datagrams import TrackingDatagram
 from portserver.limits import AccessRules, Limits
 from portserver.protocols.classic import ChargenDatagram, EchoDatagram
 from portserver.registry import Endpoint
 from portserver.server import PortServer
-from portserver.tracking import TrackingDatagram
-from portserver.udpguard import CLASSIC_PORTS, LOOP, RATE, ReplyRate, isLoopSource
+from portserver.udpguard import CLASSIC_PORTS, LOOP, RATE, ReplyRate, isLoopSource, loopPorts
 from tests.support import makePlan, spec
 from tests.test_tracking import FakeUDPPort, makeRegistry
 
@@ -41,6 +41,15 @@ class LoopSourceTests(SynchronousTestCase):
             self.assertFalse(isLoopSource(port, frozenset({10007})), port)
         self.assertEqual(CLASSIC_PORTS, {7, 9, 13, 17, 19, 37})
 
+    def test_loopPorts(self):
+        """
+        L{loopPorts} holds exactly the ports L{isLoopSource} refuses, of all 65,536.
+        """
+        own = frozenset({10007, 40000})
+        ports = loopPorts(own)
+        self.assertIsInstance(ports, frozenset)
+        self.assertEqual(ports, {p for p in range(65536) if isLoopSource(p, own)})
+
 
 class ReplyRateTests(SynchronousTestCase):
     """
@@ -58,6 +67,17 @@ class ReplyRateTests(SynchronousTestCase):
         self.assertTrue(rate.allow("192.0.2.2"))
         clock.advance(0.5)
         self.assertEqual(sum(rate.allow("192.0.2.1") for _ in range(30)), 5)
+
+    def test_callersTime(self):
+        """
+        C{allow(source, now)} takes C{now} as the time (the caller has just read the
+        clock) instead of reading the clock again.
+        """
+        clock = Clock()
+        rate = ReplyRate(10, clock)
+        self.assertEqual(sum(rate.allow("192.0.2.1", 0.0) for _ in range(30)), 20)
+        self.assertEqual(sum(rate.allow("192.0.2.1", 0.5) for _ in range(30)), 5)
+        self.assertEqual(clock.seconds(), 0)
 
     def test_boundedSources(self):
         """

@@ -68,11 +68,12 @@ def listenerLine(listener: dict) -> str | None:
     kernel = listener.get("kernel")
     if not isinstance(kernel, dict):
         return None
-    line = (f"{INDENT}handshake syn-recv:{kernel.get('syn_recv', '?')} -> accept queue "
-            f"{kernel.get('accept_queue', '?')}/{kernel.get('backlog', '?')} -> "
-            f"established {listener.get('connections', '?')} -> teardown "
-            f"close-wait:{kernel.get('close_wait', '?')} fin-wait:{kernel.get('fin_wait', '?')}"
-            f" last-ack:{kernel.get('last_ack', '?')} time-wait:{kernel.get('time_wait', '?')}")
+    k = kernel.get
+    line = (f"{INDENT}handshake syn-recv:{k('syn_recv', '?')} -> accept queue "
+            f"{k('accept_queue', '?')}/{k('backlog', '?')} -> established "
+            f"{listener.get('connections', '?')} -> teardown close-wait:{k('close_wait', '?')}"
+            f" fin-wait:{k('fin_wait', '?')} last-ack:{k('last_ack', '?')} "
+            f"time-wait:{k('time_wait', '?')}")
     if "drops" in kernel:
         line += f"; drops:{kernel['drops']}"
     return line

@@ -12,9 +12,13 @@ The status web service: what a L{PortServer}'s registry knows, over HTTP.
                            the last 10 minutes (L{portserver.status.history})
     GET /metrics           Prometheus text exposition
 
+On Linux the API and the metrics add the kernel's side of the TCP endpoints (C{tcp} per
+connection, C{kernel} per listener, the host's listen counters: L{portserver.kernel}),
+read per request through one L{KernelView}.
+
 The resources only render what the registry and the server say at request time; they keep
 no state of their own (the history is kept by L{History}, sampling while the status service
-runs).
+runs; the listen counters' baseline and the overflows' growth by the L{KernelView}).
 
 Access: with a token configured (C{status.token} or C{status.token_file}), every request
 must carry C{Authorization: Bearer TOKEN}, except those for the page's files (C{/} and
