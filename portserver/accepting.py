@@ -17,7 +17,7 @@ from twisted.internet import tcp
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
 
-from portserver.transport import FlowControlledTransport, WriteThroughTransport
+from portserver.transport import TrackedTransport
 
 log = Logger()
 
@@ -40,15 +40,14 @@ def ownTransportClass(port) -> None:
     a full one: about 0.7 KiB more per connection in a server holding three kinds (see
     bench/README.md). A class per listener keeps each listener's connections alike.
 
-    The class is also where portserver's flow control hooks in
-    (L{FlowControlledTransport}: reading resumes once the output has drained), and where
-    writes go straight to the socket when nothing is buffered
-    (L{WriteThroughTransport}: no epoll round trip for a reply sent in one go).
+    The class is portserver's transport (L{TrackedTransport}): the connection's
+    tracker (record, limits, flow control, fault isolation), with writes that go
+    straight to the socket when nothing is buffered (no epoll round trip for a reply
+    sent in one go).
     """
     transport = getattr(port, "transport", None)
     if isinstance(transport, type):
-        port.transport = type(transport.__name__,
-                              (WriteThroughTransport, FlowControlledTransport, transport), {
+        port.transport = type(transport.__name__, (TrackedTransport, transport), {
             "__module__": transport.__module__, "__doc__": transport.__doc__})
 
 
@@ -137,20 +136,45 @@ class AcceptingPort(tcp.Port):
                     host = socket.getnameinfo(
                         addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
                     addr = (host[0], *addr[1:])
-                protocol = self.factory.buildProtocol(self._buildAddr(addr))
-                if protocol is None:
-                    skt.close()
-                    continue
-                s = self.sessionno
-                self.sessionno = s + 1
-                protocol.makeConnection(self.transport(skt, protocol, addr, self, s,
-                                                       self.reactor))
+                self._accepted(skt, addr)
         except BaseException:
             log.failure("Accepting on {port} failed", port=self.description)
         if accepted == self.numberAccepts:
             self.numberAccepts += 20
         else:
             self.numberAccepts = max(1, accepted)
+
+    def _accepted(self, skt, addr) -> None:
+        """
+        Serve the connection just accepted from C{addr} on C{skt}. Under a
+        L{TrackingFactory}, the plugin's protocol is given portserver's transport
+        (L{portserver.transport.TrackedTransport}) directly, tracked from before its
+        C{makeConnection}; any other factory's protocol gets the transport as from
+        Twisted's own port.
+        """
+        factory = self.factory
+        buildPlugin = getattr(factory, "buildPlugin", None)
+        tracked = False
+        if buildPlugin is None:
+            protocol = factory.buildProtocol(self._buildAddr(addr))
+        else:
+            protocol, tracked, _, admitted = buildPlugin(self._buildAddr(addr))
+            if protocol is not None and not tracked:
+                factory.live.add(protocol)  # a refusal sending its banner
+        if protocol is None:
+            skt.close()
+            return
+        s = self.sessionno
+        self.sessionno = s + 1
+        transport = self.transport(skt, protocol, addr, self, s, self.reactor)
+        if not tracked:
+            protocol.makeConnection(transport)
+            return
+        transport.startTracking(factory, admitted)
+        try:
+            protocol.makeConnection(transport)
+        except Exception:
+            transport._pluginFailed("connectionMade")
 
     def _exhausted(self, code: int) -> None:
         shed = 0

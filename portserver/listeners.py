@@ -27,7 +27,7 @@ def _liveOf(factory) -> list:
     """
     The protocols of C{factory} (a L{TrackingFactory}) whose connection is live.
     """
-    return [c for c in list(factory.live) if getattr(c, "connected", 0)]
+    return factory.connections()
 
 
 class ListenerService(BindingService):
@@ -167,7 +167,7 @@ class ListenerService(BindingService):
         for factory in self.retired:
             # any(): stops at the first live connection, so a close costs O(1) while
             # thousands of old connections are still open.
-            if any(getattr(c, "connected", 0) for c in factory.live):
+            if factory.hasConnections():
                 keep.append(factory)
             else:
                 factory.doStop()

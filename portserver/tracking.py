@@ -62,6 +62,7 @@ the connection they happen on:
 
 from __future__ import annotations
 
+import heapq
 import weakref
 
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
@@ -206,7 +207,7 @@ class ConnectionTracking:
         if factory.deadline is not None:
             self.deadlineAt = now + factory.deadline
             due = factory.deadline if due is None else min(due, factory.deadline)
-        self.timer = factory.clock.callLater(due, self._checkTimeouts)
+        self._checkIn(due, now)
 
     def _checkTimeouts(self) -> None:
         """
@@ -214,19 +215,39 @@ class ConnectionTracking:
         the next one is due (activity since the call was made moved the idle one on).
         """
         self.timer = None
+        now = self.factory.clock.seconds()
+        due = self._timeLeft(now)
+        if due is not None:
+            self._checkIn(due, now)
+
+    def _checkIn(self, delay: float, now: float) -> None:
+        """
+        Have L{_timeLeft} asked again in C{delay} seconds (L{Tracker}: a call of its
+        own).
+        """
+        self.timer = self.factory.clock.callLater(delay, self._checkTimeouts)
+
+    def _timeLeft(self, now: float) -> float | None:
+        """
+        Close the connection for the limit that has passed at C{now}, or say when the
+        next one is due.
+
+        @return: the seconds until the next limit, or L{None} (closed for a limit).
+        """
         factory = self.factory
-        now = factory.clock.seconds()
         due = None
         if factory.deadline is not None:
             due = self.deadlineAt - now
             if due <= _SLACK:
-                return self.closeForLimit(DEADLINE)
+                self.closeForLimit(DEADLINE)
+                return None
         if factory.idleTimeout is not None:
             idle = self.lastActive + factory.idleTimeout - now
             if idle <= _SLACK:
-                return self.closeForLimit(IDLE_TIMEOUT)
+                self.closeForLimit(IDLE_TIMEOUT)
+                return None
             due = idle if due is None else min(due, idle)
-        self.timer = factory.clock.callLater(due, self._checkTimeouts)
+        return due
 
     def _closeWithin(self, grace: float) -> None:
         """
@@ -563,6 +584,73 @@ class HalfCloseableTracker(Tracker):
             self._pluginFailed("writeConnectionLost")
 
 
+class Timeouts:
+    """
+    The idle timeouts and deadlines of every connection a factory's listener accepts
+    into portserver's transport, on one call: a heap of C{(due, serial)}, and the
+    connections by serial (L{TrackingFactory.transports}).
+
+    A connection's entry is due no later than its next limit (activity only moves an
+    idle timeout on), so the call fires at the exact time of the earliest, as one call
+    per connection would. A fired entry asks its connection (L{ConnectionTracking._timeLeft}),
+    which closes for the limit or gives the time left, put back in the heap. A closed
+    connection's entry is skipped when it comes up, and the heap is rebuilt without
+    such entries once they outnumber the live ones, so it stays within twice the live
+    connections. This costs a tuple per connection, where a call (a
+    C{DelayedCall}) costs about 0.45 KiB.
+    """
+
+    def __init__(self, clock, connections: dict):
+        self.clock = clock
+        self.connections = connections
+        self.heap: list[tuple[float, int]] = []
+        self.call = None
+
+    def add(self, due: float, serial: int) -> None:
+        """
+        Ask the connection C{serial} at C{due} (an absolute time).
+        """
+        heap = self.heap
+        if len(heap) > 2 * len(self.connections) + 64:
+            self.heap = heap = [entry for entry in heap if entry[1] in self.connections]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (due, serial))
+        call = self.call
+        if call is None:
+            self.call = self.clock.callLater(max(0.0, due - self.clock.seconds()), self.fire)
+        elif due < call.getTime():
+            call.reset(max(0.0, due - self.clock.seconds()))
+
+    def fire(self) -> None:
+        self.call = None
+        heap, connections = self.heap, self.connections
+        now = self.clock.seconds()
+        again = []
+        while heap and heap[0][0] <= now + _SLACK:
+            _, serial = heapq.heappop(heap)
+            connection = connections.get(serial)
+            if connection is None or not connection._isOpen():
+                continue  # closed, or closing (its grace call ends it)
+            left = connection._timeLeft(now)
+            if left is not None:
+                again.append((now + left, serial))
+        for entry in again:
+            heapq.heappush(heap, entry)
+        if not connections:
+            heap.clear()
+        elif heap:
+            self.call = self.clock.callLater(max(0.0, heap[0][0] - now), self.fire)
+
+    def stop(self) -> None:
+        """
+        Cancel the call (every connection is gone).
+        """
+        call, self.call = self.call, None
+        self.heap.clear()
+        if call is not None and call.active():
+            call.cancel()
+
+
 class _Wrapping:
     """
     What both wrappers hold: the plugin's object, the registry, and whose it is.
@@ -655,6 +743,25 @@ class TrackingFactory(_Wrapping, ServerFactory):
         # (the registry holds plain records only). Weak: a closed connection's tracker
         # still goes with its transport.
         self.live = weakref.WeakSet()
+        # The live connections carried by portserver's own transport, each its own
+        # tracker: added when accepted, removed when lost (a dict entry costs less per
+        # connection than a weak reference); their timeouts share one call.
+        self.transports: dict[int, object] = {}  # by their record's serial
+        self.timeouts = Timeouts(self.clock, self.transports)
+
+    def connections(self) -> list:
+        """
+        The live connections built by this factory, as their trackers: portserver's
+        transports, L{Tracker}s and L{Refusal}s.
+        """
+        return [c for c in [*self.transports.values(), *self.live]
+                if getattr(c, "connected", 0)]
+
+    def hasConnections(self) -> bool:
+        """
+        Whether any connection built by this factory is live (in O(1) while one is).
+        """
+        return bool(self.transports) or any(getattr(c, "connected", 0) for c in self.live)
 
     def localEndpoint(self, transport) -> Endpoint:
         """
@@ -675,12 +782,27 @@ class TrackingFactory(_Wrapping, ServerFactory):
         self.wrapped.doStop()
 
     def buildProtocol(self, addr):
-        protocol = self._build(addr)
+        protocol, tracked, host, admitted = self.buildPlugin(addr)
+        if tracked:
+            cls = (HalfCloseableTracker if IHalfCloseableProtocol.providedBy(protocol)
+                   else Tracker)
+            protocol = cls(protocol, self, None if host is None else (host, addr.port),
+                           admitted)
         if protocol is not None:
             self.live.add(protocol)
         return protocol
 
-    def _build(self, addr):
+    def buildPlugin(self, addr):
+        """
+        Admit the peer at C{addr} and build the plugin's protocol for it, unwrapped:
+        what portserver's own transport (L{portserver.transport.TrackedTransport})
+        carries directly, and what L{buildProtocol} puts behind a L{Tracker}.
+
+        @return: C{(protocol, tracked, host, admitted)}: the plugin's protocol (to
+            track) or a L{Refusal} or L{None} (not to track: the admission refused the
+            peer, or the plugin did); the peer's host, and the host the admission
+            admitted (to release when the connection ends), or L{None}.
+        """
         host = getattr(addr, "host", None)
         if host is not None:
             host = hostOf(host)
@@ -689,7 +811,7 @@ class TrackingFactory(_Wrapping, ServerFactory):
         if admission is not None and host is not None:
             reason = admission.admit(host)
             if reason is not None:
-                return self.refuse(reason)
+                return self.refuse(reason), False, host, None
             admitted = host
         try:
             protocol = self.wrapped.buildProtocol(addr)
@@ -700,9 +822,8 @@ class TrackingFactory(_Wrapping, ServerFactory):
         if protocol is None:  # the plugin refused the connection
             if admitted is not None:
                 admission.release(admitted)
-            return None
-        cls = HalfCloseableTracker if IHalfCloseableProtocol.providedBy(protocol) else Tracker
-        return cls(protocol, self, None if host is None else (host, addr.port), admitted)
+            return None, False, host, None
+        return protocol, True, host, admitted
 
     def refuse(self, reason: str):
         """

@@ -37,9 +37,31 @@ from __future__ import annotations
 
 import errno
 
-from portserver.tracking import PAUSED_FLOW, unsentBytes
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from portserver.interfaces import ITrackedTransport
+from portserver.registry import ABORTED, CLIENT_CLOSED, SERVER_CLOSED, Endpoint
+from portserver.tracking import (
+    PAUSED_EOF,
+    PAUSED_FLOW,
+    PAUSED_PLUGIN,
+    ConnectionTracking,
+    hostOf,
+    unsentBytes,
+)
 
 _RETRY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ENOBUFS)
+
+
+class ClosedAfterRead(ConnectionDone):
+    """
+    The connection was closed as the protocol asked, right after it handled a read
+    (see L{WriteThroughTransport.loseConnection}): a C{ConnectionDone}, but not one the
+    reactor takes for the peer's end of input.
+    """
 
 
 class FlowControlledTransport:
@@ -78,9 +100,11 @@ class WriteThroughTransport(FlowControlledTransport):
 
     _reading = False
     _holding = False
+    _closeAfterRead = False
 
     def _canWriteThrough(self) -> bool:
-        return (self.connected and not self.TLS and not self.disconnecting
+        return (self.connected and not self.TLS
+                and (not self.disconnecting or self._closeAfterRead)
                 and not getattr(self, "_aborting", False)
                 and not self._writeDisconnecting and not self._writeDisconnected
                 and (self.producer is None or self.streamingProducer)
@@ -126,12 +150,64 @@ class WriteThroughTransport(FlowControlledTransport):
 
     def _dataReceived(self, data):
         self._reading = True
+        closed = None
         try:
-            return super()._dataReceived(data)
+            why = super()._dataReceived(data)
         finally:
-            self._reading = False
-            if self._holding:
-                self._flushHeld()
+            closed = self._afterRead()
+        return closed or why
+
+    def readConnectionLost(self, reason):
+        self._asRead(super().readConnectionLost, reason)
+
+    def _asRead(self, call, *args) -> None:
+        """
+        Run C{call(*args)}, which tells the protocol the peer's input ended, as a read:
+        what the protocol writes is sent when it returns, and a close it asks for with
+        nothing left to send is over then.
+        """
+        self._reading = True
+        try:
+            call(*args)
+        finally:
+            closed = self._afterRead()
+            if closed is not None:
+                # The reactor already stopped reading; the close is over here, as
+                # Twisted's own loseConnection ends a write-closed connection.
+                self.stopWriting()
+                self.connectionLost(Failure(closed))
+
+    def _afterRead(self):
+        """
+        The protocol has handled what was read: send what it wrote meanwhile, and end
+        the connection if it asked to close and nothing is left to send.
+
+        @return: the reason to end the connection with now, or L{None}.
+        """
+        self._reading = False
+        if self._holding:
+            self._flushHeld()
+        if not self._closeAfterRead:
+            return None
+        self._closeAfterRead = False
+        if not self.connected or getattr(self, "_aborting", False):
+            return None
+        if self.offset == len(self.dataBuffer) and not self._tempDataLen:
+            return ClosedAfterRead()
+        self.startWriting()  # Twisted's doWrite closes once the buffer has drained
+        return None
+
+    def loseConnection(self, *args, **kwargs):
+        if (self._reading and self.connected and not self.disconnecting
+                and not self.TLS and not self._writeDisconnected
+                and not getattr(self, "_aborting", False) and self.producer is None):
+            # Closed at the end of the read (L{_afterRead}), with no writer
+            # registered for it: as Twisted's loseConnection, but for startWriting.
+            self.stopReading()
+            self.disconnecting = 1
+            self._closeAfterRead = True
+            return None
+        return super().loseConnection(*args, **kwargs)
 
     def _flushHeld(self) -> None:
         """
@@ -162,3 +238,185 @@ class WriteThroughTransport(FlowControlledTransport):
             self.producerPaused = False
             self.producer.resumeProducing()
         self._drained()
+
+
+@implementer(ITrackedTransport)
+class TrackedTransport(ConnectionTracking, WriteThroughTransport):
+    """
+    portserver's TCP transport: the transport class of every connection a portserver
+    listener accepts (L{portserver.accepting.ownTransportClass}) is a subclass of
+    Twisted's with this mixed in. It is the connection's tracker
+    (L{portserver.tracking.ConnectionTracking}): it opens and closes the registry
+    record, counts the bytes, enforces the limits and isolates the plugin's faults,
+    and the plugin's protocol is given it directly, with no wrapper protocol between
+    them (L{portserver.accepting.AcceptingPort} builds the protocol through
+    L{TrackingFactory.buildPlugin} and calls L{startTracking}).
+
+    Until L{startTracking} (a refused peer's banner, a listener whose factory is not a
+    L{TrackingFactory}) it is Twisted's transport with the write-through, and nothing
+    more. The tracker's state lives in the instance only once it differs from these
+    class defaults, so an idle connection carries a few attributes more than
+    Twisted's, and no second object but its record.
+    """
+
+    factory = None  # the TrackingFactory, once tracked
+    record = None
+    closer = None
+    timer = None
+    admitted = None
+    paused = 0
+    lastActive = None
+    deadlineAt = None
+
+    def startTracking(self, factory, admitted: str | None = None) -> None:
+        """
+        Track this connection, accepted by C{factory}'s listener for a peer that its
+        admission admitted as C{admitted} (released when the connection ends).
+        """
+        self.factory = factory
+        if admitted is not None:
+            self.admitted = admitted
+        client = self.client
+        self.record = factory.registry.open(
+            factory.service, factory.protocolName, "tcp", factory.localEndpoint(self),
+            Endpoint(hostOf(client[0]), client[1]))
+        factory.transports[self.record.serial] = self
+        if factory.timed:
+            self._startTimer()
+
+    def _checkIn(self, delay: float, now: float) -> None:
+        self.factory.timeouts.add(now + delay, self.record.serial)
+
+    # -- the connection underneath (Twisted's own transport) ----------------------------
+
+    def _loseBelow(self) -> None:
+        super(TrackedTransport, self).loseConnection()
+
+    def _abortBelow(self) -> None:
+        super(TrackedTransport, self).abortConnection()
+
+    def _pauseBelow(self) -> None:
+        super(TrackedTransport, self).pauseProducing()
+
+    def _resumeBelow(self) -> None:
+        super(TrackedTransport, self).resumeProducing()
+
+    def _unsent(self) -> int:
+        return unsentBytes(self)
+
+    def _isOpen(self) -> bool:
+        return bool(self.connected) and not self.disconnecting
+
+    def _isLost(self) -> bool:
+        return not self.connected
+
+    def _closing(self) -> None:
+        pass  # Twisted's own "disconnecting" says so
+
+    # -- what Twisted's transport calls on the protocol --------------------------------
+
+    def _dataReceived(self, data):
+        factory = self.factory
+        if factory is None or not data:
+            return super()._dataReceived(data)
+        self.record.bytesIn += len(data)
+        if factory.idleTimeout is not None:
+            self.lastActive = factory.clock.seconds()
+        try:
+            return super()._dataReceived(data)
+        except Exception:
+            self._pluginFailed("dataReceived")
+            return None
+
+    def readConnectionLost(self, reason) -> None:
+        if self.factory is None:
+            return super().readConnectionLost(reason)
+        half = IHalfCloseableProtocol(self.protocol, None)
+        if half is None:
+            return self.connectionLost(reason)
+        self.paused |= PAUSED_EOF  # resuming would read the end of input again
+        if self.closer is None:
+            self.closer = CLIENT_CLOSED  # the client ended first, whoever closes now
+        self._asRead(self._tellReadConnectionLost, half)
+
+    def _tellReadConnectionLost(self, half) -> None:
+        try:
+            half.readConnectionLost()
+        except Exception:
+            self._pluginFailed("readConnectionLost")
+
+    def _closeWriteConnection(self) -> None:
+        if self.factory is None:
+            return super()._closeWriteConnection()
+        try:
+            self.socket.shutdown(1)
+        except OSError:
+            pass
+        half = IHalfCloseableProtocol(self.protocol, None)
+        if half is not None:
+            try:
+                half.writeConnectionLost()
+            except Exception:
+                self._pluginFailed("writeConnectionLost")
+
+    def connectionLost(self, reason) -> None:
+        factory = self.factory
+        if factory is None or not hasattr(self, "socket"):
+            return super().connectionLost(reason)
+        self._stopTimer()
+        transports = factory.transports
+        transports.pop(self.record.serial, None)
+        if not transports:
+            factory.timeouts.stop()
+        try:
+            super().connectionLost(reason)  # closes the socket, then tells the plugin
+        except Exception:
+            self._logFailure("connectionLost")
+        finally:
+            self._release(reason)
+
+    # -- what the plugin's protocol calls --------------------------------------------------
+
+    def write(self, data) -> None:
+        if self.factory is None:
+            return super().write(data)
+        self.record.bytesOut += len(data)
+        super().write(data)
+        self._wrote()
+
+    def writeSequence(self, iovec) -> None:
+        if self.factory is None:
+            return super().writeSequence(iovec)
+        self.record.bytesOut += sum(map(len, iovec))
+        super().writeSequence(iovec)
+        self._wrote()
+
+    def loseConnection(self, *args, **kwargs) -> None:
+        if self.factory is not None:
+            if self.closer is None:
+                self.closer = SERVER_CLOSED
+            if self._isOpen():
+                self._closeWithin(self.factory.closeGrace)
+        return super().loseConnection(*args, **kwargs)
+
+    def abortConnection(self) -> None:
+        if self.factory is not None and self.closer in (None, SERVER_CLOSED, CLIENT_CLOSED):
+            self.closer = ABORTED
+        return super().abortConnection()
+
+    def pauseProducing(self) -> None:
+        if self.factory is None:
+            return super().pauseProducing()
+        self._pauseReading(PAUSED_PLUGIN)
+
+    def resumeProducing(self) -> None:
+        if self.factory is None:
+            return super().resumeProducing()
+        self._resumeReading(PAUSED_PLUGIN)
+
+    def _drained(self) -> None:
+        if self.factory is None:
+            return super()._drained()
+        if self.paused & PAUSED_FLOW:
+            self.drained(unsentBytes(self))
+

@@ -200,7 +200,7 @@ class EchoBulkTests(TestCase):
 
         def serverStopped():
             # Called in the reactor thread: has echo stopped reading, or been closed?
-            paused = any(t.paused & PAUSED_FLOW for t in list(factory.live))
+            paused = any(t.paused & PAUSED_FLOW for t in factory.connections())
             return paused or bool(server.registry.select(state=CLOSED))
 
         def client():

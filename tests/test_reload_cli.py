@@ -12,10 +12,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from portserver import __version__
+from portserver.runtime import commandLine
 from portserver.status import cli
 from portserver.status.cli import TOKEN_ENV, FetchError
 from tests.support import freePort
@@ -435,6 +437,11 @@ class RealProcessTests(SynchronousTestCase):
         """
         sleeper = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL)
         self.addCleanup(self.stop, sleeper)
+        # Until exec completes, /proc/PID/cmdline is the forked Python's, or empty.
+        end = time.monotonic() + DEADLINE
+        while commandLine(sleeper.pid) != ["sleep", "60"]:
+            self.assertLess(time.monotonic(), end, "sleep did not start")
+            time.sleep(0.001)
         path = self.pidfile(sleeper.pid)
         code, out, err = self.reload(path)
         self.assertEqual((code, out), (1, ""))

@@ -9,7 +9,9 @@ import errno
 
 from twisted.internet import main
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.testing import MemoryReactor
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from portserver.tracking import PAUSED_FLOW
@@ -64,6 +66,10 @@ class FakeTCP(FileDescriptor):
     def _dataReceived(self, data):
         self.protocol.dataReceived(data)
 
+    def readConnectionLost(self, reason):
+        # As tcp.Connection.readConnectionLost, for a half-closeable protocol.
+        self.protocol.readConnectionLost()
+
     def connectionLost(self, reason):
         self.lost.append(reason)
         FileDescriptor.connectionLost(self, reason)
@@ -73,6 +79,28 @@ class Connection(WriteThroughTransport, FakeTCP):
     """
     L{FakeTCP} with the write-through mixed in.
     """
+
+
+def kindOf(reason) -> type:
+    """
+    The Twisted error that C{reason} (a failure or an exception) is, as a protocol
+    tells them apart with C{reason.check}: a subclass counts as its base.
+    """
+    value = getattr(reason, "value", reason)
+    for kind in (ConnectionDone, ConnectionAborted, ConnectionLost):
+        if isinstance(value, kind):
+            return kind
+    return type(value)
+
+
+def asReactor(connection, data):
+    """
+    Hand C{data} to C{connection} as the reactor's C{doRead} would, and end the
+    connection as the reactor would if the read returned a reason.
+    """
+    why = connection._dataReceived(data)
+    if why:
+        connection.connectionLost(Failure(why))
 
 
 class Replier:
@@ -280,6 +308,59 @@ class WriteThroughTests(SynchronousTestCase):
         connection._dataReceived(b"request")
         self.assertEqual(drained, [0])
 
+    def test_closeAfterReadAtOnce(self):
+        """
+        A protocol that answers a read and closes: the answer leaves in one send and
+        the read returns a C{ConnectionDone} (not the reactor's end-of-input one) for
+        the reactor to end the connection with, with no writer ever registered.
+        """
+        connection = self.connect()
+        connection.protocol = Replier(
+            lambda transport, data: (transport.write(data), transport.loseConnection()))
+        connection.protocol.transport = connection
+        why = connection._dataReceived(b"ping")
+        self.assertEqual((self.socket.sent, self.socket.calls), (b"ping", 1))
+        self.assertIsInstance(why, ConnectionDone)
+        self.assertIsNot(type(why), ConnectionDone)
+        self.assertEqual(self.reactor.getWriters(), [])
+
+    def test_closeAfterEndOfInput(self):
+        """
+        A half-closeable protocol that answers the peer's end of input and closes: the
+        answer is sent and the connection is lost there and then, with no writer
+        registered and no reactor turn.
+        """
+        connection = self.connect()
+
+        class Answering:
+            def readConnectionLost(self):
+                connection.write(b"bye")
+                connection.loseConnection()
+
+            def connectionLost(self, reason):
+                pass
+
+        connection.protocol = Answering()
+        connection.readConnectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.socket.sent, b"bye")
+        self.assertEqual([kindOf(r) for r in connection.lost], [ConnectionDone])
+        self.assertEqual(self.reactor.getWriters(), [])
+
+    def test_closeAfterReadWithBufferLeft(self):
+        """
+        A close asked for during a read with output the kernel did not take: Twisted's
+        path, which closes once the buffer has drained.
+        """
+        connection = self.connect(room=2)
+        connection.protocol = Replier(
+            lambda transport, data: (transport.write(b"abcdef"), transport.loseConnection()))
+        connection.protocol.transport = connection
+        self.assertIsNone(connection._dataReceived(b"x"))
+        self.assertEqual(self.reactor.getWriters(), [connection])
+        self.socket.room = 100
+        self.assertIsInstance(connection.doWrite(), ConnectionDone)
+        self.assertEqual(self.socket.sent, b"abcdef")
+
     def test_textRefused(self):
         """
         Text is refused as Twisted refuses it.
@@ -316,7 +397,7 @@ class ContractTests(SynchronousTestCase):
                 result = connection.doWrite()
                 if result is not None:
                     connection.connectionLost(result)
-        return sock.sent, [type(r) for r in connection.lost]
+        return sock.sent, [kindOf(r) for r in connection.lost]
 
     def same(self, steps, **socketOptions):
         ours = self.outcome(Connection, steps, **socketOptions)
@@ -403,7 +484,7 @@ class ContractTests(SynchronousTestCase):
                 transport.loseConnection()
             connection.protocol = Replier(reply)
             connection.protocol.transport = connection
-            connection._dataReceived(b"question")
+            asReactor(connection, b"question")
         for room in (1 << 20, 4):
             sent, lost = self.same(steps, room=room)
             self.assertEqual(sent, b"answer to question and more")
