@@ -85,35 +85,72 @@ class FlowControlledTransport:
             protocol.drained(unsentBytes(self))
 
 
+class _Read:
+    """
+    The read being handled: the reactor handles one connection's read at a time, so
+    this state lives here rather than in each connection (an attribute a connection
+    sets after it was made would cost every connection of its class a dict of its own:
+    see L{portserver.accepting.ownTransportClass}).
+
+    @ivar transport: whose read it is, or L{None}.
+    @ivar holding: writes made during it wait in Twisted's buffer, with no writer
+        registered, for L{WriteThroughTransport._flushHeld}.
+    @ivar closeAfter: the protocol asked to close during it.
+    """
+
+    __slots__ = ("transport", "holding", "closeAfter")
+
+    def __init__(self):
+        self.transport = None
+        self.holding = False
+        self.closeAfter = False
+
+    def enter(self, transport) -> tuple:
+        """
+        Begin C{transport}'s read; return what to give L{leave} after it.
+        """
+        saved = (self.transport, self.holding, self.closeAfter)
+        self.transport, self.holding, self.closeAfter = transport, False, False
+        return saved
+
+    def leave(self, saved: tuple) -> None:
+        self.transport, self.holding, self.closeAfter = saved
+
+
+_read = _Read()
+
+
 class WriteThroughTransport(FlowControlledTransport):
     """
     Mixed into a C{twisted.internet.tcp.Server} subclass: C{write} and C{writeSequence}
     send at once when nothing is buffered; what the protocol writes while it handles
-    received data is sent in one go when it returns. A held write sent whole tells the
-    flow control (L{FlowControlledTransport._drained}) that the buffer is empty, as
+    received data is sent in one go when it returns, and a close it asks for then, with
+    nothing left to send, is over then too. A held write sent whole tells the flow
+    control (L{FlowControlledTransport._drained}) that the buffer is empty, as
     Twisted's C{doWrite} does.
-
-    @ivar _reading: the protocol's C{dataReceived} is running.
-    @ivar _holding: writes made during it wait in Twisted's buffer, with no writer
-        registered, for L{_flushHeld}.
     """
 
-    _reading = False
-    _holding = False
-    _closeAfterRead = False
-
-    def _canWriteThrough(self) -> bool:
+    def _canWriteThrough(self, holding: bool = False, closing: bool = False) -> bool:
+        """
+        Whether a write may bypass Twisted's buffer: C{holding}, what is buffered was
+        held during this read; C{closing}, the close asked for during it is pending.
+        """
         return (self.connected and not self.TLS
-                and (not self.disconnecting or self._closeAfterRead)
+                and (not self.disconnecting or closing)
                 and not getattr(self, "_aborting", False)
                 and not self._writeDisconnecting and not self._writeDisconnected
                 and (self.producer is None or self.streamingProducer)
-                and (self._holding or (not self._tempDataLen
-                                       and self.offset == len(self.dataBuffer))))
+                and (holding
+                     or (not self._tempDataLen and self.offset == len(self.dataBuffer))))
+
+    def _mayWriteThrough(self) -> bool:
+        if _read.transport is self:
+            return self._canWriteThrough(_read.holding, _read.closeAfter)
+        return self._canWriteThrough()
 
     def write(self, data):
-        if type(data) is bytes and data and self._canWriteThrough():
-            if self._reading:
+        if type(data) is bytes and data and self._mayWriteThrough():
+            if _read.transport is self:
                 self._hold(data)
                 return None
             try:
@@ -129,7 +166,7 @@ class WriteThroughTransport(FlowControlledTransport):
         return super().write(data)
 
     def writeSequence(self, iovec):
-        if self._canWriteThrough():
+        if self._mayWriteThrough():
             data = b"".join(iovec)
             if data:
                 return self.write(data)
@@ -143,18 +180,20 @@ class WriteThroughTransport(FlowControlledTransport):
         in one send). Every close, abort or producer change in between finds it in
         Twisted's own buffer, where it would have been.
         """
-        self._holding = True
+        _read.holding = True
         self._tempDataBuffer.append(data)
         self._tempDataLen += len(data)
         self._maybePauseProducer()
 
     def _dataReceived(self, data):
-        self._reading = True
-        closed = None
+        saved = _read.enter(self)
         try:
             why = super()._dataReceived(data)
         finally:
-            closed = self._afterRead()
+            try:
+                closed = self._afterRead()
+            finally:
+                _read.leave(saved)
         return closed or why
 
     def readConnectionLost(self, reason):
@@ -166,11 +205,14 @@ class WriteThroughTransport(FlowControlledTransport):
         what the protocol writes is sent when it returns, and a close it asks for with
         nothing left to send is over then.
         """
-        self._reading = True
+        saved = _read.enter(self)
         try:
             call(*args)
         finally:
-            closed = self._afterRead()
+            try:
+                closed = self._afterRead()
+            finally:
+                _read.leave(saved)
             if closed is not None:
                 # The reactor already stopped reading; the close is over here, as
                 # Twisted's own loseConnection ends a write-closed connection.
@@ -184,12 +226,13 @@ class WriteThroughTransport(FlowControlledTransport):
 
         @return: the reason to end the connection with now, or L{None}.
         """
-        self._reading = False
-        if self._holding:
-            self._flushHeld()
-        if not self._closeAfterRead:
+        holding, closing = _read.holding, _read.closeAfter
+        # The read is over: what the producer resumed below writes goes straight out.
+        _read.transport, _read.holding, _read.closeAfter = None, False, False
+        if holding:
+            self._flushHeld(closing)
+        if not closing:
             return None
-        self._closeAfterRead = False
         if not self.connected or getattr(self, "_aborting", False):
             return None
         if self.offset == len(self.dataBuffer) and not self._tempDataLen:
@@ -198,42 +241,43 @@ class WriteThroughTransport(FlowControlledTransport):
         return None
 
     def loseConnection(self, *args, **kwargs):
-        if (self._reading and self.connected and not self.disconnecting
+        if (_read.transport is self and self.connected and not self.disconnecting
                 and not self.TLS and not self._writeDisconnected
                 and not getattr(self, "_aborting", False) and self.producer is None):
             # Closed at the end of the read (L{_afterRead}), with no writer
             # registered for it: as Twisted's loseConnection, but for startWriting.
             self.stopReading()
             self.disconnecting = 1
-            self._closeAfterRead = True
+            _read.closeAfter = True
             return None
         return super().loseConnection(*args, **kwargs)
 
-    def _flushHeld(self) -> None:
+    def _flushHeld(self, closing: bool = False) -> None:
         """
         Send what was held during the read, in one send if the kernel takes it; the rest
         (or all of it, when a close, an abort or TLS began meanwhile, or the send
         fails) is left to Twisted's buffered path.
         """
-        if not self._canWriteThrough() or self.offset != len(self.dataBuffer):
-            self._holding = False
+        if (not self._canWriteThrough(True, closing)
+                or self.offset != len(self.dataBuffer)):
             if (self._tempDataLen and self.connected
                     and not getattr(self, "_aborting", False)):
                 self.startWriting()
             return
-        self._holding = False
-        data = b"".join(self._tempDataBuffer)
+        held = self._tempDataBuffer
+        data = held[0] if len(held) == 1 else b"".join(held)
         try:
             sent = self.socket.send(data)
         except OSError:
             sent = 0  # EAGAIN, or an error Twisted's path meets and closes on
-        self._tempDataBuffer = []
+        held.clear()
         self._tempDataLen = 0
         if sent < len(data):
             self.dataBuffer, self.offset = data, sent
             self.startWriting()
             return
-        self.dataBuffer, self.offset = b"", 0
+        if self.offset:  # what an earlier doWrite left: Twisted's own reset
+            self.dataBuffer, self.offset = b"", 0
         if self.producer is not None and self.producerPaused:
             self.producerPaused = False
             self.producer.resumeProducing()
