@@ -211,7 +211,9 @@ class Target:
         return dict(os.environ)
 
     def start(self, workdir: str, services: int = 1) -> Running:
-        distinct = freePorts(services + 3)  # the OS may give a port it gave just now
+        # echo, discard, status, and one more per service past the first; the OS may
+        # give a port it gave just now, so they are made distinct.
+        distinct = freePorts(services + 2)
         ports = {"echo": distinct[0], "discard": distinct[1], "status": distinct[2],
                  "extra": distinct[3:]}
         ports["udp"] = ports["echo"]

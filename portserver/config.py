@@ -7,7 +7,6 @@ column and service, so an operator fixes a config in one pass.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import urllib.parse
@@ -16,6 +15,7 @@ from typing import Any, Callable, Iterable, Mapping
 import attrs
 
 from portserver import marks
+from portserver.addresses import ipAddress
 from portserver.marks import Mark, MarkedList, MarkedMap, markOf
 from portserver.limits import (
     LIMITS_SCHEMA,
@@ -487,13 +487,8 @@ def normaliseInterface(value: str) -> str | None:
     """
     The canonical text of an IP address (IPv4-mapped IPv6 as IPv4), or L{None}.
     """
-    try:
-        address = ipaddress.ip_address(value)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return str(address)
+    address = ipAddress(value)
+    return None if address is None else str(address)
 
 
 class _ServiceParser:

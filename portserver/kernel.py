@@ -14,13 +14,13 @@ or the dump fails, every reading is L{None} and the status surfaces leave the fi
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections import Counter
 from typing import Callable, Iterable
 
 from twisted.logger import Logger
 
+from portserver.addresses import ipAddress
 from portserver.sockdiag import (
     CLOSE_WAIT,
     CLOSING,
@@ -103,13 +103,8 @@ def _canonical(host: str) -> str:
     An interface as the kernel's dump writes it (C{"::"}, C{"0.0.0.0"}, IPv4-mapped
     IPv6 as IPv4).
     """
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return str(address)
+    address = ipAddress(host, dropScope=True)
+    return host if address is None else str(address)
 
 
 def listenerSockets(server) -> list[tuple[object, int]]:

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import attrs
 
+from portserver.addresses import ipAddress
 from portserver.options import Option, seconds
 
 
@@ -225,12 +226,9 @@ class AccessRules:
         """
         Whether C{host} (an address string) may connect.
         """
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
+        address = ipAddress(host)
+        if address is None:
             return not self.deny
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
         best, allowed = -1, True
         for rules, verdict in ((self.allow, True), (self.deny, False)):
             for network in rules:

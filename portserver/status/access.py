@@ -5,9 +5,10 @@ and the bearer tokens (their rules, and reading them from files).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import stat
+
+from portserver.addresses import ipAddress
 
 #: The fewest characters a status token may have.
 MIN_TOKEN_LENGTH = 16
@@ -100,13 +101,8 @@ def isLoopback(host: str) -> bool:
     Whether C{host} is a loopback address: in 127.0.0.0/8, C{::1}, or IPv4-mapped
     127.0.0.0/8. A host name, or an empty host (all addresses), is not.
     """
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
+    address = ipAddress(host, dropScope=True)
+    return address is not None and address.is_loopback
 
 
 #: The host names a request to a loopback status service may carry in C{Host}.
