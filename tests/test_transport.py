@@ -13,9 +13,15 @@ from twisted.internet.error import ConnectionAborted, ConnectionDone, Connection
 from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from portserver.tracking import PAUSED_FLOW
-from portserver.transport import FlowControlledTransport, WriteThroughTransport
+from portserver.interfaces import ITrackedTransport
+from portserver.transport import (
+    FlowControlledTransport,
+    TrackedTransport,
+    WriteThroughTransport,
+)
 
 
 class FakeSocket:
@@ -535,3 +541,28 @@ class ContractTests(SynchronousTestCase):
             connection.protocol.transport = connection
             connection._dataReceived(b"question")
         self.assertEqual(self.same(steps)[0], b"")
+
+
+class TrackedTransportTests(SynchronousTestCase):
+    """
+    L{TrackedTransport}, portserver's transport, as a provider.
+    """
+
+    def test_interface(self):
+        """
+        It provides L{ITrackedTransport}, as the wrapper did.
+        """
+        composed = type("Composed", (TrackedTransport, FakeTCP), {})
+        connection = composed(FakeSocket(), MemoryReactor())
+        self.assertTrue(verifyObject(ITrackedTransport, connection))
+
+    def test_untrackedPassesThrough(self):
+        """
+        Untracked (a refused peer's banner), it is Twisted's transport with the
+        write-through: writes and a close, with no record.
+        """
+        composed = type("Composed", (TrackedTransport, FakeTCP), {})
+        sock = FakeSocket()
+        connection = composed(sock, MemoryReactor())
+        connection.write(b"banner")
+        self.assertEqual((sock.sent, connection.record), (b"banner", None))
