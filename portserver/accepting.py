@@ -4,7 +4,8 @@ The accepting port: how a portserver TCP listener accepts connections.
 Every TCP listener asks for the longest accept queue the kernel allows (L{BACKLOG}),
 survives running out of file descriptors (L{AcceptingPort}, refusing with
 L{NO_DESCRIPTORS}), and gives its connections a transport class of its own
-(L{ownTransportClass}). L{listenTCP} binds one such listener.
+(L{ownTransportClass}). L{listenTCP} binds one such listener; L{adoptTCP} serves an
+inherited one (socket activation).
 """
 
 from __future__ import annotations
@@ -157,6 +158,9 @@ class AcceptingPort(tcp.Port):
         tracked = False
         if buildPlugin is None:
             protocol = factory.buildProtocol(self._buildAddr(addr))
+        elif factory.proxyHeaders is not None:
+            self._acceptedFromProxy(skt, addr, factory.proxyHeaders)
+            return
         else:
             protocol, tracked, _, admitted = buildPlugin(self._buildAddr(addr))
             if protocol is not None and not tracked:
@@ -175,6 +179,21 @@ class AcceptingPort(tcp.Port):
             protocol.makeConnection(transport)
         except Exception:
             transport._pluginFailed("connectionMade")
+
+    def _acceptedFromProxy(self, skt, addr, proxyHeaders) -> None:
+        """
+        Serve a connection to a service behind a proxy (L{portserver.proxyheader}):
+        refuse a peer that is not one of its proxies before anything else; give a
+        proxy's connection a header reader, which builds the plugin's protocol for the
+        client the header names.
+        """
+        reader = proxyHeaders.reader(addr)
+        if reader is None:
+            skt.close()
+            return
+        s = self.sessionno
+        self.sessionno = s + 1
+        reader.makeConnection(self.transport(skt, reader, addr, self, s, self.reactor))
 
     def _exhausted(self, code: int) -> None:
         shed = 0
@@ -251,5 +270,32 @@ def listenTCP(reactor, port: int, factory, interface: str, description: str,
         listening.startListening()
     else:
         listening = reactor.listenTCP(port, factory, backlog=BACKLOG, interface=interface)
+    ownTransportClass(listening)
+    return listening
+
+
+def adoptTCP(reactor, fd: int, family: int, factory, description: str,
+             refused) -> tcp.Port:
+    """
+    Serve the listening TCP socket C{fd} (inherited: socket activation) with
+    C{factory}, as L{listenTCP} serves the one it binds: a transport class of the
+    port's own (L{ownTransportClass}) and, on Twisted's posix reactors, an
+    L{AcceptingPort} (C{description}, C{refused} as for L{listenTCP}); elsewhere
+    through C{reactor.adoptStreamPort}. Its queue is left as the socket's owner set it.
+
+    The socket must be non-blocking. The port serves a duplicate of C{fd}, and closes
+    only that when it stops (without shutting the socket down): C{fd} stays open.
+
+    @return: the listening port.
+    """
+    if _stockListenTCP(reactor):
+        # As Twisted's adoptStreamPort (tcp.Port._fromListeningDescriptor), as an
+        # AcceptingPort.
+        listening = AcceptingPort._fromListeningDescriptor(reactor, fd, family, factory)
+        listening.description = description
+        listening.refused = refused
+        listening.startListening()
+    else:
+        listening = reactor.adoptStreamPort(fd, family, factory)
     ownTransportClass(listening)
     return listening

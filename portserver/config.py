@@ -26,6 +26,7 @@ from portserver.limits import (
     parseNetwork,
 )
 from portserver.options import Option, OptionsError, checkOptions, seconds
+from portserver.proxyheader import VERSIONS, ProxyProtocol
 from portserver.status.access import endpointIsLocal, readTokenFile, tokenProblem
 from portserver.ports import lookupServicePort
 
@@ -34,7 +35,7 @@ DEFAULT_INTERFACE = "0.0.0.0"
 SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 SERVICE_KEYS = ("name", "protocol", "port", "interface", "transports", "options", "limits",
-                "access")
+                "access", "proxy_protocol")
 TOP_KEYS = ("services", "status", "registry", "limits", "access", "shutdown")
 ACCESS_KEYS = ("allow", "deny")
 DEFAULT_STATUS_LISTEN = "tcp:8790:interface=127.0.0.1"
@@ -97,6 +98,9 @@ class ServiceSpec:
     @ivar options: the options as the protocol's C{validateOptions} returned them.
     @ivar limits: the effective L{Limits} (service, over global, over the plugin's).
     @ivar access: the L{AccessRules}: the top-level lists and the service's together.
+    @ivar proxyProtocol: the C{proxy_protocol:} settings (L{ProxyProtocol}) when its
+        connections come through proxies that send a PROXY protocol header, else
+        L{None}.
     @ivar provider: the L{portserver.interfaces.IPortProtocol} provider.
     @ivar path: the config file; C{marks} maps a key to where its value stands.
     """
@@ -109,6 +113,7 @@ class ServiceSpec:
     options: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
     limits: Limits = Limits()
     access: AccessRules = AccessRules()
+    proxyProtocol: ProxyProtocol | None = None
     provider: Any = attrs.field(default=None, eq=False, repr=False)
     path: str = attrs.field(default="<config>", eq=False, repr=False)
     marks: Mapping[str, Mark] = attrs.field(factory=dict, eq=False, repr=False)
@@ -197,10 +202,15 @@ def endpointProblem(description: str, error: Exception) -> str:
     if isinstance(error, OSError):
         return (f"{description!r}: cannot read a file it names "
                 f"({error.filename or ''}: {error.strerror or error})")
-    if kind == "systemd" and isinstance(error, IndexError):
-        return (f"{description!r}: no socket was passed at that index (the systemd: "
+    if kind == "systemd" and isinstance(error, (IndexError, KeyError)):
+        # Twisted looks the socket up in what LISTEN_FDS passed: a list (index=) or a
+        # dict (name=), empty outside socket activation.
+        which = ("at that index" if isinstance(error, IndexError)
+                 else f"named {error.args[0]!r}" if error.args else "by that name")
+        return (f"{description!r}: no socket was passed {which} (the systemd: "
                 "endpoint serves a socket that systemd's socket activation passes, with "
-                "LISTEN_FDS; this process was not started that way)")
+                "LISTEN_FDS and LISTEN_FDNAMES, its FileDescriptorName=: this process "
+                "was not started that way, or was passed no such socket)")
     if isinstance(error, (ValueError, TypeError, KeyError)):
         return f"{description!r} is not a Twisted server endpoint string ({error})"
     return f"{description!r}: {type(error).__name__}: {error}"
@@ -462,6 +472,72 @@ def _accessRules(data: MarkedMap, key: str, collector, service=None) -> AccessRu
     return AccessRules(lists["allow"], lists["deny"])
 
 
+def _checkVersions(value) -> str | None:
+    if not value:
+        return "must list 1, 2 or both"
+    for version in value:
+        if isinstance(version, bool) or version not in VERSIONS:
+            return f"must list 1, 2 or both, not {version!r}"
+    if len(set(value)) != len(value):
+        return "lists a version twice"
+    return None
+
+
+PROXY_PROTOCOL_SCHEMA = {
+    "from": Option(list, required=True,
+                   describe="a list of the proxies' addresses and CIDR blocks"),
+    "versions": Option(list, default=list(VERSIONS), check=_checkVersions,
+                       describe="a list of 1, 2 or both"),
+    "timeout": Option((int, float), default=5, check=seconds(),
+                      describe="a number of seconds"),
+}
+
+
+def _proxyProtocol(item: MarkedMap, transports, collector, service=None
+                   ) -> ProxyProtocol | None:
+    """
+    A service's C{proxy_protocol:} mapping: C{from} (required, the proxies' addresses
+    and CIDR blocks, each checked), C{versions} and C{timeout}; for TCP only.
+    """
+    key = "proxy_protocol"
+    value = item.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        collector.add(item.valueMark(key), f"'{key}' must be a mapping with 'from' (the "
+                                           f"proxies' addresses), not {_describe(value)}",
+                      service)
+        return None
+    if "udp" in transports:
+        collector.add(item.keyMark(key), f"'{key}' is for TCP: the PROXY protocol carries "
+                                         "no UDP; give the udp transport a service of its "
+                                         "own", service)
+    settings = None
+    try:
+        settings = checkOptions(value, PROXY_PROTOCOL_SCHEMA)
+    except OptionsError as e:
+        _reportSection(e, item, key, collector, service)
+    items = value.get("from")
+    if not isinstance(items, list):
+        return None  # reported above
+    if not items:
+        collector.add(value.valueMark("from"), f"{key}: 'from' must list at least one proxy "
+                                               "(an address or CIDR block)", service)
+        return None
+    networks = []
+    for index, text in enumerate(items):
+        try:
+            networks.append(parseNetwork(text))
+        except ValueError as e:
+            mark = items.itemMark(index) if isinstance(items, MarkedList) else \
+                value.valueMark("from")
+            collector.add(mark, f"{key}: 'from' item {index + 1}: {e}", service)
+    if settings is None or len(networks) != len(items):
+        return None
+    return ProxyProtocol(tuple(networks), tuple(sorted(settings["versions"])),
+                         float(settings["timeout"]))
+
+
 class _Collector:
     """
     Gathers the problems of one file.
@@ -588,6 +664,7 @@ class _ServiceParser:
 
         given = _givenLimits(item, "limits", self.collector, label)
         access = _accessRules(item, "access", self.collector, label)
+        proxyProtocol = _proxyProtocol(item, transports, self.collector, label)
         if len(self.collector.problems) > before:
             return None
         layered = dict(getattr(provider, "defaultLimits", None) or {})
@@ -599,7 +676,8 @@ class _ServiceParser:
         specMarks[""] = item.mark
         return ServiceSpec(name=name, protocol=protocolName, port=port, interface=interface,
                            transports=transports, options=options, limits=limits,
-                           access=self.globalAccess + access, provider=provider,
+                           access=self.globalAccess + access,
+                           proxyProtocol=proxyProtocol, provider=provider,
                            path=self.collector.path, marks=specMarks)
 
     def _transports(self, item, provider, problem) -> tuple[str, ...]:

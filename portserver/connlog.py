@@ -6,7 +6,8 @@ own, like HAProxy's end-of-session log or an HTTP server's access log.
 
 Fields, space-separated: the close time (UTC), the registry id, the service, the
 transport, the remote and local endpoints, the close reason, the duration, and the bytes
-received and sent (UDP adds C{datagrams=in/out}). Live connections are in the registry
+received and sent (UDP adds C{datagrams=in/out}; a connection a proxy carried with the
+PROXY protocol, whose remote endpoint is the client it named, adds C{proxy=host:port}). Live connections are in the registry
 (C{portserver status}); the log is the record of what ended.
 
 Why not one C{twisted.logger} event per connection: an event through twistd's text log
@@ -49,6 +50,8 @@ def formatLine(record: ConnectionRecord, stamp: str) -> str:
             f"in={record.bytesIn} out={record.bytesOut}")
     if record.transport == "udp":
         line += f" datagrams={record.datagramsIn}/{record.datagramsOut}"
+    if record.proxy is not None:
+        line += f" proxy={record.proxy}"
     outbound = record.outbound
     if outbound is not None:
         line += (f" via={outbound.local}->{outbound.remote} {outbound.reason or 'open'} "

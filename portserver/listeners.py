@@ -14,8 +14,10 @@ from twisted.logger import Logger
 
 from portserver import udp
 from portserver.accepting import NO_DESCRIPTORS, listenTCP
+from portserver.activation import Activation, serveInherited
 from portserver.datagrams import TrackingDatagram
 from portserver.plan import Listener
+from portserver.proxyheader import ProxyHeaders
 from portserver.registry import CLOSED, Registry
 from portserver.startup import BindingService, StartupError, bindFailureMessage
 from portserver.tracking import TrackingFactory
@@ -32,11 +34,17 @@ def _liveOf(factory) -> list:
 
 class ListenerService(BindingService):
     """
-    One passive open: builds the plugin's factory (or datagram protocol) and binds it.
+    One passive open: builds the plugin's factory (or datagram protocol) and binds it,
+    or serves the socket of its service and transport that C{activation} passed.
+
+    @ivar inherited: the L{InheritedSocket} served, or L{None} (bound here).
     """
 
-    def __init__(self, listener: Listener, reactor, registry: Registry, admission=None):
+    def __init__(self, listener: Listener, reactor, registry: Registry, admission=None,
+                 activation: Activation | None = None):
         self.listener = listener
+        self.activation = activation or Activation()
+        self.inherited = None
         self.reactor = reactor
         self.registry = registry
         # The service's L{portserver.admission.Admission}, shared by its listeners.
@@ -59,11 +67,14 @@ class ListenerService(BindingService):
         admission = admission or self.admission
         spec = listener.spec
         if listener.transport == "tcp":
-            return TrackingFactory(spec.provider.buildFactory(spec, self.reactor),
-                                   self.registry, spec.name, spec.protocol,
-                                   listener.interface, limits=spec.limits,
-                                   admission=admission,
-                                   clock=self.reactor)
+            factory = TrackingFactory(spec.provider.buildFactory(spec, self.reactor),
+                                      self.registry, spec.name, spec.protocol,
+                                      listener.interface, limits=spec.limits,
+                                      admission=admission,
+                                      clock=self.reactor)
+            if spec.proxyProtocol is not None:
+                factory.proxyHeaders = ProxyHeaders(spec.proxyProtocol, factory)
+            return factory
         served = TrackingDatagram(spec.provider.buildDatagramProtocol(spec, self.reactor),
                                   self.registry, spec.name, spec.protocol)
         served.admission = admission
@@ -92,19 +103,30 @@ class ListenerService(BindingService):
 
     def bind(self) -> None:
         """
-        Bind the port, unless it is bound already.
+        Bind the port, unless it is bound already; when socket activation passed a
+        socket for this listener's service and transport, serve that instead.
 
         @raise CannotListenError: when the OS refuses.
-        @raise StartupError: when the plugin cannot build its factory.
+        @raise StartupError: when the plugin cannot build its factory, or the
+            inherited socket is not the listener's (address, family, type).
         """
         if self.port is not None:
             return
         listener = self.listener
+        inherited = self.activation.socketFor(listener.service, listener.transport)
+        if inherited is not None:
+            mismatch = inherited.mismatch(listener)
+            if mismatch is not None:
+                raise StartupError(f"service {listener.service!r}: {mismatch[1]}")
         served, self._built = self._built, None
         if served is None:
             served = self._buildChecked(listener)
         self.served = served
-        if listener.transport == "tcp":
+        self.inherited = inherited
+        if inherited is not None:
+            self.port = serveInherited(self.reactor, inherited, served, listener.describe(),
+                                       self._refusedForDescriptors)
+        elif listener.transport == "tcp":
             self.port = listenTCP(self.reactor, listener.port, served, listener.interface,
                                   listener.describe(), self._refusedForDescriptors)
         else:
@@ -217,14 +239,16 @@ class ListenerService(BindingService):
         address = self.address
         log.info(
             "Listening: service {service} ({protocol}) on {transport} {host}:{port}"
-            "{offset}, {privilege} port ({portClass})",
+            "{offset}, {privilege} port ({portClass}){inherited}",
             service=l.service, protocol=l.protocol, transport=l.transport,
             host=l.interface, port=address.port if address else l.port,
             offset=(f" (well-known port {l.configuredPort})"
                     if l.configuredPort != l.port else ""),
             privilege="privileged" if l.privileged else "unprivileged",
             portClass=l.portClass, privileged=l.privileged,
-            wellKnownPort=l.wellKnownPort, configuredPort=l.configuredPort)
+            wellKnownPort=l.wellKnownPort, configuredPort=l.configuredPort,
+            inherited=(f", inherited socket {self.inherited.describe()}"
+                    if self.inherited is not None else ""))
 
 
 def bindEach(children: list[ListenerService]) -> list[str]:

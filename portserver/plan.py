@@ -85,7 +85,9 @@ class Listener:
                 "configured_port": self.configuredPort,
                 "well_known_port": self.wellKnownPort, "class": self.portClass,
                 "privileged": self.privileged,
-                "limits": self.spec.limits.asOptions(self.transport)}
+                "limits": self.spec.limits.asOptions(self.transport),
+                **({"proxy_protocol": self.spec.proxyProtocol.asDict()}
+                   if self.spec.proxyProtocol is not None else {})}
 
 
 @attrs.frozen
@@ -281,4 +283,13 @@ def formatPlan(plan: Plan) -> str:
             shown = ", ".join(f"{key} {'null' if value is None else value}"
                               for key, value in spec.limits.asOptions(transport).items())
             lines.append(f"{spec.name}/{transport}: {shown}")
+    proxied = [spec for spec in plan.config.services if spec.proxyProtocol is not None]
+    if proxied:
+        lines.append("")
+        lines.append("PROXY PROTOCOL (the real client comes in a header from these proxies)")
+        for spec in proxied:
+            settings = spec.proxyProtocol.asDict()
+            lines.append(f"{spec.name}: from {', '.join(settings['from'])}; versions "
+                         f"{', '.join(map(str, settings['versions']))}; timeout "
+                         f"{settings['timeout']:g}s")
     return "\n".join(lines)

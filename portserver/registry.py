@@ -75,12 +75,16 @@ class ConnectionRecord:
     @ivar closed: when it closed (UDP: expired), or L{None} while live; C{reason}: why.
     @ivar outbound: the L{OutboundRecord} of the connection the server opened on this
         one's behalf (a forward's), or L{None}.
+    @ivar proxy: the L{Endpoint} of the proxy that carried the connection with the
+        PROXY protocol (C{remote} is then the client it named), or L{None}: set on a
+        L{ProxiedRecord} only, so that other records carry no slot for it.
     """
 
     __slots__ = ("serial", "service", "protocol", "local", "remoteHost", "remotePort",
                  "opened", "bytesIn", "bytesOut", "closed", "reason", "outbound")
 
     transport = "tcp"
+    proxy = None
 
     def __init__(self, serial: int, service, protocol, local, remote, opened):
         self.serial = serial
@@ -133,7 +137,23 @@ class ConnectionRecord:
             result["reason"] = self.reason
         if self.outbound is not None:
             result["outbound"] = self.outbound.asDict(describePort)
+        if self.proxy is not None:
+            result["proxy"] = {"host": self.proxy[0], "port": self.proxy[1]}
         return result
+
+
+class ProxiedRecord(ConnectionRecord):
+    """
+    A TCP connection a proxy carried with the PROXY protocol: C{remote} is the client
+    its header named, C{proxy} the proxy's own L{Endpoint}.
+    """
+
+    __slots__ = ("proxy",)
+
+    def __init__(self, serial: int, service, protocol, local, remote, opened,
+                 proxy: Endpoint):
+        super().__init__(serial, service, protocol, local, remote, opened)
+        self.proxy = proxy
 
 
 class OutboundRecord(ConnectionRecord):
@@ -247,14 +267,19 @@ class Registry:
     # -- TCP -------------------------------------------------------------------------------
 
     def open(self, service: str, protocol: str, transport: str, local: Endpoint,
-             remote: Endpoint) -> ConnectionRecord:
+             remote: Endpoint, proxy: Endpoint | None = None) -> ConnectionRecord:
         """
-        Record a new TCP connection, live from now (UDP flows come from L{flow}).
+        Record a new TCP connection, live from now (UDP flows come from L{flow});
+        C{proxy}: the proxy that carried it with the PROXY protocol, if one did.
         """
         if transport != "tcp":
             raise ValueError(f"open() records TCP connections, not {transport!r}: use flow()")
-        record = ConnectionRecord(next(self._serials), service, protocol, local, remote,
-                                  self.clock.seconds())
+        if proxy is None:
+            record = ConnectionRecord(next(self._serials), service, protocol, local, remote,
+                                      self.clock.seconds())
+        else:
+            record = ProxiedRecord(next(self._serials), service, protocol, local, remote,
+                                   self.clock.seconds(), proxy)
         self._live[record.serial] = record
         self._opened(record)
         return record

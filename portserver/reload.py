@@ -16,9 +16,11 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from portserver.config import ConfigError
+from portserver.drain import SERVING
 from portserver.plan import loadPlan
 from portserver.plugins import DuplicateProtocolError, discover
 from portserver.reloading import ReloadError
+from portserver.sdnotify import Notifier
 
 log = Logger()
 
@@ -36,12 +38,17 @@ class Reloader:
     (a dict: C{result}, C{at}, C{generation}, and the changes or the errors) and the
     C{reloads} counts by result.
 
+    The service manager hears from C{notifier} (L{portserver.sdnotify}):
+    C{RELOADING=1} before a reload is applied, C{READY=1} once it is over, applied or
+    rejected (not while the server is stopping), each with a C{STATUS=} line.
+
     @param path: the config file; C{portOffset}: as given at start-up.
     """
 
     def __init__(self, server, path: str, portOffset: int = 0, discover=discover,
-                 loadPlan=loadPlan):
+                 loadPlan=loadPlan, notifier: Notifier | None = None):
         self.server = server
+        self.notifier = notifier or Notifier(None)
         self.path = path
         self.portOffset = portOffset
         self._discover = discover
@@ -65,10 +72,16 @@ class Reloader:
 
     def _start(self, waiters: list[Deferred]) -> None:
         self._busy = True
-        self._attempt().addCallback(self._done, waiters)
+        notifying = self.notifier.enabled and self.server.state == SERVING
+        if notifying:
+            self.notifier.reloading(self.server.statusText("reloading"))
+        self._attempt().addCallback(self._done, waiters, notifying)
 
-    def _done(self, outcome: dict, waiters: list[Deferred]) -> None:
+    def _done(self, outcome: dict, waiters: list[Deferred], notifying: bool = False
+              ) -> None:
         self._busy = False
+        if notifying and self.server.state == SERVING:
+            self.notifier.ready(self.server.statusText())
         queued, self._waiting = self._waiting, []
         if queued:
             self._start(queued)

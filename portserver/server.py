@@ -14,12 +14,14 @@ from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from portserver.activation import Activation
 from portserver.admission import Admission
 from portserver.drain import DRAINING, SERVING, STOPPED, Drain
 from portserver.listeners import ListenerService, bindEach
 from portserver.logfilter import quietPortChatter
 from portserver.plan import Listener, Plan
 from portserver.registry import SHUTDOWN, Registry
+from portserver.sdnotify import Notifier, statusText
 from portserver.reloading import (
     ReloadError,
     ReloadReport,
@@ -35,7 +37,12 @@ log = Logger()
 
 class PortServer(MultiService):
     """
-    Every listener of a L{Plan}, bound all at once or not at all.
+    Every listener of a L{Plan}, bound all at once or not at all (or served on the
+    sockets socket activation passed: C{activation}).
+
+    The service manager hears from C{notifier} (L{portserver.sdnotify}): C{READY=1}
+    once every listener serves, C{STOPPING=1} when the drain starts, and a C{STATUS=}
+    line with each, and every L{STATUS_INTERVAL} seconds while serving.
 
     @ivar state: C{"serving"}, C{"draining"} (stopped listening, waiting for live
         connections to finish) or C{"stopped"}.
@@ -43,11 +50,16 @@ class PortServer(MultiService):
 
     # Seconds to wait, once the drain is over, for aborted connections to close.
     ABORT_GRACE = 1.0
+    # Seconds between two STATUS= lines for the service manager (when there is one).
+    STATUS_INTERVAL = 10.0
 
-    def __init__(self, plan: Plan, reactor, registry: Registry | None = None):
+    def __init__(self, plan: Plan, reactor, registry: Registry | None = None,
+                 notifier: Notifier | None = None, activation: Activation | None = None):
         super().__init__()
         self.plan = plan
         self.reactor = reactor
+        self.notifier = notifier or Notifier(None)
+        self.activation = activation or Activation()
         settings = plan.config.registry
         self.registry = registry or Registry(
             reactor, plan.rule, closedLimit=settings.closedLimit, udpIdle=settings.udpIdle,
@@ -56,12 +68,14 @@ class PortServer(MultiService):
                                                 self.registry)
                            for spec in plan.config.services}
         self.listeners = [ListenerService(l, reactor, self.registry,
-                                          self.admissions.get(l.service))
+                                          self.admissions.get(l.service), self.activation)
                           for l in plan.listeners]
         for child in self.listeners:
             child.setServiceParent(self)
         self._expiry = LoopingCall(self._expireFlows)
         self._expiry.clock = reactor
+        self._statusLoop = LoopingCall(self._sendStatus)
+        self._statusLoop.clock = reactor
         self.state = SERVING
         self._drained = None
         self._drain = None  # the Drain of the last stop
@@ -189,7 +203,8 @@ class PortServer(MultiService):
             except StartupError as e:
                 errors.append(str(e))
         blocked = {(c.listener.transport, c.listener.port) for c in removed}
-        fresh = [ListenerService(l, self.reactor, self.registry, admissions[l.service])
+        fresh = [ListenerService(l, self.reactor, self.registry, admissions[l.service],
+                                 self.activation)
                  for l in added]
         now = [c for c in fresh
                if c.listener.port == 0 or (c.listener.transport, c.listener.port) not in blocked]
@@ -223,7 +238,7 @@ class PortServer(MultiService):
         self.listeners = sorted([c for c, _ in kept] + fresh,
                                 key=lambda c: order[socketKey(c.listener)])
         self._noteOwnPorts()
-        warnings = restartOnly(self.plan.config, plan.config)
+        warnings = restartOnly(self.plan.config, plan.config) + self._idleSockets(plan)
         self.plan, self.admissions = plan, admissions
         self.generation += 1
         self.loadedAt = self.reactor.seconds()
@@ -236,6 +251,16 @@ class PortServer(MultiService):
             changed=tuple(changed), unchanged=len(kept) - len(changed), denied=denied,
             warnings=tuple(warnings))
         return report, later, [child.unbound for child in removed]
+
+    def _idleSockets(self, plan: Plan) -> list[str]:
+        """
+        Warnings for the inherited sockets that served a listener and serve none in
+        C{plan}: they stay open (a later reload may serve them again), unanswered.
+        """
+        served = {id(s) for _, s in self.activation.assigned(plan)}
+        return [f"inherited socket {s.describe()} is served by no listener now: it stays "
+                "open, and connections to it wait unanswered"
+                for _, s in self.activation.assigned(self.plan) if id(s) not in served]
 
     def _bindLater(self, later: list[ListenerService], report: ReloadReport) -> ReloadReport:
         """
@@ -280,10 +305,12 @@ class PortServer(MultiService):
         closed = 0
         for child in self.listeners + self.retiring:
             for tracker in child.trackers():
-                admission = tracker.factory.admission
                 record = getattr(tracker, "record", None)
-                if admission is None or record is None:
-                    continue  # a refusal being sent its banner, or not admitted
+                if record is None:
+                    continue  # a refusal being sent its banner (it has no factory)
+                admission = tracker.factory.admission
+                if admission is None:
+                    continue
                 if not admission.allows(record.remote.host) \
                         and tracker.closeForLimit(DENIED):
                     closed += 1
@@ -300,6 +327,9 @@ class PortServer(MultiService):
         """
         if self._drained is not None:
             return self._drained
+        self.notifier.stopping(self.statusText("draining"))
+        if self._statusLoop.running:
+            self._statusLoop.stop()
         if self._expiry.running:
             self._expiry.stop()
         for child in self.retiring:  # the server's drain takes over from theirs
@@ -357,6 +387,21 @@ class PortServer(MultiService):
         log.info("portserver ready: {count} listener(s) for {services} service(s) from "
                  "{config}", count=len(self.listeners),
                  services=len(self.plan.config.services), config=self.plan.config.path)
+        if not self.running or self._drained is not None:
+            return  # stopped before the reactor ran
+        if self.notifier.ready(self.statusText()) and not self._statusLoop.running:
+            self._statusLoop.start(self.STATUS_INTERVAL, now=False)
+
+    def statusText(self, state: str | None = None) -> str:
+        """
+        The C{STATUS=} line for the service manager: C{state} (by default this server's:
+        C{serving}, C{draining}...), live connections and flows, config generation.
+        """
+        return statusText(state or self.state, len(self.registry), self.generation)
+
+    def _sendStatus(self) -> None:
+        if self.state == SERVING:
+            self.notifier.status(self.statusText())
 
     def addressOf(self, service: str, transport: str = "tcp"):
         """

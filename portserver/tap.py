@@ -56,8 +56,13 @@ class Options(usage.Options):
     ]
 
     def __init__(self, stdout=None, stderr=None, discover=discover, loadPlan=loadPlan,
-                 preflight=preflight, canBindPrivileged=canBindPrivileged):
+                 preflight=preflight, canBindPrivileged=canBindPrivileged, inherited=None):
+        """
+        @param inherited: returns the L{Activation} of this process (by default, what
+            C{LISTEN_FDS} passes: L{Activation.fromEnvironment}).
+        """
         super().__init__()
+        self._inherited = inherited
         self._preflight = preflight
         self._canBindPrivileged = canBindPrivileged
         self.stdout = stdout or sys.stdout
@@ -89,9 +94,12 @@ class Options(usage.Options):
             plan = self._loadPlan(path, discovery.providers, portOffset=offset)
         except ConfigError as e:
             self.fail(f"portserver: {path}: {e.report()}")
+        activation = self._activation(path, plan)
         if self["check"]:
             print(formatPlan(plan), file=self.stdout)
-            warning = self._privilegeWarning(plan)
+            if activation:
+                print("\n" + activation.describePlan(plan), file=self.stdout)
+            warning = self._privilegeWarning(plan, activation)
             if warning:
                 print(warning, file=self.stdout)
             print(f"portserver: {path}: configuration is valid", file=self.stdout)
@@ -99,17 +107,40 @@ class Options(usage.Options):
         if isinstance(self.parent, dict):
             # Run by twistd: say now, on the terminal, which ports cannot be bound,
             # before twistd forks into the background and starts its log.
-            failures = self._preflight(plan.listeners)
+            # An inherited socket is bound already: probing its address would fail.
+            failures = self._preflight([
+                l for l in plan.listeners
+                if activation.socketFor(l.service, l.transport) is None])
             if failures:
                 self.fail(f"portserver: {groupFailures(failures)}")
         self["plan"] = plan
+        self["activation"] = activation
 
-    def _privilegeWarning(self, plan) -> str | None:
+    def _activation(self, path: str, plan):
+        """
+        The sockets socket activation passed, checked against C{plan} (exit 1 with
+        every mismatch, located): for C{--check} and when run by twistd; none when
+        embedded (a test's or a program's own options).
+        """
+        from portserver.activation import Activation
+
+        if not (self["check"] or isinstance(self.parent, dict)):
+            return Activation()
+        activation = (self._inherited or Activation.fromEnvironment)()
+        problems = activation.check(plan)
+        if problems:
+            self.fail(f"portserver: {path}: {ConfigError(problems).report()}")
+        return activation
+
+    def _privilegeWarning(self, plan, activation=()) -> str | None:
         """
         For C{--check}: a warning when the plan has privileged ports and this user may
-        not bind them (the config is valid all the same), with the remedies.
+        not bind them (the config is valid all the same), with the remedies. A port
+        served on an inherited socket (C{activation}) needs no privilege.
         """
-        ports = sorted({l.port for l in plan.listeners if l.privileged})
+        inherited = {l.key for l, _ in activation.assigned(plan)} if activation else set()
+        ports = sorted({l.port for l in plan.listeners
+                        if l.privileged and l.key not in inherited})
         if not ports or self._canBindPrivileged():
             return None
         return (f"portserver: warning: {len(ports)} privileged port(s) "
@@ -183,6 +214,10 @@ def makeService(options, reactor=None):
     L{PortServer} (named C{"portserver"}) and, unless the config turns them off, the
     connection log (C{"connection-log"}) and the status web service (named C{"status"}).
 
+    Listeners serve the sockets socket activation passed (L{portserver.activation}),
+    and, run by twistd, the service manager hears of readiness, reloads and the drain
+    (L{portserver.sdnotify}).
+
     SIGHUP reloads the config (L{portserver.reload}): the C{"reload-signal"} service,
     first in the tree, takes it before any port is bound. Once the reactor runs,
     SIGTERM/SIGINT stop it gracefully. Run by twistd with a pid file, the tree ends with
@@ -193,6 +228,7 @@ def makeService(options, reactor=None):
     from portserver.connlog import ConnectionLog
     from portserver.reload import Reloader, ReloadSignal, installReloadSignal
     from portserver.runtime import RuntimeFile, runtimePath
+    from portserver.sdnotify import Notifier
     from portserver.server import PortServer, ServerTree
     from portserver.status.web import StatusService
 
@@ -203,11 +239,16 @@ def makeService(options, reactor=None):
     plan = options["plan"]
     tree = ServerTree()
     tree.quiet = takeSignals
-    server = PortServer(plan, reactor)
+    # systemd hears of readiness, reloads and the drain (sd_notify) when it runs the
+    # process (twistd, signals taken); a test's tree on its own reactor tells no one.
+    notifier = Notifier.fromEnvironment() if takeSignals else Notifier(None)
+    server = PortServer(plan, reactor, notifier=notifier,
+                        activation=options.get("activation"))
     server.setName("portserver")
     reloader = Reloader(server, plan.config.path, plan.portOffset,
                         discover=getattr(options, "_discover", discover),
-                        loadPlan=getattr(options, "_loadPlan", loadPlan))
+                        loadPlan=getattr(options, "_loadPlan", loadPlan),
+                        notifier=notifier)
     ReloadSignal(reactor, reloader, install=installReloadSignal if takeSignals else None
                  ).setServiceParent(tree)
     owner = droppedTo(options)

@@ -718,7 +718,12 @@ class TrackingFactory(_Wrapping, ServerFactory):
     @param admission: who may connect (C{admit(host)}, C{release(host)}, C{banner}), or
         L{None} to admit everyone.
     @param clock: the L{IReactorTime} of the timeouts (default: the registry's clock).
+    @ivar proxyHeaders: the service's L{portserver.proxyheader.ProxyHeaders} when its
+        connections begin with a PROXY protocol header (portserver's listener reads it
+        before anything is built), else L{None}.
     """
+
+    proxyHeaders = None
 
     def __init__(self, wrapped, registry: Registry, service: str, protocolName: str,
                  interface: str | None = None, limits: Limits | None = None,

@@ -312,10 +312,12 @@ class TrackedTransport(ConnectionTracking, WriteThroughTransport):
     lastActive = None
     deadlineAt = None
 
-    def startTracking(self, factory, admitted: str | None = None) -> None:
+    def startTracking(self, factory, admitted: str | None = None, proxy=None) -> None:
         """
         Track this connection, accepted by C{factory}'s listener for a peer that its
-        admission admitted as C{admitted} (released when the connection ends).
+        admission admitted as C{admitted} (released when the connection ends);
+        C{proxy}: the L{Endpoint} of the proxy that carried it with the PROXY protocol
+        (L{portserver.proxyheader}), if one did.
         """
         self.factory = factory
         if admitted is not None:
@@ -323,7 +325,7 @@ class TrackedTransport(ConnectionTracking, WriteThroughTransport):
         client = self.client
         self.record = factory.registry.open(
             factory.service, factory.protocolName, "tcp", factory.localEndpoint(self),
-            Endpoint(hostOf(client[0]), client[1]))
+            Endpoint(hostOf(client[0]), client[1]), proxy)
         factory.transports[self.record.serial] = self
         if factory.timed:
             self._startTimer()

@@ -310,7 +310,7 @@ class ServiceShapeTests(SynchronousTestCase):
         self.assertEqual(
             problems(oneService("prot: 7")),
             ["test.yaml:4:5: service 'svc': unknown key 'prot' (known: name, protocol, "
-             "port, interface, transports, options, limits, access)"])
+             "port, interface, transports, options, limits, access, proxy_protocol)"])
 
     def test_missingName(self):
         """
