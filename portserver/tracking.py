@@ -1,14 +1,19 @@
 """
-The tracking layer: put once around whatever factory (or datagram protocol) a plugin
-builds, it records every connection in the L{Registry} and counts bytes at the transport
-boundary, so plugins need not cooperate.
+The tracking of TCP connections: a L{TrackingFactory} is put once around whatever
+factory a plugin builds; every connection it serves is recorded in the L{Registry} and
+its bytes counted at the transport boundary, so plugins need not cooperate (datagram
+services: L{portserver.datagrams}).
 
-Unlike Twisted's C{WrappingFactory}/C{ProtocolWrapper}, a L{Tracker} declares its
-interfaces on the class (no C{directlyProvides} per connection), uses C{__slots__}, and
-keeps no reference that outlives the connection: the reactor's transport drops the tracker
-when the connection is lost, the tracker drops the plugin's protocol, and the registry
-keeps only a plain record. Nothing forms a cycle, so closed connections are freed by
-reference counting, without waiting for the cycle collector.
+What is done for each connection is L{ConnectionTracking}. portserver's own transport
+(L{portserver.transport.TrackedTransport}) provides it for every connection a portserver
+listener accepts, and the plugin's protocol gets that transport directly. L{Tracker}, a
+wrapper protocol, provides it where the transport is not portserver's (in-memory test
+transports, other reactors). Unlike Twisted's C{WrappingFactory}/C{ProtocolWrapper}, a
+L{Tracker} declares its interfaces on the class (no C{directlyProvides} per connection),
+uses C{__slots__}, and keeps no reference that outlives the connection. Either way the
+registry keeps only a plain record and nothing forms a cycle once the connection is lost,
+so closed connections are freed by reference counting, without waiting for the cycle
+collector. Timeouts of a listener's connections share one call (L{Timeouts}).
 
 It also enforces a service's L{Limits} on each connection and keeps one plugin's bugs to
 the connection they happen on:
@@ -56,8 +61,8 @@ the connection they happen on:
    C{dataReceived}, C{readConnectionLost}, C{writeConnectionLost}) is logged once with
    the service and the endpoint pair, and aborts that connection only ("plugin-error");
    one from its C{connectionLost} is logged the same way and the record still closes,
-   for the reason the connection ended. A datagram protocol's exception is logged with
-   the service and the peer, and the port keeps serving.
+   for the reason the connection ended. (A datagram protocol's exception is logged
+   with the service and the peer, and the port keeps serving: L{portserver.datagrams}.)
 """
 
 from __future__ import annotations

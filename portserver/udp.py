@@ -7,6 +7,10 @@ table picks: a client that sent to 127.0.0.2 may get its answer from 127.0.0.1, 
 connected client socket drops it. Like ntpd, BIND and dnsmasq, L{PacketInfoPort} asks the
 kernel for each datagram's destination (C{IP_PKTINFO} / C{IPV6_RECVPKTINFO}) and sends the
 reply from it, so a reply swaps the request's source and destination endpoints exactly.
+
+Both port classes here (L{DatagramPort} on a specific address, L{PacketInfoPort} on a
+wildcard one) also shorten Twisted's per-datagram path: a reply to the sender of the
+datagram being delivered is sent without Twisted's address checks.
 """
 
 from __future__ import annotations
