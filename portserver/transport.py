@@ -238,7 +238,14 @@ class WriteThroughTransport(FlowControlledTransport):
         if self.offset == len(self.dataBuffer) and not self._tempDataLen:
             return ClosedAfterRead()
         self.startWriting()  # Twisted's doWrite closes once the buffer has drained
+        self._closePending()
         return None
+
+    def _closePending(self) -> None:
+        """
+        A close asked for during a read waits for the buffer to drain (see
+        L{TrackedTransport}: the close grace starts then).
+        """
 
     def loseConnection(self, *args, **kwargs):
         if (_read.transport is self and self.connected and not self.disconnecting
@@ -438,12 +445,22 @@ class TrackedTransport(ConnectionTracking, WriteThroughTransport):
         self._wrote()
 
     def loseConnection(self, *args, **kwargs) -> None:
-        if self.factory is not None:
-            if self.closer is None:
-                self.closer = SERVER_CLOSED
-            if self._isOpen():
-                self._closeWithin(self.factory.closeGrace)
-        return super().loseConnection(*args, **kwargs)
+        if self.factory is None:
+            return super().loseConnection(*args, **kwargs)
+        if self.closer is None:
+            self.closer = SERVER_CLOSED
+        wasOpen = self._isOpen()
+        super().loseConnection(*args, **kwargs)
+        if wasOpen and self.connected and not (_read.transport is self and _read.closeAfter):
+            # A close that may take time: abort it after the grace. (One put off to
+            # the end of the read is over then, unless output is left: then
+            # _closePending starts the grace.)
+            self._closeWithin(self.factory.closeGrace)
+        return None
+
+    def _closePending(self) -> None:
+        if self.factory is not None and self.connected:
+            self._closeWithin(self.factory.closeGrace)
 
     def abortConnection(self) -> None:
         if self.factory is not None and self.closer in (None, SERVER_CLOSED, CLIENT_CLOSED):

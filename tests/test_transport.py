@@ -10,6 +10,7 @@ import errno
 from twisted.internet import main
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -566,3 +567,59 @@ class TrackedTransportTests(SynchronousTestCase):
         connection = composed(sock, MemoryReactor())
         connection.write(b"banner")
         self.assertEqual((sock.sent, connection.record), (b"banner", None))
+
+    def tracked(self, **socketOptions):
+        """
+        A L{TrackedTransport} over a L{FakeSocket}, tracked by a stand-in factory whose
+        clock is C{self.clock}.
+        """
+        class Factory:
+            closeGrace = 5.0
+            idleTimeout = None
+            highWater = 1 << 20
+            maxOutput = None
+
+        class Record:
+            bytesIn = bytesOut = 0
+
+        self.clock = Clock()
+        Factory.clock = self.clock
+        composed = type("Composed", (TrackedTransport, FakeTCP), {})
+        self.socket = FakeSocket(**socketOptions)
+        connection = composed(self.socket, MemoryReactor())
+        connection.factory = Factory()
+        connection.record = Record()
+        return connection
+
+    def test_closeDuringReadNoGrace(self):
+        """
+        A close asked for during a read, with nothing left to send, is over when the
+        read returns: no grace call is made for it.
+        """
+        connection = self.tracked()
+        connection.protocol = Replier(
+            lambda transport, data: (transport.write(data), transport.loseConnection()))
+        connection.protocol.transport = connection
+        self.assertIsInstance(connection._dataReceived(b"ping"), ConnectionDone)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_closeDuringReadWithOutputLeftHasGrace(self):
+        """
+        A close asked for during a read with output the kernel did not take waits for
+        the buffer, within the close grace.
+        """
+        connection = self.tracked(room=2)
+        connection.protocol = Replier(
+            lambda transport, data: (transport.write(b"abcdef"), transport.loseConnection()))
+        connection.protocol.transport = connection
+        self.assertIsNone(connection._dataReceived(b"ping"))
+        [grace] = self.clock.getDelayedCalls()
+        self.assertEqual(grace.getTime(), 5.0)
+
+    def test_closeOutsideReadHasGrace(self):
+        """
+        A close asked for outside a read (a timer's) has the close grace.
+        """
+        connection = self.tracked()
+        connection.loseConnection()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
