@@ -432,6 +432,22 @@ def _givenLimits(data: MarkedMap, key: str, collector, service=None) -> dict[str
     return {k: checked[k] for k in value}
 
 
+def _networks(items, value: MarkedMap, name: str, key: str, collector, service) -> list:
+    """
+    The networks of C{items} (addresses and CIDR blocks, the list under C{name} in the
+    C{key} section C{value}); each one that is not is reported at its own mark.
+    """
+    networks = []
+    for index, text in enumerate(items):
+        try:
+            networks.append(parseNetwork(text))
+        except ValueError as e:
+            mark = items.itemMark(index) if isinstance(items, MarkedList) else \
+                value.valueMark(name)
+            collector.add(mark, f"{key}: '{name}' item {index + 1}: {e}", service)
+    return networks
+
+
 def _accessRules(data: MarkedMap, key: str, collector, service=None) -> AccessRules:
     """
     The C{access:} mapping C{data[key]}: C{allow} and C{deny} lists of addresses and CIDR
@@ -460,14 +476,7 @@ def _accessRules(data: MarkedMap, key: str, collector, service=None) -> AccessRu
                           service)
             lists[name] = ()
             continue
-        networks = []
-        for index, text in enumerate(items):
-            try:
-                networks.append(parseNetwork(text))
-            except ValueError as e:
-                mark = items.itemMark(index) if isinstance(items, MarkedList) else \
-                    value.valueMark(name)
-                collector.add(mark, f"{key}: '{name}' item {index + 1}: {e}", service)
+        networks = _networks(items, value, name, key, collector, service)
         lists[name] = tuple(networks)
     return AccessRules(lists["allow"], lists["deny"])
 
@@ -524,14 +533,7 @@ def _proxyProtocol(item: MarkedMap, transports, collector, service=None
         collector.add(value.valueMark("from"), f"{key}: 'from' must list at least one proxy "
                                                "(an address or CIDR block)", service)
         return None
-    networks = []
-    for index, text in enumerate(items):
-        try:
-            networks.append(parseNetwork(text))
-        except ValueError as e:
-            mark = items.itemMark(index) if isinstance(items, MarkedList) else \
-                value.valueMark("from")
-            collector.add(mark, f"{key}: 'from' item {index + 1}: {e}", service)
+    networks = _networks(items, value, "from", key, collector, service)
     if settings is None or len(networks) != len(items):
         return None
     return ProxyProtocol(tuple(networks), tuple(sorted(settings["versions"])),
