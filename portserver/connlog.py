@@ -7,8 +7,9 @@ own, like HAProxy's end-of-session log or an HTTP server's access log.
 Fields, space-separated: the close time (UTC), the registry id, the service, the
 transport, the remote and local endpoints, the close reason, the duration, and the bytes
 received and sent (UDP adds C{datagrams=in/out}; a connection a proxy carried with the
-PROXY protocol, whose remote endpoint is the client it named, adds C{proxy=host:port}). Live connections are in the registry
-(C{portserver status}); the log is the record of what ended.
+PROXY protocol, whose remote endpoint is the client it named, adds C{proxy=host:port}).
+Live connections are in the registry (C{portserver status}); the log is the record of
+what ended.
 
 Why not one C{twisted.logger} event per connection: an event through twistd's text log
 costs tens of microseconds (an event dict, the publisher, C{str.format} parsing, a

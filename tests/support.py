@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import weakref
 from http.server import ThreadingHTTPServer
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -111,6 +112,43 @@ def freePort(transport="tcp", host="127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def readExactly(s: socket.socket, size: int) -> bytes:
+    """
+    C{size} bytes from the blocking socket C{s}, or fewer if the peer closes first.
+    """
+    data = b""
+    while len(data) < size:
+        chunk = s.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def watchedEcho(built: list):
+    """
+    A provider, C{weak}, of an echo service whose every protocol built is added to
+    C{built} as a weak reference (to check that closed connections are freed).
+    """
+    from twisted.internet.protocol import Factory
+    from twisted.protocols import wire
+
+    from portserver.provider import PortProtocol
+
+    def factory(service, reactor):
+        f = Factory.forProtocol(wire.Echo)
+        original = f.buildProtocol
+
+        def buildProtocol(addr):
+            protocol = original(addr)
+            built.append(weakref.ref(protocol))
+            return protocol
+        f.buildProtocol = buildProtocol
+        return f
+
+    return PortProtocol("weak", "Echo, watched", 4000, factory=factory)
 
 
 def serveHTTP(testCase, handler) -> str:

@@ -26,7 +26,7 @@ from portserver.plan import loadPlan
 from portserver.plugins import discover
 from portserver.ports import PrivilegeRule
 from portserver.proxyheader import V2_SIGNATURE
-from tests.support import freePort
+from tests.support import freePort, readExactly
 from tests.test_twistd import DEADLINE, ROOT, stopProcess, twistd, waitForLine
 
 EXAMPLE = os.path.join(ROOT, "examples", "haproxy")
@@ -60,16 +60,6 @@ def connectWithin(address, source, deadline=DEADLINE) -> socket.socket:
             if time.monotonic() > end:
                 raise
             time.sleep(0.05)
-
-
-def readExactly(s, size) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = s.recv(size - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 class HAProxyExampleTests(SynchronousTestCase):

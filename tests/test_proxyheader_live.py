@@ -20,20 +20,18 @@ import attrs
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
-from twisted.protocols import wire
 from twisted.trial.unittest import TestCase
 
 from portserver.plan import loadPlan
 from portserver.plugins import discover
 from portserver.ports import PrivilegeRule
-from portserver.provider import PortProtocol
 from portserver.proxyheader import PROXY_ERROR, PROXY_UNTRUSTED, V2_SIGNATURE, ProxyProtocol
 from portserver.server import PortServer
-from tests.support import freePort, makePlan, spec
+from tests.support import freePort, makePlan, readExactly, spec, watchedEcho
 
 DEADLINE = 10
 PROXY = "127.0.0.2"
@@ -78,16 +76,6 @@ def readAll(s) -> bytes:
     except ConnectionResetError:
         pass
     return b"".join(chunks)
-
-
-def readExactly(s, size) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = s.recv(size - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 class ProxyProtocolLiveTests(TestCase):
@@ -464,18 +452,7 @@ class ProxiedMemoryTests(TestCase):
         """
         built = []
 
-        def factory(service, reactor):
-            f = Factory.forProtocol(wire.Echo)
-            original = f.buildProtocol
-
-            def buildProtocol(addr):
-                protocol = original(addr)
-                built.append(weakref.ref(protocol))
-                return protocol
-            f.buildProtocol = buildProtocol
-            return f
-
-        provider = PortProtocol("weak", "Echo, watched", 4000, factory=factory)
+        provider = watchedEcho(built)
         service = attrs.evolve(
             spec("weak", port=0, providers={"weak": provider}),
             proxyProtocol=ProxyProtocol((ipaddress.ip_network(PROXY),)))

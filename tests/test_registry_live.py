@@ -9,22 +9,19 @@ from __future__ import annotations
 import gc
 import random
 import socket
-import weakref
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
-from twisted.protocols import wire
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
-from portserver.provider import PortProtocol
 from portserver.registry import CLIENT_CLOSED, RESET, SERVER_CLOSED, Endpoint
 from portserver.server import PortServer
-from tests.support import makePlan, spec
+from tests.support import makePlan, spec, watchedEcho
 
 DEADLINE = 10.0  # seconds for the server to see what a client did; normally milliseconds
 
@@ -291,18 +288,7 @@ class NoCycleTests(TestCase):
         """
         built = []
 
-        def factory(service, reactor):
-            f = Factory.forProtocol(wire.Echo)
-            original = f.buildProtocol
-
-            def buildProtocol(addr):
-                protocol = original(addr)
-                built.append(weakref.ref(protocol))
-                return protocol
-            f.buildProtocol = buildProtocol
-            return f
-
-        provider = PortProtocol("weak", "Echo, watched", 4000, factory=factory)
+        provider = watchedEcho(built)
         server = PortServer(makePlan(spec("weak", port=0, providers={"weak": provider})),
                             reactor)
         server.startService()
