@@ -123,6 +123,10 @@ class AcceptingPort(tcp.Port):
                     skt, addr = self.socket.accept()
                 except OSError as e:
                     if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                        if self._pause:
+                            # Linux allocates the descriptor before it looks at the
+                            # queue: an empty queue means descriptors are free again.
+                            self._recovered()
                         break
                     if e.errno in (errno.EPERM, errno.ECONNABORTED):
                         continue  # netfilter refused it, or the client gave up

@@ -5,6 +5,7 @@ a real server in a subprocess with a small C{RLIMIT_NOFILE}.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
@@ -13,8 +14,12 @@ import subprocess
 import sys
 import time
 
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from portserver import accepting
 from tests.test_twistd import DEADLINE, ROOT
 
 # The server: echo on 127.0.0.1:0, with RLIMIT_NOFILE lowered to what it has open plus
@@ -199,3 +204,42 @@ class EMFILETests(SynchronousTestCase):
         self.assertIn("('echo', 'no-descriptors'): ", line)
         server.process.wait(DEADLINE)
         self.assertIn("queued connection(s) closed unserved", server.has(EXHAUSTED))
+
+
+class ListeningSocket:
+    """
+    A listening socket whose C{accept} raises the errors in C{errors}, in turn.
+    """
+
+    def __init__(self, *errors):
+        self.errors = list(errors)
+
+    def accept(self):
+        raise OSError(self.errors.pop(0), "")
+
+
+class RecoveryTests(SynchronousTestCase):
+    """
+    L{accepting.AcceptingPort} tells when descriptors are free again.
+    """
+
+    def test_emptyQueueIsRecovery(self):
+        """
+        After an EMFILE, an accept that finds the queue empty (EAGAIN) shows that
+        descriptors are free again (Linux allocates the descriptor before it looks at
+        the queue), and the recovery is logged: the connection whose accept hit EMFILE
+        may have been the last one, served already.
+        """
+        events = []
+        self.patch(accepting, "log", Logger(observer=events.append))
+        reactor = MemoryReactorClock()
+        port = accepting.AcceptingPort(0, Factory(), reactor=reactor)
+        port.socket = ListeningSocket(errno.EMFILE, errno.EAGAIN)
+        port.connected = True
+        port.numberAccepts = 100  # as startListening sets it
+        port.doRead()
+        self.assertGreater(port._pause, 0)
+        reactor.advance(port._pause)
+        port.doRead()
+        self.assertEqual(port._pause, 0)
+        self.assertIn("Descriptors available again", formatEvent(events[-1]))
