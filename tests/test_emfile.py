@@ -232,6 +232,9 @@ class RecoveryTests(SynchronousTestCase):
         """
         events = []
         self.patch(accepting, "log", Logger(observer=events.append))
+        # No spare descriptor (another test's listener may have left one open): the
+        # queue is not shed, so each accept below is the listener's own.
+        self.patch(accepting, "_reserve", accepting._Reserve())
         reactor = MemoryReactorClock()
         port = accepting.AcceptingPort(0, Factory(), reactor=reactor)
         port.socket = ListeningSocket(errno.EMFILE, errno.EAGAIN)
