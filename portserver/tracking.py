@@ -68,6 +68,7 @@ the connection they happen on:
 from __future__ import annotations
 
 import heapq
+import math
 import weakref
 
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
@@ -601,15 +602,37 @@ class Timeouts:
     which closes for the limit or gives the time left, put back in the heap. A closed
     connection's entry is skipped when it comes up, and the heap is rebuilt without
     such entries once they outnumber the live ones, so it stays within twice the live
-    connections. This costs a tuple per connection, where a call (a
-    C{DelayedCall}) costs about 0.45 KiB.
+    connections.
+
+    An entry is one integer, C{due} (rounded up to L{RESOLUTION}) above the serial's
+    L{SERIAL_BITS}: about 40 bytes a connection, where a C{(due, serial)} tuple costs
+    80 and a call (a C{DelayedCall}) about 0.45 KiB. Rounding up fires an entry at
+    most L{RESOLUTION} late, within the slack that counts a call as on time; the call
+    is made for the exact time, or L{RESOLUTION} before a rounded one.
     """
+
+    #: The time resolution of an entry (seconds): a power of two, so exact in binary.
+    RESOLUTION = 2.0 ** -20
+    #: The low bits of an entry that hold the serial.
+    SERIAL_BITS = 40
 
     def __init__(self, clock, connections: dict):
         self.clock = clock
         self.connections = connections
-        self.heap: list[tuple[float, int]] = []
+        self.heap: list[int] = []
         self.call = None
+
+    def entry(self, due: float, serial: int) -> int:
+        """
+        The heap entry asking the connection C{serial} at C{due}.
+        """
+        return (math.ceil(due / self.RESOLUTION) << self.SERIAL_BITS) | serial
+
+    def due(self, entry: int) -> float:
+        """
+        When C{entry} (an L{entry}) is due.
+        """
+        return (entry >> self.SERIAL_BITS) * self.RESOLUTION
 
     def add(self, due: float, serial: int) -> None:
         """
@@ -617,9 +640,10 @@ class Timeouts:
         """
         heap = self.heap
         if len(heap) > 2 * len(self.connections) + 64:
-            self.heap = heap = [entry for entry in heap if entry[1] in self.connections]
+            mask, connections = (1 << self.SERIAL_BITS) - 1, self.connections
+            self.heap = heap = [entry for entry in heap if entry & mask in connections]
             heapq.heapify(heap)
-        heapq.heappush(heap, (due, serial))
+        heapq.heappush(heap, self.entry(due, serial))
         call = self.call
         if call is None:
             self.call = self.clock.callLater(max(0.0, due - self.clock.seconds()), self.fire)
@@ -630,21 +654,26 @@ class Timeouts:
         self.call = None
         heap, connections = self.heap, self.connections
         now = self.clock.seconds()
+        mask = (1 << self.SERIAL_BITS) - 1
+        last = self.entry(now + _SLACK, mask)
         again = []
-        while heap and heap[0][0] <= now + _SLACK:
-            _, serial = heapq.heappop(heap)
+        while heap and heap[0] <= last:
+            serial = heapq.heappop(heap) & mask
             connection = connections.get(serial)
             if connection is None or not connection._isOpen():
                 continue  # closed, or closing (its grace call ends it)
             left = connection._timeLeft(now)
             if left is not None:
-                again.append((now + left, serial))
+                again.append(self.entry(now + left, serial))
         for entry in again:
             heapq.heappush(heap, entry)
         if not connections:
             heap.clear()
         elif heap:
-            self.call = self.clock.callLater(max(0.0, heap[0][0] - now), self.fire)
+            # An entry is up to RESOLUTION later than its time: call that much early
+            # (within the slack), so that the call is not later than the connection's.
+            due = self.due(heap[0]) - self.RESOLUTION
+            self.call = self.clock.callLater(max(0.0, due - now), self.fire)
 
     def stop(self) -> None:
         """

@@ -312,6 +312,32 @@ class TrackedTransport(ConnectionTracking, WriteThroughTransport):
 
     factory = None  # the TrackingFactory, once tracked
     record = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Twisted keeps the socket's bound fileno (72 bytes) in every connection: call
+        # the socket's instead (see fileno).
+        self.__dict__.pop("fileno", None)
+
+    def fileno(self) -> int:
+        try:
+            return self.socket.fileno()
+        except AttributeError:
+            return -1  # closed: as FileDescriptor.fileno
+
+    @property
+    def repstr(self) -> str:
+        """
+        What C{repr} shows, made when asked: Twisted keeps it in every connection
+        (70 bytes).
+        """
+        protocol = getattr(self, "protocol", None)
+        return (f"<{type(protocol).__name__} #{self.sessionno} on "
+                f"{getattr(self.server, '_realPortNumber', None)}>")
+
+    @repstr.setter
+    def repstr(self, value: str) -> None:
+        pass  # tcp.Server.__init__ sets it; the property makes it when asked
     closer = None
     timer = None
     admitted = None
@@ -413,6 +439,8 @@ class TrackedTransport(ConnectionTracking, WriteThroughTransport):
                 self._pluginFailed("writeConnectionLost")
 
     def connectionLost(self, reason) -> None:
+        if hasattr(self, "socket"):
+            self.fileno = self.socket.fileno  # tcp.Connection.connectionLost deletes it
         factory = self.factory
         if factory is None or not hasattr(self, "socket"):
             return super().connectionLost(reason)

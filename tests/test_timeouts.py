@@ -71,6 +71,23 @@ class TimeoutsTests(SynchronousTestCase):
         self.assertEqual(late.closedAt, 30.0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_exactTimesOffTheGrid(self):
+        """
+        Times that are no multiple of the heap's resolution, at the scale of the
+        epoch, still close each connection when its clock reaches its time, also the
+        second one, whose call is made from the heap's rounded entry.
+        """
+        self.clock.advance(1_796_371_609.4023864)
+        start = self.clock.seconds()
+        first = self.add(1, start + 0.1)
+        second = self.add(2, start + 0.3)
+        self.clock.advance(0.1)
+        self.assertEqual((first.closedAt, second.closedAt), (start + 0.1, None))
+        self.clock.advance(0.2)
+        self.assertIsNotNone(second.closedAt)
+        self.assertAlmostEqual(second.closedAt, start + 0.3, delta=Timeouts.RESOLUTION)
+        self.assertEqual(second.asked, 1)
+
     def test_activityMovesOn(self):
         """
         A connection active since its entry was made is asked at the old time, and

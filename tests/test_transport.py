@@ -6,10 +6,12 @@ Twisted's buffered path for everything else.
 from __future__ import annotations
 
 import errno
+import socket
 
-from twisted.internet import main
+from twisted.internet import main, tcp
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
@@ -567,6 +569,30 @@ class TrackedTransportTests(SynchronousTestCase):
         connection = composed(sock, MemoryReactor())
         connection.write(b"banner")
         self.assertEqual((sock.sent, connection.record), (b"banner", None))
+
+    def test_noPerConnectionCopies(self):
+        """
+        Over Twisted's own C{tcp.Server}, a connection keeps neither a bound C{fileno}
+        nor its C{repr} text (Twisted's keep both, about 140 bytes a connection), yet
+        C{fileno()} is the socket's until it is closed (then -1, as Twisted's) and
+        C{repr} reads as Twisted's.
+        """
+        class Port:
+            _realPortNumber = 7007
+
+        composed = type("Composed", (TrackedTransport, tcp.Server), {})
+        ours, theirs = socket.socketpair()
+        self.addCleanup(theirs.close)
+        protocol = Protocol()
+        connection = composed(ours, protocol, ("127.0.0.1", 40000), Port(), 12,
+                              MemoryReactor())
+        protocol.makeConnection(connection)
+        self.assertEqual(
+            ("fileno" in vars(connection), "repstr" in vars(connection)), (False, False))
+        self.assertEqual(connection.fileno(), ours.fileno())
+        self.assertEqual(repr(connection), "<Protocol #12 on 7007>")
+        connection.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(connection.fileno(), -1)
 
     def tracked(self, **socketOptions):
         """
