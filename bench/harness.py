@@ -70,7 +70,8 @@ SCENARIO_NAMES = [s.name for s in SCENARIOS]
 # The whole-process scenarios, run on their own fresh servers.
 HOLD = "hold"
 SERVICES = "services"
-ALL_SCENARIOS = SCENARIO_NAMES + [HOLD, SERVICES]
+WORKERS = "workers"
+ALL_SCENARIOS = SCENARIO_NAMES + [HOLD, SERVICES, WORKERS]
 SERVICE_COUNTS = (1, 10, 50)
 
 # -- targets ---------------------------------------------------------------------------------
@@ -168,6 +169,7 @@ class Running:
     ports: dict
     log: str
     statusURL: str | None = None
+    companions: list = field(default_factory=list)  # more processes of the same server
 
     def rss(self) -> int:
         """
@@ -180,13 +182,14 @@ class Running:
         raise TargetError("no VmRSS")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        for process in [self.process] + self.companions:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
 
 
 class Target:
@@ -197,6 +200,7 @@ class Target:
     name = ""
     label = ""
     scenarios: tuple = tuple(SCENARIO_NAMES)
+    core: int | None = SERVER_CORE  # the core it is pinned to (None: every core)
 
     def available(self) -> str | None:
         """
@@ -222,7 +226,7 @@ class Target:
             process = subprocess.Popen(
                 self.command(ports, workdir), stdin=subprocess.DEVNULL, stdout=logFile,
                 stderr=subprocess.STDOUT, env=self.environment(), cwd=workdir,
-                preexec_fn=_pinned(SERVER_CORE))
+                preexec_fn=_pinned(self.core))
         running = Running(process, ports, log)
         try:
             for port in [ports["echo"]] + ports["extra"]:
@@ -421,6 +425,75 @@ TARGETS = [PortServerTarget(), TwistedTarget(), AsyncioTarget(), UvloopTarget(),
 TARGET_NAMES = [t.name for t in TARGETS]
 BASELINE = "twisted"
 
+
+class WorkersTarget(PortServerTarget):
+    """
+    portserver with C{workers: N}, free to use every core (the load generator shares
+    them): the C{workers} scenario.
+    """
+
+    core = None
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.name = f"portserver-workers-{workers}"
+        self.label = f"portserver, workers: {workers}"
+
+    def config(self, ports):
+        return f"workers: {self.workers}\n" + super().config(ports)
+
+
+class ReusePortTwistedTarget(TwistedTarget):
+    """
+    C{copies} bare Twisted processes sharing the echo port with SO_REUSEPORT, free to
+    use every core: what C{workers} is measured against.
+    """
+
+    core = None
+    scenarios = ("connect", "request-64")
+    arguments = ("--reuseport",)
+
+    def __init__(self, copies: int):
+        self.copies = copies
+        self.name = f"twisted-reuseport-{copies}"
+        self.label = f"bare Twisted × {copies} (SO_REUSEPORT)"
+
+    def start(self, workdir, services=1):
+        running = super().start(workdir, services)
+        for _ in range(self.copies - 1):
+            with open(running.log, "ab") as logFile:
+                running.companions.append(subprocess.Popen(
+                    self.command(running.ports, workdir), stdin=subprocess.DEVNULL,
+                    stdout=logFile, stderr=subprocess.STDOUT, env=self.environment(),
+                    cwd=workdir))
+        deadline = time.monotonic() + 30  # each prints "ready" once it listens
+        while time.monotonic() < deadline:
+            with open(running.log) as f:
+                if f.read().count("ready") >= self.copies:
+                    return running
+            if any(process.poll() is not None for process in running.companions):
+                break
+            time.sleep(0.05)
+        running.stop()
+        raise TargetError(f"{self.name} did not start: {tail(running.log)}")
+
+
+class UnpinnedTwistedTarget(TwistedTarget):
+    """
+    One bare Twisted process, free to use every core (as the workers are).
+    """
+
+    core = None
+    name = "twisted-unpinned"
+    label = "bare Twisted"
+
+
+#: The C{workers} scenario's servers; ratios are to the first.
+WORKERS_TARGETS = [WorkersTarget(1), WorkersTarget(2), UnpinnedTwistedTarget(),
+                   ReusePortTwistedTarget(2)]
+#: What it measures of each, with the load generator on every core.
+WORKERS_SCENARIOS = ("connect", "request-64")
+
 # -- the load generator ----------------------------------------------------------------------
 
 
@@ -474,11 +547,11 @@ def loadgenCommand(mode: str, ports: list[int], concurrency: int, size: int,
             "--duration", str(duration), "--warmup", str(warmup), "--timeout", str(timeout)]
 
 
-def runLoadgen(mode, ports, concurrency, size, duration, warmup) -> dict:
+def runLoadgen(mode, ports, concurrency, size, duration, warmup, core=CLIENT_CORE) -> dict:
     command = loadgenCommand(mode, ports, concurrency, size, duration, warmup)
     try:
         result = subprocess.run(command, capture_output=True, text=True,
-                                timeout=duration + warmup + 60, preexec_fn=_pinned(CLIENT_CORE))
+                                timeout=duration + warmup + 60, preexec_fn=_pinned(core))
     except subprocess.TimeoutExpired:
         raise LoadgenError(f"loadgen {mode} did not finish") from None
     if result.returncode != 0:
@@ -684,6 +757,9 @@ def runRound(index: int, targets: list[Target], settings: Settings, workdir: str
             results["hold"][target.name] = outcome
             report(f"  {target.name:<11} hold {outcome['held']} errors={outcome['errors']} "
                    f"{(outcome['bytes_per_connection'] or 0) / 1024:.2f} KiB/connection")
+    if WORKERS in settings.scenarios and "portserver" in settings.targets:
+        results["workers"] = workersRound(index, settings, workdir, results["failures"],
+                                          report)
     if SERVICES in settings.scenarios and "portserver" in settings.targets:
         for count in settings.serviceCounts:
             try:
@@ -693,6 +769,43 @@ def runRound(index: int, targets: list[Target], settings: Settings, workdir: str
                 continue
             report(f"  portserver  {count:>2} services  "
                    f"{results['services'][count]['value']:>12,.1f} /s")
+    return results
+
+
+def workersRound(index: int, settings: Settings, workdir: str, failures: list,
+                 report=print) -> dict:
+    """
+    The C{workers} scenario's round: each of L{WORKERS_TARGETS} in turn (rotated by
+    C{index}), started on every core, measured for L{WORKERS_SCENARIOS} with the load
+    generator on every core too. Returns C{{target: {scenario: figure}}}.
+    """
+    results: dict = {}
+    byName = {s.name: s for s in SCENARIOS}
+    order = WORKERS_TARGETS[index % len(WORKERS_TARGETS):] + \
+        WORKERS_TARGETS[:index % len(WORKERS_TARGETS)]
+    for target in order:
+        try:
+            running = target.start(workdir)
+        except (TargetError, OSError) as e:
+            failures.append(f"round {index + 1}: {target.name}: {e}")
+            report(f"  {target.name}: could not start: {e}")
+            continue
+        try:
+            for name in WORKERS_SCENARIOS:
+                scenario = byName[name]
+                try:
+                    result = runLoadgen(scenario.mode, [running.ports["echo"]],
+                                        scenario.concurrency, scenario.size,
+                                        settings.duration, settings.warmup, core=None)
+                except LoadgenError as e:
+                    failures.append(f"round {index + 1}: {target.name} {name}: {e}")
+                    continue
+                results.setdefault(target.name, {})[name] = {
+                    "value": result["rate"], "errors": result["errors"]}
+                report(f"  {target.name:<26} {name:<11} {result['rate']:>12,.1f} /s "
+                       f"errors={result['errors']}")
+        finally:
+            running.stop()
     return results
 
 
@@ -761,6 +874,32 @@ def aggregate(rounds: list[dict]) -> dict:
                 if figures.get(counts[0]):
                     ratios.append(figures[count]["value"] / figures[counts[0]]["value"])
         table["services"][count] = {"value": median(values), "ratio": median(ratios)}
+    table["workers"] = aggregateWorkers([result.get("workers", {}) for result in rounds])
+    return table
+
+
+def aggregateWorkers(rounds: list[dict]) -> dict:
+    """
+    The C{workers} scenario's medians, and the median ratio to C{workers: 1} in the
+    same round: C{{target: {scenario: {"value", "ratio", "errors"}}}}.
+    """
+    first = WORKERS_TARGETS[0].name
+    table: dict = {}
+    for target in [t.name for t in WORKERS_TARGETS]:
+        for scenario in WORKERS_SCENARIOS:
+            values, ratios, errors = [], [], 0
+            for figures in rounds:
+                figure = figures.get(target, {}).get(scenario)
+                if figure is None:
+                    continue
+                values.append(figure["value"])
+                errors += figure["errors"]
+                baseline = figures.get(first, {}).get(scenario, {}).get("value")
+                if baseline:
+                    ratios.append(figure["value"] / baseline)
+            if values:
+                table.setdefault(target, {})[scenario] = {
+                    "value": median(values), "ratio": median(ratios), "errors": errors}
     return table
 
 
@@ -805,6 +944,11 @@ def goals(table: dict) -> list[Goal]:
     results.append(Goal("connection rate with 50 services ≥ 0.9× that with one",
                         None if fifty is None else fifty >= 0.9,
                         "not measured" if fifty is None else f"{fifty:.2f}×"))
+    workers = table.get("workers", {}).get(WORKERS_TARGETS[1].name, {}).get("request-64", {})
+    results.append(Goal("workers: 2 ≥ 1.4× workers: 1 on request rate (64 B), every core",
+                        None if workers.get("ratio") is None else workers["ratio"] >= 1.4,
+                        "not measured" if workers.get("ratio") is None else
+                        f"{workers['ratio']:.2f}×"))
     held = table["hold"].get("portserver")
     if held is None:
         results.append(Goal("10,000 connections held with zero errors", None, "not measured"))
@@ -927,6 +1071,23 @@ def markdownTable(table: dict, settings: Settings, info: dict, labels: dict | No
         for count, entry in sorted(table["services"].items()):
             lines.append(f"| {count} | {_number(entry['value'], '/s')}"
                          f"{_ratio(entry['ratio'])} |")
+        lines.append("")
+    if table.get("workers"):
+        lines.append("| every core (nothing pinned; in brackets, the ratio to workers: 1) | "
+                     + " | ".join(byName.title for byName in SCENARIOS
+                                  if byName.name in WORKERS_SCENARIOS) + " |")
+        lines.append("|---|" + "---:|" * len(WORKERS_SCENARIOS))
+        for target in WORKERS_TARGETS:
+            row = table["workers"].get(target.name)
+            if not row:
+                continue
+            cells = []
+            for scenario in WORKERS_SCENARIOS:
+                entry = row.get(scenario)
+                cells.append("—" if entry is None else
+                             _number(entry["value"], "/s") + _ratio(entry["ratio"])
+                             + (f" ⚠ {entry['errors']} errors" if entry["errors"] else ""))
+            lines.append(f"| {target.label} | " + " | ".join(cells) + " |")
         lines.append("")
     lines.append("| target | met? | measured |")
     lines.append("|---|---|---|")

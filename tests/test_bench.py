@@ -151,6 +151,44 @@ class AggregateTests(SynchronousTestCase):
         self.assertIn("| 10 | 880/s (0.93×) |", lines)
 
 
+class WorkersScenarioTests(SynchronousTestCase):
+    """
+    The C{workers} scenario: ratios to C{workers: 1} in the same round, its table and
+    its target.
+    """
+
+    def rounds(self):
+        one, two = (t.name for t in harness.WORKERS_TARGETS[:2])
+        return [{"workers": {one: {"request-64": {"value": 100.0, "errors": 0}},
+                             two: {"request-64": {"value": 150.0, "errors": 0}}}},
+                {"workers": {one: {"request-64": {"value": 200.0, "errors": 0}},
+                             two: {"request-64": {"value": 260.0, "errors": 1}}}}]
+
+    def test_ratiosToOneWorker(self):
+        """
+        Each target's ratio is the median of its per-round ratios to C{workers: 1}
+        (1.5 and 1.3 give 1.4), and the target is met at 1.4.
+        """
+        table = harness.aggregate([{"scenarios": {}, "hold": {}, "services": {}, **r}
+                                   for r in self.rounds()])
+        two = table["workers"][harness.WORKERS_TARGETS[1].name]["request-64"]
+        self.assertEqual((two["value"], two["errors"]), (205.0, 1))
+        self.assertAlmostEqual(two["ratio"], 1.4)
+        goal = next(g for g in harness.goals(table) if g.text.startswith("workers: 2"))
+        self.assertEqual((goal.met, goal.detail), (True, "1.40×"))
+
+    def test_table(self):
+        """
+        The Markdown has a row per workers target measured, with its ratio.
+        """
+        table = harness.aggregate([{"scenarios": {}, "hold": {}, "services": {}, **r}
+                                   for r in self.rounds()])
+        info = {"cores": 2, "cpu": "test CPU", "kernel": "6.0", "python": "3.11",
+                "twisted": "26", "uvloop": None, "pinning": "none"}
+        lines = harness.markdownTable(table, harness.Settings(rounds=2), info).splitlines()
+        self.assertIn("| portserver, workers: 2 | — | 205/s (1.40×) ⚠ 1 errors |", lines)
+
+
 class TinyRunTests(SynchronousTestCase):
     """
     A real run, as small as it gets: the C load generator compiled, portserver and bare
