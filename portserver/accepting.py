@@ -10,6 +10,7 @@ inherited one (socket activation).
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
 import socket
@@ -18,6 +19,7 @@ from twisted.internet import tcp
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
 
+from portserver.dispatch import Lean, leanDispatch
 from portserver.transport import TrackedTransport
 
 log = Logger()
@@ -84,9 +86,11 @@ class _Reserve:
 _reserve = _Reserve()
 
 
-class AcceptingPort(tcp.Port):
+class AcceptingPort(Lean, tcp.Port):
     """
-    A TCP listening port that survives running out of file descriptors.
+    A TCP listening port that survives running out of file descriptors, and whose
+    events, and its connections', the reactor dispatches without Twisted's legacy log
+    context (L{portserver.dispatch}).
 
     Twisted's C{Port.doRead} logs a failed C{accept} (EMFILE, ENFILE, ...) and returns;
     the connection stays queued, so the (level-triggered) reactor calls it again at once:
@@ -110,6 +114,7 @@ class AcceptingPort(tcp.Port):
     _shed = 0  # connections closed unserved since the last log line
 
     def startListening(self):
+        leanDispatch(self.reactor)
         super().startListening()
         _reserve.reserve()
 
@@ -117,10 +122,15 @@ class AcceptingPort(tcp.Port):
         # As tcp.Port.doRead (accept up to numberAccepts, scaled to traffic), with
         # descriptor exhaustion handled by _exhausted.
         accepted = 0
+        accept, family = self.socket._accept, self.addressFamily
         try:
             for _ in range(self.numberAccepts):
                 try:
-                    skt, addr = self.socket.accept()
+                    # The bare C socket (48 bytes, untracked by the GC), where
+                    # socket.accept wraps it in a socket.socket (104 bytes with its GC
+                    # header); a transport needs nothing the wrapper adds.
+                    fd, addr = accept()
+                    skt = _socket.socket(family, socket.SOCK_STREAM, 0, fd)
                 except OSError as e:
                     if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
                         if self._pause:

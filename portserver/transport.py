@@ -42,6 +42,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from portserver.dispatch import Lean
 from portserver.interfaces import ITrackedTransport
 from portserver.registry import ABORTED, CLIENT_CLOSED, SERVER_CLOSED, Endpoint
 from portserver.tracking import (
@@ -292,7 +293,7 @@ class WriteThroughTransport(FlowControlledTransport):
 
 
 @implementer(ITrackedTransport)
-class TrackedTransport(ConnectionTracking, WriteThroughTransport):
+class TrackedTransport(Lean, ConnectionTracking, WriteThroughTransport):
     """
     portserver's TCP transport: the transport class of every connection a portserver
     listener accepts (L{portserver.accepting.ownTransportClass}) is a subclass of
@@ -316,8 +317,12 @@ class TrackedTransport(ConnectionTracking, WriteThroughTransport):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # Twisted keeps the socket's bound fileno (72 bytes) in every connection: call
-        # the socket's instead (see fileno).
-        self.__dict__.pop("fileno", None)
+        # the socket's instead (see fileno). (Not through __dict__, which would give the
+        # connection a dict object of its own: 64 bytes.)
+        try:
+            del self.fileno
+        except AttributeError:
+            pass  # a transport class that keeps none
 
     def fileno(self) -> int:
         try:
@@ -337,6 +342,20 @@ class TrackedTransport(ConnectionTracking, WriteThroughTransport):
 
     @repstr.setter
     def repstr(self, value: str) -> None:
+        pass  # tcp.Server.__init__ sets it; the property makes it when asked
+
+    @property
+    def logstr(self) -> str:
+        """
+        The prefix of Twisted's log lines about this connection (C{logPrefix()}), made
+        when asked: Twisted keeps it in every connection (70 bytes) because its reactor
+        asks for it at every event, which portserver's does not (L{portserver.dispatch}).
+        """
+        return (f"{self._getLogPrefix(getattr(self, 'protocol', None))},{self.sessionno},"
+                f"{self.hostname}")
+
+    @logstr.setter
+    def logstr(self, value: str) -> None:
         pass  # tcp.Server.__init__ sets it; the property makes it when asked
     closer = None
     timer = None

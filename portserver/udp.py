@@ -25,6 +25,8 @@ from twisted.internet import error, udp
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
 
+from portserver.dispatch import Lean, leanDispatch
+
 log = Logger()
 
 # CPython's socket module lacks IP_PKTINFO on some builds; Linux's value is 8 (in.h).
@@ -82,10 +84,11 @@ _ANCILLARY_SPACE = (socket.CMSG_SPACE(_IN6_PKTINFO_SIZE) if hasattr(socket, "CMS
 _NO_ADDRESS = object()
 
 
-class DatagramPort(udp.Port):
+class DatagramPort(Lean, udp.Port):
     """
     Twisted's UDP port, with a shorter path for what a server does most: read a datagram
-    and answer its sender.
+    and answer its sender; the reactor dispatches its events without Twisted's legacy
+    log context (L{portserver.dispatch}).
 
     L{doRead} reads the attributes it needs once a call, not once a datagram, and keeps
     the address tuple of the datagram it delivers. A L{write} to that very tuple (the
@@ -96,6 +99,10 @@ class DatagramPort(udp.Port):
     """
 
     _received = _NO_ADDRESS
+
+    def startListening(self):
+        leanDispatch(self.reactor)
+        super().startListening()
 
     def doRead(self):
         """

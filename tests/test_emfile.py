@@ -208,14 +208,17 @@ class EMFILETests(SynchronousTestCase):
 
 class ListeningSocket:
     """
-    A listening socket whose C{accept} raises the errors in C{errors}, in turn.
+    A listening socket whose C{_accept} (the C accept that L{accepting.AcceptingPort}
+    calls) raises the errors in C{errors}, in turn.
     """
 
     def __init__(self, *errors):
         self.errors = list(errors)
 
-    def accept(self):
+    def _accept(self):
         raise OSError(self.errors.pop(0), "")
+
+    accept = _accept
 
 
 class RecoveryTests(SynchronousTestCase):
