@@ -345,6 +345,18 @@ class TrackedTransport(Lean, ConnectionTracking, WriteThroughTransport):
         pass  # tcp.Server.__init__ sets it; the property makes it when asked
 
     @property
+    def hostname(self) -> str:
+        """
+        The peer's host, as Twisted's C{Server} has it (read from C{client}, not kept
+        twice).
+        """
+        return self.client[0]
+
+    @hostname.setter
+    def hostname(self, value: str) -> None:
+        pass  # tcp.Server.__init__ sets it to client[0]
+
+    @property
     def logstr(self) -> str:
         """
         The prefix of Twisted's log lines about this connection (C{logPrefix()}), made

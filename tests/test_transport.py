@@ -572,10 +572,11 @@ class TrackedTransportTests(SynchronousTestCase):
 
     def test_noPerConnectionCopies(self):
         """
-        Over Twisted's own C{tcp.Server}, a connection keeps neither a bound C{fileno}
-        nor its C{repr} text (Twisted's keep both, about 140 bytes a connection), yet
-        C{fileno()} is the socket's until it is closed (then -1, as Twisted's) and
-        C{repr} reads as Twisted's.
+        Over Twisted's own C{tcp.Server}, a connection keeps no bound C{fileno}, no
+        C{repr} text, no log prefix and no second reference to its peer's host
+        (Twisted's keep them all, about 220 bytes a connection), yet C{fileno()} is the
+        socket's until it is closed (then -1, as Twisted's), and C{repr}, the log
+        prefix and C{hostname} read as Twisted's.
         """
         class Port:
             _realPortNumber = 7007
@@ -587,10 +588,12 @@ class TrackedTransportTests(SynchronousTestCase):
         connection = composed(ours, protocol, ("127.0.0.1", 40000), Port(), 12,
                               MemoryReactor())
         protocol.makeConnection(connection)
-        self.assertEqual(
-            ("fileno" in vars(connection), "repstr" in vars(connection)), (False, False))
+        self.assertEqual([name for name in ("fileno", "repstr", "logstr", "hostname")
+                          if name in vars(connection)], [])
         self.assertEqual(connection.fileno(), ours.fileno())
         self.assertEqual(repr(connection), "<Protocol #12 on 7007>")
+        self.assertEqual((connection.logPrefix(), connection.hostname),
+                         ("Protocol,12,127.0.0.1", "127.0.0.1"))
         connection.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(connection.fileno(), -1)
 
