@@ -36,7 +36,7 @@ SERVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 SERVICE_KEYS = ("name", "protocol", "port", "interface", "transports", "options", "limits",
                 "access", "proxy_protocol")
-TOP_KEYS = ("services", "status", "registry", "limits", "access", "shutdown")
+TOP_KEYS = ("services", "status", "registry", "limits", "access", "shutdown", "workers")
 ACCESS_KEYS = ("allow", "deny")
 DEFAULT_STATUS_LISTEN = "tcp:8790:interface=127.0.0.1"
 DEFAULT_CONNECTION_LOG = "connections.log"
@@ -46,6 +46,9 @@ MAX_CLOSED_LIMIT = 1_000_000
 #: The largest config file read: a config is a few kilobytes; this keeps C{-c /dev/zero}
 #: or a log given by mistake from filling the memory.
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
+#: The most worker processes C{workers:} may ask for (each is a Python process of some
+#: tens of megabytes): a bound on what a typo can start.
+MAX_WORKERS = 1024
 
 
 @attrs.frozen
@@ -182,6 +185,39 @@ class ServerConfig:
     status: StatusSpec = StatusSpec()
     registry: RegistrySpec = RegistrySpec()
     shutdown: ShutdownSpec = ShutdownSpec()
+    #: How many worker processes serve the listeners (C{workers:}); 1 is one process
+    #: serving everything itself. C{workersAuto}: it was C{auto} (the CPUs usable).
+    workers: int = 1
+    workersAuto: bool = attrs.field(default=False, eq=False)
+
+
+def usableCPUs() -> int:
+    """
+    The number of CPUs this process may run on (its affinity mask), what
+    C{workers: auto} starts; at least 1.
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _workers(data: MarkedMap, collector, cpus: Callable[[], int]) -> tuple[int, bool]:
+    """
+    The top-level C{workers:}: a whole number from 1 to L{MAX_WORKERS}, or C{auto} (the
+    CPUs usable, L{usableCPUs}); 1 when absent. A bad value is reported at it.
+    """
+    if "workers" not in data or data["workers"] is None:
+        return 1, False
+    value = data["workers"]
+    if value == "auto":
+        return min(cpus(), MAX_WORKERS), True
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WORKERS:
+        return value, False
+    collector.add(data.valueMark("workers"),
+                  f"'workers' must be a whole number from 1 to {MAX_WORKERS}, or auto "
+                  f"(as many as the CPUs usable), not {_describe(value)}")
+    return 1, False
 
 
 class _NoReactor:
@@ -750,15 +786,34 @@ def parseConfig(text: str, path: str, providers: Mapping[str, Any],
                            list[ConfigProblem]]:
     """
     Check the configuration C{text} (read from C{path}): services, C{status:},
-    C{registry:}, C{limits:}, C{access:} and C{shutdown:}.
+    C{registry:}, C{limits:}, C{access:}, C{shutdown:} and C{workers:} (whose value
+    L{parseServerConfig} gives).
 
     @return: the valid services, the status, registry and shutdown settings, and every
         problem.
+    """
+    config, problems = parseServerConfig(text, path, providers, servicePort)
+    return (list(config.services), config.status, config.registry, config.shutdown,
+            problems)
+
+
+def parseServerConfig(text: str, path: str, providers: Mapping[str, Any],
+                      servicePort: Callable[[str, str], int | None] = lookupServicePort,
+                      cpus: Callable[[], int] = usableCPUs,
+                      ) -> tuple[ServerConfig, list[ConfigProblem]]:
+    """
+    Check the configuration C{text} (read from C{path}), as L{parseConfig} does, and
+    C{workers:} too.
+
+    @param cpus: how many CPUs C{workers: auto} means (by default L{usableCPUs}).
+    @return: the L{ServerConfig} of the valid parts (services with a problem are left
+        out) and every problem.
     """
     specs, data, problems = _parseServices(text, path, providers, servicePort)
     collector = _Collector(path)
     collector.problems = problems
     status, registry, shutdown = StatusSpec(), RegistrySpec(), ShutdownSpec()
+    workers, auto = 1, False
     if isinstance(data, MarkedMap):
         status = _statusSpec(data, collector)
         settings = _section(data, "registry", REGISTRY_SCHEMA, collector)
@@ -768,7 +823,9 @@ def parseConfig(text: str, path: str, providers: Mapping[str, Any],
                                 settings["udp_max_flows"])
         shutdown = ShutdownSpec(float(_section(data, "shutdown", SHUTDOWN_SCHEMA,
                                                collector)["drain"]))
-    return specs, status, registry, shutdown, collector.problems
+        workers, auto = _workers(data, collector, cpus)
+    return (ServerConfig(path, tuple(specs), status, registry, shutdown, workers, auto),
+            collector.problems)
 
 
 def _parseServices(text, path, providers, servicePort):

@@ -18,7 +18,7 @@ from portserver.config import (
     ConfigProblem,
     ServerConfig,
     ServiceSpec,
-    parseConfig,
+    parseServerConfig,
     readConfig,
 )
 from portserver.ports import PrivilegeRule, lookupServicePort, portClass
@@ -245,16 +245,14 @@ def loadPlan(path: str, providers: Mapping[str, Any], portOffset: int = 0,
         text, problems = readConfig(path)
         if text is None:
             raise ConfigError(problems)
-    services, status, registry, shutdown, problems = parseConfig(text, path, providers,
-                                                                 servicePort)
+    config, problems = parseServerConfig(text, path, providers, servicePort)
+    services = config.services
     listeners, conflicts = planListeners(services, portOffset, rule, dualStack)
     conflicts += selfForwards(services, listeners)
     problems = sorted(problems + conflicts, key=lambda p: (p.mark.line, p.mark.column))
     if problems:
         raise ConfigError(problems)
-    return Plan(ServerConfig(path, tuple(services), status, registry, shutdown),
-                tuple(listeners),
-                portOffset, rule)
+    return Plan(config, tuple(listeners), portOffset, rule)
 
 
 def formatPlan(plan: Plan) -> str:
@@ -276,6 +274,11 @@ def formatPlan(plan: Plan) -> str:
                  f"service(s) in {plan.config.path}; {privileged} on privileged ports "
                  f"(below {plan.rule.unprivilegedStart}, {plan.rule.source})"
                  + (f"; port offset {plan.portOffset}" if plan.portOffset else ""))
+    if plan.config.workers > 1:
+        lines.append(f"{plan.config.workers} worker processes"
+                     + (" (workers: auto, the CPUs usable)" if plan.config.workersAuto
+                        else "")
+                     + " serve every listener, each on a SO_REUSEPORT socket of its own")
     lines.append("")
     lines.append("LIMITS (null: none)")
     for spec in plan.config.services:

@@ -35,6 +35,9 @@ IDLE = "idle"
 #: was the least recently seen.
 EVICTED = "evicted"
 ERROR = "error"
+#: A worker process's connection, closed in the main process's view because the worker
+#: died before saying it closed (L{portserver.workerview}).
+WORKER_LOST = "worker-lost"
 
 
 class Endpoint(tuple):
@@ -305,13 +308,31 @@ class Registry:
         if self._observers:
             self._notify(OPEN, record)
 
-    def close(self, record: ConnectionRecord, reason: str) -> None:
+    def adopt(self, record: ConnectionRecord, flowKey: tuple | None = None) -> ConnectionRecord:
         """
-        Record that C{record}'s connection (or flow) closed for C{reason}.
+        Record C{record}, made elsewhere (another process's connection or flow, as the
+        main process's mirror of its workers holds them: L{portserver.workerview}), as
+        live since its C{opened}; it is counted and announced as one L{open} or L{flow}
+        would. Its C{serial} is the caller's to make unique in this registry. A flow is
+        kept under C{flowKey} (default C{(service, remote)}, as L{flow} keeps it).
+        Close it with L{close}.
+        """
+        if record.transport == "udp":
+            key = (record.service, record.remote) if flowKey is None else flowKey
+            self._flows[key] = record
+        else:
+            self._live[record.serial] = record
+        self._opened(record)
+        return record
+
+    def close(self, record: ConnectionRecord, reason: str, at: float | None = None) -> None:
+        """
+        Record that C{record}'s connection (or flow) closed for C{reason}, now or C{at}
+        (seconds since the epoch: when another process saw it close).
         """
         if record.closed is not None:
             return
-        record.closed = self.clock.seconds()
+        record.closed = self.clock.seconds() if at is None else at
         record.reason = reason
         if isinstance(record, OutboundRecord):
             return  # shown with its inbound connection; not counted as one of the server's

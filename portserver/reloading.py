@@ -106,4 +106,7 @@ def restartOnly(old, new) -> list[str]:
         warnings.append("status settings (tokens) changed: they apply at the next restart")
     if old.registry != new.registry:
         warnings.append("registry settings changed: they apply at the next restart")
+    if old.workers != new.workers:
+        warnings.append(f"workers changed to {new.workers}: {old.workers} worker "
+                        "process(es) serve until a restart")
     return warnings

@@ -213,6 +213,9 @@ def makeService(options, reactor=None):
     The service tree for C{options} (parsed L{Options}): a L{MultiService} holding the
     L{PortServer} (named C{"portserver"}) and, unless the config turns them off, the
     connection log (C{"connection-log"}) and the status web service (named C{"status"}).
+    With C{workers:} above 1, the L{portserver.supervisor.Supervisor} (also named
+    C{"portserver"}) stands in for the L{PortServer}: this process binds and
+    supervises, its workers serve.
 
     Listeners serve the sockets socket activation passed (L{portserver.activation}),
     and, run by twistd, the service manager hears of readiness, reloads and the drain
@@ -237,18 +240,29 @@ def makeService(options, reactor=None):
         from twisted.internet import reactor
     sys.excepthook = _startupExceptHook(sys.excepthook)
     plan = options["plan"]
-    tree = ServerTree()
-    tree.quiet = takeSignals
     # systemd hears of readiness, reloads and the drain (sd_notify) when it runs the
     # process (twistd, signals taken); a test's tree on its own reactor tells no one.
     notifier = Notifier.fromEnvironment() if takeSignals else Notifier(None)
-    server = PortServer(plan, reactor, notifier=notifier,
-                        activation=options.get("activation"))
-    server.setName("portserver")
+    planLoader = getattr(options, "_loadPlan", loadPlan)
+    if plan.config.workers > 1:
+        # The main process: it binds, supervises the workers and runs the status
+        # service over what they report (portserver.supervisor).
+        from portserver.supervisor import MAIN_PARTS, MainTree, PlanReader, Supervisor
+        tree = MainTree()
+        planLoader = PlanReader(planLoader)
+        server = Supervisor(plan, reactor, notifier=notifier,
+                            activation=options.get("activation"), reader=planLoader)
+        for makePart in MAIN_PARTS:
+            server.addPart(makePart(server))
+    else:
+        tree = ServerTree()
+        server = PortServer(plan, reactor, notifier=notifier,
+                            activation=options.get("activation"))
+        server.setName("portserver")
+    tree.quiet = takeSignals
     reloader = Reloader(server, plan.config.path, plan.portOffset,
                         discover=getattr(options, "_discover", discover),
-                        loadPlan=getattr(options, "_loadPlan", loadPlan),
-                        notifier=notifier)
+                        loadPlan=planLoader, notifier=notifier)
     ReloadSignal(reactor, reloader, install=installReloadSignal if takeSignals else None
                  ).setServiceParent(tree)
     owner = droppedTo(options)

@@ -260,7 +260,7 @@ class YAMLLevelTests(SynchronousTestCase):
         """
         self.assertEqual(
             problems("services: []\nsettings: 1\n"),
-            ["test.yaml:2:1: unknown top-level key 'settings' (known: services, status, registry, limits, access, shutdown)"])
+            ["test.yaml:2:1: unknown top-level key 'settings' (known: services, status, registry, limits, access, shutdown, workers)"])
 
     def test_missingServices(self):
         """
@@ -268,7 +268,7 @@ class YAMLLevelTests(SynchronousTestCase):
         """
         self.assertEqual(
             problems("# a comment\nservice: []\n"),
-            ["test.yaml:2:1: unknown top-level key 'service' (known: services, status, registry, limits, access, shutdown)",
+            ["test.yaml:2:1: unknown top-level key 'service' (known: services, status, registry, limits, access, shutdown, workers)",
              "test.yaml:2:1: missing required key 'services'"])
 
     def test_servicesNotAList(self):
@@ -808,7 +808,7 @@ class LoadPlanTests(SynchronousTestCase):
              "test.yaml:14:5: duplicate key 'name' (first given at line 10)",
              "test.yaml:17:11: service 'e': tcp port 7 on 0.0.0.0 overlaps service 'a' "
              "(0.0.0.0, line 2): a host cannot give one tcp port to two services",
-             "test.yaml:18:1: unknown top-level key 'extra' (known: services, status, registry, limits, access, shutdown)"])
+             "test.yaml:18:1: unknown top-level key 'extra' (known: services, status, registry, limits, access, shutdown, workers)"])
         self.assertTrue(error.report().startswith("6 configuration errors:\n"))
 
     def test_valid(self):

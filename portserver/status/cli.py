@@ -632,6 +632,7 @@ def renderSummary(summary: dict) -> list[str]:
                 f" ({len(errors)} error(s): see `portserver reload` or the log)"
                 if errors else "")
         lines.append(line)
+    lines += renderWorkers(summary.get("workers"))
     flags = summary.get("flags") or []
     if flags:
         lines.append(f"flags: {len(flags)}")
@@ -639,6 +640,29 @@ def renderSummary(summary: dict) -> list[str]:
     else:
         lines.append("flags: none")
     return lines
+
+
+def renderWorkers(workers) -> list[str]:
+    """
+    The summary's C{workers} (a server with worker processes) as lines: how many, then
+    one line each: index, pid, state, live connections and restarts. Nothing when
+    there are none.
+    """
+    if not isinstance(workers, list) or not workers:
+        return []
+    rows = [w for w in workers if isinstance(w, dict)]
+    byIndex: dict = {}  # restarts are counted per index, which generations share
+    for w in rows:
+        byIndex[w.get("index")] = max(byIndex.get(w.get("index"), 0),
+                                      _number(w.get("restarts")))
+    restarts = sum(byIndex.values())
+    lines = [f"workers: {sum(1 for w in rows if w.get('pid') is not None)} running"
+             + (f", {restarts} restart(s)" if restarts else "")]
+    cells = [[f"worker {w.get('index', '?')}",
+              f"pid {w['pid']}" if w.get("pid") is not None else "pid -",
+              str(w.get("state", "?")), f"{_number(w.get('connections'))} live",
+              f"{_number(w.get('restarts'))} restarts"] for w in rows]
+    return lines + _columns(cells, right={3, 4}, indent="  ")
 
 
 def render(status: dict, base: str, now: float, closed: bool = False,

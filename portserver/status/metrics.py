@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from portserver.kernel import SOCKET_STATES, KernelView, stateCounts
 from portserver.ports import PORT_CLASSES
 from portserver.sockdiag import ESTABLISHED
+from portserver.workerview import workerRows
 
 
 def _flag(value: bool) -> str:
@@ -120,6 +121,50 @@ class RegistryCollector(Collector):
         for result in ("applied", "rejected"):
             reloads.add_metric((result,), server.reloads[result])
         yield reloads
+        if getattr(server, "workerStates", None) is not None:
+            yield from workerMetrics(server)
+
+
+def workerMetrics(server) -> Iterator[Metric]:
+    """
+    The series of a server with workers (L{portserver.workerview.workerRows}), by
+    C{worker} index: the processes of every generation that serve as one index are
+    summed into its series (a reload runs two for a while), so that each index is one
+    series whatever its pid.
+    """
+    rows = workerRows(server)
+    yield GaugeMetricFamily("portserver_workers",
+                            "Worker processes running (of every generation).",
+                            value=sum(1 for row in rows if row.get("pid") is not None))
+    indexes = sorted({row["index"] for row in rows})
+    live: Counter = Counter(dict.fromkeys(indexes, 0))
+    restarts: dict[int, int] = dict.fromkeys(indexes, 0)
+    for row in rows:
+        live[row["index"]] += row["connections"]
+        restarts[row["index"]] = max(restarts[row["index"]], row.get("restarts") or 0)
+    connections = GaugeMetricFamily(
+        "portserver_worker_connections",
+        "Live TCP connections and UDP flows of each worker index.", labels=("worker",))
+    for index in indexes:
+        connections.add_metric((str(index),), live[index])
+    yield connections
+    restarted = CounterMetricFamily(
+        "portserver_worker_restarts",
+        "Times the worker of each index was restarted after it died.", labels=("worker",))
+    for index in indexes:
+        restarted.add_metric((str(index),), restarts[index])
+    yield restarted
+    accepted = getattr(server.registry, "acceptedByWorker", None)
+    if accepted is not None:
+        family = CounterMetricFamily(
+            "portserver_worker_connections_accepted",
+            "TCP connections accepted and UDP flows begun by each worker index.",
+            labels=("worker",))
+        counts = Counter(dict.fromkeys(indexes, 0))
+        counts.update(accepted)
+        for index, count in sorted(counts.items()):
+            family.add_metric((str(index),), count)
+        yield family
 
 
 class KernelCollector(Collector):

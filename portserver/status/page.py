@@ -48,8 +48,11 @@ def staticFiles() -> dict[str, bytes]:
 
 class StaticFile(Page):
     """
-    One file's C{content}, with the content type its extension says.
+    One file's C{content}, with the content type its extension says. It holds no data
+    of the server's, so it never waits for a server's C{refresh}.
     """
+
+    refreshes = False
 
     def __init__(self, name: str, content: bytes):
         super().__init__()

@@ -41,12 +41,13 @@ from time import perf_counter
 import attrs
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.http import HTTPChannel
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 import portserver
 from portserver.config import StatusSpec, endpointProblem
@@ -56,6 +57,7 @@ from portserver.registry import CLOSED, OPEN
 from portserver.startup import BindingService, StartupError
 from portserver.status.history import History
 from portserver.status.metrics import collectorRegistry
+from portserver.workerview import workerRows
 
 log = Logger()
 
@@ -97,7 +99,44 @@ class Page(Resource):
     def errorBody(self, message: str) -> tuple[bytes, str]:
         return message.encode("utf-8") + b"\n", TEXT_TYPE
 
+    #: Whether what this page shows comes from the server's registry: then, when the
+    #: server has C{refresh()} (a main process with workers), it is awaited first.
+    refreshes = True
+
     def render(self, request):
+        """
+        Answer now; or, when the page C{refreshes} and the server it shows has
+        C{refresh()}, once that has fired (C{NOT_DONE_YET} meanwhile), so that a page
+        shows every connection the workers had before the request.
+        """
+        refresh = getattr(getattr(self, "portServer", None), "refresh", None)
+        if refresh is None or not self.refreshes or not self.exists(request) \
+                or request.method not in (b"GET", b"HEAD"):
+            return self.renderNow(request)
+        gone = []
+        request.notifyFinish().addErrback(gone.append)
+
+        def finish(_):
+            if gone:
+                return  # the client went away meanwhile
+            body = self.renderNow(request)
+            if body:
+                request.setHeader(b"content-length", b"%d" % len(body))
+                request.write(body)
+            request.finish()
+        def failed(failure):
+            if not gone:
+                request.processingFailed(failure)  # logged, and a 500 as Twisted's own
+        maybeDeferred(refresh).addErrback(
+            lambda f: log.failure("Refreshing the view before {path}", f,
+                                  path=request.path.decode("latin-1"))
+        ).addCallback(finish).addErrback(failed)
+        return NOT_DONE_YET
+
+    def renderNow(self, request):
+        """
+        The answer, headers set, as bytes.
+        """
         request.setHeader(b"cache-control", self.cacheControl)
         try:
             if not self.exists(request):
@@ -305,6 +344,11 @@ class Summary(JSONPage):
     C{result} C{"applied"} or C{"rejected"}, C{at}, C{generation}, C{errors}, and what an
     applied one changed), with C{reloads}, the counts by result.
 
+    With workers (a server with C{workerStates()}), C{workers}: one dict per worker
+    process, C{index}, C{pid}, C{state}, C{restarts} (of its index), C{generation},
+    C{started} and C{connections}, its live connections and flows
+    (L{portserver.workerview.workerRows}).
+
     On Linux (when the kernel's view has one of the server's TCP listeners),
     C{listen_counters}: the host's listen counters (L{KernelView.listenCounters}), and
     flags from the kernel's view (L{KernelView.flags}).
@@ -327,6 +371,8 @@ class Summary(JSONPage):
         summary["last_reload"] = server.lastReload
         summary["reloads"] = {"applied": server.reloads["applied"],
                               "rejected": server.reloads["rejected"]}
+        if getattr(server, "workerStates", None) is not None:
+            summary["workers"] = workerRows(server)
         snapshot = self.kernel.forListeners()
         if snapshot is not None:  # Linux, and a listener the kernel knows
             counters = self.kernel.listenCounters()
@@ -338,12 +384,14 @@ class Summary(JSONPage):
 
 class HistoryPage(JSONPage):
     """
-    C{GET /api/history}: L{History.asDict}.
+    C{GET /api/history}: L{History.asDict}; C{server}: the server whose history it is
+    (for its C{refresh}), or L{None}.
     """
 
-    def __init__(self, history: History):
+    def __init__(self, history: History, server=None):
         super().__init__()
         self.history = history
+        self.portServer = server
 
     def data(self, request):
         return self.history.asDict()
@@ -358,6 +406,7 @@ class Metrics(Page):
 
     def __init__(self, server, kernel: KernelView | None = None):
         super().__init__()
+        self.portServer = server
         self.collectors = collectorRegistry(server, kernel)
 
     def content(self, request) -> bytes:
@@ -376,7 +425,7 @@ class Api(Resource):
         self.putChild(b"connections", Connections(server, kernel))
         self.putChild(b"listeners", Listeners(server, kernel))
         self.putChild(b"summary", Summary(server, kernel))
-        self.putChild(b"history", HistoryPage(history))
+        self.putChild(b"history", HistoryPage(history, server))
 
     def getChild(self, path, request):
         return JSONNotFound()

@@ -249,8 +249,13 @@ function render() {
 function renderSummary(summary) {
   $.version.textContent = summary.version;
   const rule = summary.privileged_port_start;
+  // With workers: "worker 0: pid 4101, serving, 3 live, 0 restarts" for each.
+  const workers = (summary.workers || []).map((w) =>
+    `worker ${w.index}: pid ${w.pid ?? "-"}, ${w.state}, ${count(w.connections)} live, ` +
+    `${w.restarts} restarts`);
   $.about.textContent = `config ${summary.config} · privileged ports: below ${rule} ` +
-    `(${summary.privileged_rule}) · config generation ${summary.config_generation}`;
+    `(${summary.privileged_rule}) · config generation ${summary.config_generation}` +
+    workers.map((w) => ` · ${w}`).join("");
   const refused = Object.values(summary.refused_by_reason || {}).reduce((a, b) => a + b, 0);
   let state = summary.state;
   if (state === "draining") {
