@@ -13,6 +13,11 @@ of C{ipv6_prefix} bits (an IPv4-mapped IPv6 address is its IPv4 address), so one
 source can exhaust only its own allowance (and C{max_connections}, the service's own cap,
 which it shares with everyone by definition).
 
+In a worker of several, C{max_connections} and C{max_per_source} hold for the whole
+server: the admission also takes slots leased from the main process
+(L{Admission.useLeases}, L{portserver.quota}), and may answer a L{Pending} to be decided
+by it.
+
 Costs: C{admit} and C{release} run on every connection. With no limits and no rules
 C{admit} is one attribute test and one increment. Otherwise the work is a few dict
 operations; parsing an address (IPv6 grouping, access rules) is cached. The rate limit is
@@ -134,6 +139,7 @@ class Admission:
         self._sweepDue = 0.0
         self._reports: dict[str, _Report] = {}
         self.replyRate: ReplyRate | None = None  # UDP replies per source (udpguard)
+        self.leases = None  # a worker's leases of the global limits (useLeases)
         self.limits = self.access = None
         self.update(limits, access)
 
@@ -285,6 +291,78 @@ class Admission:
                     else:
                         del networks[network]
 
+    # -- workers: the global limits (portserver.quota) -----------------------------------
+
+    def useLeases(self, leases) -> None:
+        """
+        Hold C{max_connections} and C{max_per_source} for the whole server (a worker of
+        several): a connection these limits apply to also needs a slot of C{leases} (a
+        L{portserver.quota.ServiceLeases}), of the service and of its source, leased by
+        the main process. While the worker holds free ones, L{admit} admits at once;
+        otherwise it returns a L{Pending}, decided when the main process answers.
+        L{None} goes back to admitting alone.
+
+        Without leases (one process) C{admit} and C{release} are this class's own, at
+        their own cost: this puts others in front of them on the instance.
+        """
+        self.leases = leases
+        if leases is None:
+            self.__dict__.pop("admit", None)
+            self.__dict__.pop("release", None)
+        else:
+            self.admit = self._admitLeased
+            self.release = self._releaseLeased
+
+    def _sourceKey(self, host: str) -> str:
+        """
+        The source C{host} counts under: the IPv4 address, or the IPv6 network.
+        """
+        if ":" not in host:
+            return host
+        host, network = sourceOf(host, self._prefix)
+        return host if network is None else network
+
+    def _admitLeased(self, host: str):
+        """
+        L{admit} with leases: this worker's own checks first (they count the
+        connection as live here), then the leased slots.
+        """
+        reason = Admission.admit(self, host)
+        if reason is not None:
+            return reason
+        maxConnections, maxPerSource = self._maxConnections, self._maxPerSource
+        if maxConnections is None and maxPerSource is None:
+            return None
+        source = host if ":" not in host else self._sourceKey(host)
+        key = source if maxPerSource is not None else None
+        leases = self.leases
+        if leases.take(key, maxConnections, maxPerSource):
+            return None
+        pending = Pending(self, host, source)
+        leases.request(pending, key, maxConnections, maxPerSource)
+        return pending
+
+    def _releaseLeased(self, host: str) -> None:
+        """
+        L{release} with leases: free the slots here and the leased ones.
+        """
+        Admission.release(self, host)
+        leases = self.leases
+        if not leases.sources:
+            leases.release(None)
+        else:
+            leases.release(host if ":" not in host else self._sourceKey(host))
+
+    def _unadmit(self, host: str, source: str) -> None:
+        """
+        A pending connection was not admitted after all: undo its live count, and give
+        back the token of the rate limit it took (a refused connection takes none).
+        """
+        Admission.release(self, host)
+        bucket = self._buckets.get(source)
+        if bucket is not None:
+            bucket[0] = min(bucket[0] + 1, self._burst)
+
     def sources(self) -> dict[str, int]:
         """
         How much per-source state is held: C{"live"}, hosts with live connections;
@@ -353,3 +431,87 @@ class Admission:
                           "(since last report)", service=self.service, reason=reason,
                           count=report.count, peer=peer)
         report.count, report.peer, report.others, report.last = 0, None, False, now
+
+
+class Pending:
+    """
+    The admission of a connection that waits for the main process: what
+    L{Admission.admit} returns when a worker's leases (L{portserver.quota}) hold no free
+    slot for it. The connection waits, not reading (L{portserver.awaiting}); it counts
+    as live here meanwhile, and its rate token is taken.
+
+    The lease holder calls L{decide} with the main process's answer; the waiting
+    connection gives up with L{cancel} (it closed) or L{expire} (it waited too long).
+    Exactly one of the three takes effect.
+
+    @ivar reason: what the connection is refused for if the main process cannot admit
+        it (C{"max-connections"} when it waits for a slot of the service, else
+        C{"max-per-source"}); set by the lease holder.
+    @ivar withdraw: called (once) when the connection gives up; set by the lease
+        holder, to give back what it holds for it.
+    """
+
+    __slots__ = ("admission", "host", "source", "reason", "withdraw", "decided",
+                 "verdict", "callback")
+
+    def __init__(self, admission: Admission, host: str, source: str):
+        self.admission = admission
+        self.host = host
+        self.source = source
+        self.reason = MAX_CONNECTIONS
+        self.withdraw = None
+        self.decided = False
+        self.verdict = None
+        self.callback = None
+
+    def whenDecided(self, callback) -> None:
+        """
+        Call C{callback} with the verdict (L{None}: admitted, and to be released as any
+        admitted connection; else the refusal reason, counted and logged) once decided,
+        or now if it is.
+        """
+        if self.decided:
+            callback(self.verdict)
+        else:
+            self.callback = callback
+
+    def decide(self, reason: str | None) -> None:
+        """
+        The answer: admitted (L{None}), or refused for C{reason}.
+        """
+        if not self.decided:
+            self._settle(reason)
+
+    def expire(self) -> None:
+        """
+        No answer in time: refused for L{reason} (counted and logged as any refusal).
+        """
+        if not self.decided:
+            self._withdraw()
+            self._settle(self.reason)
+
+    def cancel(self) -> None:
+        """
+        The connection closed while waiting: it takes no slot, and no verdict is told.
+        """
+        if not self.decided:
+            self.decided = True
+            self._withdraw()
+            self.callback = None
+            Admission.release(self.admission, self.host)
+
+    def _withdraw(self) -> None:
+        withdraw, self.withdraw = self.withdraw, None
+        if withdraw is not None:
+            withdraw()
+
+    def _settle(self, reason: str | None) -> None:
+        self.decided = True
+        if reason is not None:
+            admission = self.admission
+            admission._unadmit(self.host, self.source)
+            admission._refuse(reason, self.host)
+        self.verdict = reason
+        callback, self.callback = self.callback, None
+        if callback is not None:
+            callback(reason)

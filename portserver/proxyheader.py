@@ -276,7 +276,7 @@ class ProxyHeaders:
             transport.hostname = source.host
         address = transport.getPeer()
         try:
-            protocol, tracked, _, admitted = factory.buildPlugin(address)
+            protocol, tracked, _, admitted = factory.buildPlugin(address, proxy)
         except Exception:
             self.errors.failure((factory.service, "buildProtocol"),
                                 "Service {service}: the plugin's buildProtocol failed for "
@@ -289,9 +289,11 @@ class ProxyHeaders:
             return
         transport.protocol = protocol
         transport.logstr = f"{_logPrefix(protocol)},{transport.sessionno},{address.host}"
-        if not tracked:  # a refusal sending its banner
+        if not tracked:  # a refusal sending its banner, or a client awaiting admission
             factory.live.add(protocol)
             protocol.makeConnection(transport)
+            if rest:
+                protocol.dataReceived(rest)  # (kept for the plugin by one awaiting admission)
             return
         transport.startTracking(factory, admitted, proxy)
         try:

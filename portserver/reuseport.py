@@ -16,16 +16,21 @@ on that one socket, shared by every worker: a unit's single socket cannot be spl
 from __future__ import annotations
 
 import socket
+import struct
+import sys
 from typing import Callable, Iterable
 
 import attrs
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 
 from portserver.accepting import BACKLOG
 from portserver.activation import Activation, InheritedSocket
 from portserver.plan import Listener
 from portserver.startup import StartupError, bindFailureMessage
+
+log = Logger()
 
 
 def _family(interface: str) -> int:
@@ -126,6 +131,50 @@ class ListenerSockets:
         self.sockets = []
 
 
+#: C{SO_ATTACH_REUSEPORT_CBPF} (Linux 4.5): a classic BPF program that picks, for each
+#: datagram (or connection), the socket of a reuseport group that gets it.
+SO_ATTACH_REUSEPORT_CBPF = 51
+#: Where a classic BPF program's loads relative to the network header start (SKF_NET_OFF).
+_NET = -0x100000
+#: The offset of the (last word of the) source address in the IPv4 and IPv6 headers.
+_SOURCE_WORD = {socket.AF_INET: 12, socket.AF_INET6: 20}
+
+
+def bySourceProgram(family: int, count: int) -> list[tuple[int, int, int, int]]:
+    """
+    A classic BPF program (C{(code, jt, jf, k)} instructions) that gives a datagram to
+    socket I{source address mod} C{count} of its reuseport group: a word of the source
+    address (IPv4: all of it; IPv6: its last), modulo C{count}.
+    """
+    return [(0x20, 0, 0, (_NET + _SOURCE_WORD[family]) & 0xFFFFFFFF),  # ld [net + off]
+            (0x94, 0, 0, count),  # mod #count
+            (0x16, 0, 0, 0)]  # ret a
+
+
+def steerBySource(sock: socket.socket, family: int, count: int) -> bool:
+    """
+    Make the kernel give every datagram from one source address to the same socket of
+    C{sock}'s reuseport group of C{count} (L{bySourceProgram}), so that one worker
+    sees all of a source's datagrams: its per-source reply rate
+    (C{udp_rate_per_source}) and its flows then hold for the whole server, as in one
+    process, with no word between the workers. (The kernel's own choice hashes source
+    address I{and port}: a source sending from many ports would be spread.) Whether
+    the kernel took it (Linux 4.5 and later).
+    """
+    import ctypes
+
+    program = bySourceProgram(family, count)
+    filters = (ctypes.c_uint64 * len(program))(*(
+        int.from_bytes(struct.pack("=HBBI", *instruction), sys.byteorder)
+        for instruction in program))
+    fprog = struct.pack("@HP", len(program), ctypes.addressof(filters))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+    except OSError:
+        return False
+    return True
+
+
 def bindListener(listener: Listener, count: int, activation: Activation | None = None,
                  bind: Callable[..., socket.socket] = bindReusePort) -> ListenerSockets:
     """
@@ -153,6 +202,13 @@ def bindListener(listener: Listener, count: int, activation: Activation | None =
         for s in sockets:
             s.close()
         raise
+    if listener.transport == "udp" and count > 1:
+        family = _family(listener.interface)
+        if not steerBySource(sockets[0], family, count):
+            log.warn("The kernel does not steer {service}/udp datagrams by source "
+                     "address (SO_ATTACH_REUSEPORT_CBPF): a source sending from many "
+                     "ports is spread over the workers, and its reply rate limit "
+                     "holds per worker", service=listener.service)
     return ListenerSockets(listener, sockets)
 
 

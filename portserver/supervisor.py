@@ -32,6 +32,7 @@ from portserver.activation import Activation
 from portserver.config import ConfigError, readConfig
 from portserver.drain import DRAINING, SERVING, STOPPED
 from portserver.plan import Plan, loadPlan
+from portserver.quota import brokerPart
 from portserver.registry import Registry
 from portserver.reloading import (
     ReloadError,
@@ -59,7 +60,10 @@ log = Logger()
 #: Callables C{part(supervisor) -> object} the tap calls for each server with workers
 #: and adds with L{Supervisor.addPart} (before the status service is built, so a part
 #: may set C{supervisor.registry}).
-MAIN_PARTS: list = [mirrorPart]  # one registry: the workers' connections, mirrored
+MAIN_PARTS: list = [
+    mirrorPart,  # one registry: the workers' connections, mirrored
+    brokerPart,  # the counts of max_connections and max_per_source, leased to workers
+]
 
 #: A worker slot's state while its worker waits to be restarted.
 RESTARTING = "restarting"

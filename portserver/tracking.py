@@ -85,6 +85,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from portserver.awaiting import AwaitingAdmission
 from portserver.interfaces import ITrackedTransport
 from portserver.limits import Limits
 from portserver.ratelog import RepeatedErrors, causeOf
@@ -831,16 +832,20 @@ class TrackingFactory(_Wrapping, ServerFactory):
             self.live.add(protocol)
         return protocol
 
-    def buildPlugin(self, addr):
+    def buildPlugin(self, addr, proxy=None):
         """
         Admit the peer at C{addr} and build the plugin's protocol for it, unwrapped:
         what portserver's own transport (L{portserver.transport.TrackedTransport})
         carries directly, and what L{buildProtocol} puts behind a L{Tracker}.
 
+        @param proxy: the L{Endpoint} of the proxy that carried the connection (PROXY
+            protocol), if one did: for a connection whose admission is decided later.
         @return: C{(protocol, tracked, host, admitted)}: the plugin's protocol (to
-            track) or a L{Refusal} or L{None} (not to track: the admission refused the
-            peer, or the plugin did); the peer's host, and the host the admission
-            admitted (to release when the connection ends), or L{None}.
+            track) or a L{Refusal}, an L{AwaitingAdmission} (a worker's admission
+            decided by the main process: it builds the plugin's protocol once admitted)
+            or L{None} (not to track: the admission refused the peer, or the plugin
+            did); the peer's host, and the host the admission admitted (to release when
+            the connection ends), or L{None}.
         """
         host = getattr(addr, "host", None)
         if host is not None:
@@ -850,6 +855,9 @@ class TrackingFactory(_Wrapping, ServerFactory):
         if admission is not None and host is not None:
             reason = admission.admit(host)
             if reason is not None:
+                if reason.__class__ is not str:  # decided later (portserver.quota)
+                    waiting = AwaitingAdmission(self, reason, addr, host, proxy)
+                    return waiting, False, host, None
                 return self.refuse(reason), False, host, None
             admitted = host
         try:

@@ -27,6 +27,7 @@ import sys
 from twisted.logger import ILogObserver, Logger, eventAsText, globalLogBeginner
 from zope.interface import implementer
 
+from portserver.quota import workerPart as quotaPart
 from portserver.workerproto import Failed, Ready, WorkerChannel, fitErrors
 from portserver.workerview import feedPart
 
@@ -35,7 +36,10 @@ log = Logger()
 #: Callables C{part(server, channel, index) -> object}, each called once the worker's
 #: L{PortServer} is built (before it serves); an object with C{locator()} gets that
 #: locator added to the channel's C{locators}.
-PARTS: list = [feedPart]  # the registry's events, batched to main's mirror
+PARTS: list = [
+    feedPart,  # the registry's events, batched to main's mirror
+    quotaPart,  # leases of the whole server's max_connections and max_per_source
+]
 
 #: Seconds a worker that cannot start waits for the main process to hear why.
 FAILED_WAIT = 5.0

@@ -31,7 +31,7 @@ from portserver.drain import DRAINING, SERVING, STOPPED
 from portserver.limits import ShutdownSpec
 from portserver.plan import formatPlan, loadPlan
 from portserver.reloading import ReloadError, restartOnly
-from portserver.reuseport import bindListener, bindListeners
+from portserver.reuseport import bindListener, bindListeners, bySourceProgram
 from portserver.startup import StartupError
 from portserver.supervisor import (
     MAIN_PARTS,
@@ -1221,3 +1221,68 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(len(supervisor.parts), len(MAIN_PARTS))
         self.assertIsInstance(supervisor.parts[-1], RecordingPart)
         self.assertIs(tree.getServiceNamed("status").server, supervisor)
+
+
+class SteerBySourceTests(SynchronousTestCase):
+    """
+    L{steerBySource}: the kernel gives every datagram of one source address to one
+    socket of a listener's reuseport group (address mod count), whatever its port.
+    """
+
+    def received(self, family: int, host: str, count: int = 2,
+                 senders: int = 40) -> list[int]:
+        """
+        Bind C{count} sockets of a UDP listener on C{host} (L{bindListener} steers
+        them), send one datagram from each of C{senders} sockets (each its own source
+        port), and return how many each socket got.
+        """
+        plan = makePlan(spec("echo", port=0, transports=("udp",), interface=host))
+        group = bindListener(plan.listeners[0], count)
+        self.addCleanup(group.close)
+        port = group.address.port
+        for _ in range(senders):
+            with socket.socket(family, socket.SOCK_DGRAM) as sender:
+                sender.sendto(b"x", (host, port))
+        counts = []
+        for s in group.sockets:
+            s.setblocking(False)
+            got = 0
+            while True:
+                try:
+                    s.recv(16)
+                except BlockingIOError:
+                    break
+                got += 1
+            counts.append(got)
+        return counts
+
+    def test_ipv4(self):
+        """
+        Datagrams from 40 source ports of 127.0.0.1 all reach socket 0x7f000001 mod 2
+        (the kernel's own choice hashes the port too, and would spread them).
+        """
+        counts = self.received(socket.AF_INET, "127.0.0.1")
+        self.assertEqual(counts, [0, 40])
+
+    def test_ipv6(self):
+        """
+        Over IPv6, the last word of the source address decides: ::1 goes to socket 1.
+        """
+        if not socket.has_ipv6:
+            raise self.skipTest("no IPv6")
+        try:
+            with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+                probe.bind(("::1", 0))
+        except OSError:
+            raise self.skipTest("no IPv6 loopback")
+        counts = self.received(socket.AF_INET6, "::1", count=3)
+        self.assertEqual(counts, [0, 40, 0])
+
+    def test_program(self):
+        """
+        The program loads the source address word relative to the network header,
+        takes it modulo the group's size and returns that index.
+        """
+        self.assertEqual(bySourceProgram(socket.AF_INET, 4),
+                         [(0x20, 0, 0, 0xFFF0000C), (0x94, 0, 0, 4), (0x16, 0, 0, 0)])
+        self.assertEqual(bySourceProgram(socket.AF_INET6, 2)[0], (0x20, 0, 0, 0xFFF00014))

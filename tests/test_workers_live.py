@@ -11,6 +11,7 @@ connection's server end (C{/proc/net/tcp}), and which worker's descriptors hold 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import select
@@ -450,3 +451,37 @@ class WorkersLiveTests(SynchronousTestCase):
             self.assertEqual(set(uids), {"65534"}, pid)
         echo(port, b"privileged").close()
 
+
+    def test_udpReplyRateForTheWholeServer(self):
+        """
+        A UDP service's reply rate per source (C{udp_rate_per_source}: 1 a second,
+        bursts of 2) holds for the whole server, not per worker: datagrams from 30
+        source ports of 127.0.0.1 get no more replies than one process would give
+        (the burst, and what the bucket refilled while they were sent), because the
+        kernel gives every datagram of one source address to the same worker.
+        """
+        port, status = freePort("udp"), freePort()
+        text = (f"workers: 2\nstatus:\n  listen: tcp:{status}:interface=127.0.0.1\n"
+                f"services:\n  - name: echo\n    protocol: echo\n    port: {port}\n"
+                "    interface: 127.0.0.1\n    transports: [udp]\n"
+                "    limits: {udp_rate_per_source: 1}\n")
+        self.start(text)
+        senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(30)]
+        self.addCleanup(lambda: [s.close() for s in senders])
+        began = time.monotonic()
+        for sender in senders:
+            sender.sendto(b"ping", ("127.0.0.1", port))
+        elapsed = time.monotonic() - began
+        # A reply is sent as its datagram is read: what comes within 2 s is all of them.
+        replies = 0
+        deadline = time.monotonic() + 2
+        waiting = list(senders)
+        while waiting and time.monotonic() < deadline:
+            readable, _, _ = select.select(waiting, [], [], 0.2)
+            for sender in readable:
+                sender.recv(16)
+                replies += 1
+                waiting.remove(sender)
+        self.assertGreaterEqual(replies, 1)
+        # Per worker, each of two buckets would give its burst: 4 and more.
+        self.assertLessEqual(replies, 2 + math.ceil(elapsed * 1))
