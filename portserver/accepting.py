@@ -31,17 +31,26 @@ log = Logger()
 BACKLOG = socket.SOMAXCONN
 
 
+#: The transport classes made by L{ownTransportClass}: one per Twisted transport class
+#: and kind of connection.
+_transportClasses: dict = {}
+
+
 def ownTransportClass(port) -> None:
     """
-    Give a listening C{twisted.internet.tcp.Port} a subclass of its transport class of
-    its own, before it accepts anything.
+    Give a listening C{twisted.internet.tcp.Port} a subclass of its transport class for
+    its kind of connection (its plugin protocol's name; else its factory's class),
+    before it accepts anything: every listener of one protocol shares it.
 
     CPython shares one table of attribute names among the instance dicts of a class, as
-    long as every instance sets its attributes in the same order. Connections of
-    different protocols (echo, an HTTP status request, ...) set them in different
-    orders, and once the shared table no longer fits, every later connection's dict is
-    a full one: about 0.7 KiB more per connection in a server holding three kinds (see
-    bench/README.md). A class per listener keeps each listener's connections alike.
+    long as it holds every name they set (at most 30). Connections of different
+    protocols (echo, an HTTP status request, ...) set different attributes, and once
+    the shared table no longer fits, every later connection's dict is a full one: about
+    0.7 KiB more per connection in a server holding three kinds (see bench/README.md).
+    A class per kind keeps each kind's connections alike. One class per I{listener}
+    would too, but CPython's specializing interpreter caches each attribute access of
+    the transport's code for one class at a time: 50 echo services with a class each
+    made every access a miss, and cost a third of the connection rate.
 
     The class is portserver's transport (L{TrackedTransport}): the connection's
     tracker (record, limits, flow control, fault isolation), with writes that go
@@ -49,9 +58,15 @@ def ownTransportClass(port) -> None:
     sent in one go).
     """
     transport = getattr(port, "transport", None)
-    if isinstance(transport, type):
-        port.transport = type(transport.__name__, (TrackedTransport, transport), {
+    if not isinstance(transport, type):
+        return
+    factory = getattr(port, "factory", None)
+    key = (transport, getattr(factory, "protocolName", None) or type(factory))
+    own = _transportClasses.get(key)
+    if own is None:
+        own = _transportClasses[key] = type(transport.__name__, (TrackedTransport, transport), {
             "__module__": transport.__module__, "__doc__": transport.__doc__})
+    port.transport = own
 
 
 # Refusals for lack of file descriptors (EMFILE: this process; ENFILE: the whole system).

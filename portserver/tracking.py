@@ -814,11 +814,18 @@ class TrackingFactory(_Wrapping, ServerFactory):
                 self.local = local
         return local
 
+    #: Whether a listener serves this factory (between C{doStart} and C{doStop}).
+    listening = False
+
     def doStart(self) -> None:
         self.local = None  # bound again: the port may differ
+        self.listening = True
         self.wrapped.doStart()
 
     def doStop(self) -> None:
+        self.listening = False
+        if not self.transports:
+            self.timeouts.stop()  # else the last connection to close stops it
         self.wrapped.doStop()
 
     def buildProtocol(self, addr):

@@ -478,7 +478,10 @@ class TrackedTransport(Lean, ConnectionTracking, WriteThroughTransport):
         self._stopTimer()
         transports = factory.transports
         transports.pop(self.record.serial, None)
-        if not transports:
+        if not transports and not factory.listening:
+            # (While it listens, the call is left: when it comes, it finds nothing and
+            # ends. Cancelling it here and making it again for the next connection
+            # cost every connection of a quiet listener two reactor calls.)
             factory.timeouts.stop()
         try:
             super().connectionLost(reason)  # closes the socket, then tells the plugin

@@ -8,6 +8,8 @@ import socket
 import struct
 import time
 
+import attrs
+
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredQueue, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -15,6 +17,7 @@ from twisted.internet.protocol import DatagramProtocol, Protocol
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
+from portserver.limits import Limits
 from portserver.protocols.classic import CHARGEN_CYCLE, RFC868_OFFSET
 from portserver.server import PortServer
 from tests.support import makePlan, spec
@@ -90,6 +93,34 @@ class ServingTestCase(TestCase):
         return client.replies.get().addTimeout(DEADLINE, reactor)
 
 
+class TimeoutCallTests(ServingTestCase):
+    """
+    A listener's timeout call over its connections' lives.
+    """
+
+    @inlineCallbacks
+    def test_timeoutCallKeptWhileListening(self):
+        """
+        A listener's one timeout call outlives its last connection while it listens, so
+        that a quiet listener's next connection makes no new call (making and cancelling
+        one per connection cost a many-listener server a sixth of its connection rate);
+        once it stops listening with no connection left, the call is cancelled.
+        """
+        server = self.serve(attrs.evolve(spec("daytime", port=0),
+                                         limits=Limits(idleTimeout=300)))
+        [child] = server.listeners
+        factory = child.port.factory
+        self.assertTrue(factory.timed)
+        yield self.tcp(server, "daytime")
+        self.assertEqual(factory.transports, {})
+        call = factory.timeouts.call
+        self.assertTrue(call is not None and call.active())
+        yield self.tcp(server, "daytime")
+        self.assertIs(factory.timeouts.call, call)
+        yield child.port.stopListening()
+        self.assertFalse(call.active())
+
+
 def allClassic(interface="127.0.0.1"):
     return [spec(name, port=0, interface=interface, transports=("tcp", "udp"))
             for name in ("echo", "discard", "daytime", "qotd", "chargen", "time")]
@@ -131,18 +162,25 @@ class ClassicTCPTests(ServingTestCase):
 
         return deferToThread(client).addCallback(self.assertEqual, payload)
 
-    def test_transportClassPerListener(self):
+    def test_transportClassPerProtocol(self):
         """
-        Each TCP listener's connections get a transport class of their own, a subclass of
-        Twisted's, so that CPython's shared instance-dict layout of one listener's
-        connections is not spoilt by another's (which costs memory per connection).
+        Each protocol's connections get a transport class of their own, a subclass of
+        Twisted's, so that CPython's shared instance-dict layout of one protocol's
+        connections is not spoilt by another's (which costs memory per connection);
+        listeners of one protocol share it (one class at each of the transport code's
+        attribute accesses keeps CPython's specialized lookups hitting).
         """
         from twisted.internet import tcp
 
-        classes = [child.port.transport for child in self.server.listeners
-                   if child.listener.transport == "tcp"]
-        self.assertEqual(len(set(classes)), len(classes))
-        for cls in classes:
+        classes = {}
+        for child in self.server.listeners:
+            if child.listener.transport == "tcp":
+                classes.setdefault(child.listener.spec.protocol, set()).add(
+                    child.port.transport)
+        self.assertEqual([len(kinds) for kinds in classes.values()], [1] * len(classes))
+        distinct = set().union(*classes.values())
+        self.assertEqual(len(distinct), len(classes))
+        for cls in distinct:
             self.assertTrue(issubclass(cls, tcp.Server))
             self.assertIsNot(cls, tcp.Server)
             self.assertEqual(cls.__name__, "Server")

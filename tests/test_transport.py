@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from portserver.tracking import PAUSED_FLOW
+from portserver.accepting import ownTransportClass
 from portserver.interfaces import ITrackedTransport
 from portserver.transport import (
     FlowControlledTransport,
@@ -652,3 +653,35 @@ class TrackedTransportTests(SynchronousTestCase):
         connection = self.tracked()
         connection.loseConnection()
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+
+class TransportClassTests(SynchronousTestCase):
+    """
+    L{portserver.accepting.ownTransportClass}: one transport class per kind of
+    connection.
+    """
+
+    def port(self, protocolName):
+        class Factory:
+            pass
+
+        class Port:
+            transport = tcp.Server
+
+        factory = Factory()
+        factory.protocolName = protocolName
+        port = Port()
+        port.factory = factory
+        ownTransportClass(port)
+        return port.transport
+
+    def test_sharedByProtocol(self):
+        """
+        Listeners of one protocol share one subclass of Twisted's transport (with
+        portserver's mixed in); another protocol gets another.
+        """
+        first, second, other = self.port("echo"), self.port("echo"), self.port("http")
+        self.assertIs(first, second)
+        self.assertIsNot(first, other)
+        self.assertTrue(issubclass(first, TrackedTransport))
+        self.assertTrue(issubclass(first, tcp.Server))
