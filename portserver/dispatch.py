@@ -14,7 +14,8 @@ portserver's transports (L{portserver.transport.TrackedTransport}) and ports
 (L{portserver.accepting.AcceptingPort}, L{portserver.udp.DatagramPort}) log through
 C{twisted.logger}, naming the connection's record themselves, and need no such context:
 L{leanDispatch} gives an epoll reactor a C{doPoll} that calls theirs directly (an
-exception that escapes is logged, as C{callWithLogger} does, and the loop goes on),
+exception that escapes is logged, as C{callWithLogger} does, and the loop goes on;
+data to read, the most common event by far, goes straight to C{doRead}),
 and every other selectable (the status service, Twisted's own ports, AMP channels)
 as Twisted does. A plugin's protocol that logs with the legacy C{log.msg} gets
 C{system} C{"-"} instead of the connection's prefix; with C{twisted.logger} (what
@@ -24,6 +25,7 @@ Twisted recommends) nothing changes.
 from __future__ import annotations
 
 import errno
+from select import EPOLLIN
 
 from twisted.internet.epollreactor import EPollReactor
 from twisted.logger import Logger
@@ -58,6 +60,21 @@ def doPoll(self, timeout):
         if selectable is None:
             continue
         if isinstance(selectable, Lean):
+            if event == EPOLLIN:
+                # What _doReadOrWrite does for data to read, and nothing more: no
+                # other flag to look at, no fileno() == -1 check (a portserver
+                # selectable leaves the reactor when it closes).
+                try:
+                    why = selectable.doRead()
+                except BaseException as e:
+                    why = e
+                    log.failure("Reading for {selectable!r}", selectable=selectable)
+                if why:
+                    try:
+                        self._disconnectSelectable(selectable, why, True)
+                    except BaseException:
+                        log.failure("Closing {selectable!r}", selectable=selectable)
+                continue
             try:
                 drdw(selectable, fd, event)
             except KeyboardInterrupt:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 
+from twisted.internet import main
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python import context, log as legacyLog
@@ -48,24 +50,38 @@ class LeanReader(Lean, Reader):
         raise AssertionError("a lean selectable is not asked for its prefix")
 
 
-class DispatchTests(SynchronousTestCase):
+class ReactorFixture:
     """
-    L{leanDispatch} on a real (uninstalled) epoll reactor.
+    A real (uninstalled) epoll reactor, and pipes to read from.
     """
 
     def setUp(self):
         self.reactor = EPollReactor()
         self.addCleanup(self.reactor._poller.close)
 
-    def reader(self, kind=Reader, **kwargs):
+    def reader(self, kind=Reader, data=b"x", **kwargs):
+        """
+        A C{kind} reading a new pipe, into which C{data} is written; with no data,
+        the write end is closed (the read end then reports a hang-up alone).
+        """
         readEnd, writeEnd = os.pipe()
         self.addCleanup(os.close, readEnd)
-        self.addCleanup(os.close, writeEnd)
         reader = kind(self.reactor, readEnd, **kwargs)
         self.reactor.addReader(reader)
-        self.addCleanup(self.reactor.removeReader, reader)
-        os.write(writeEnd, b"x")
+        self.addCleanup(lambda: reader in self.reactor.getReaders()
+                        and self.reactor.removeReader(reader))
+        if data:
+            os.write(writeEnd, data)
+            self.addCleanup(os.close, writeEnd)
+        else:
+            os.close(writeEnd)
         return reader
+
+
+class DispatchTests(ReactorFixture, SynchronousTestCase):
+    """
+    L{leanDispatch} on a real (uninstalled) epoll reactor.
+    """
 
     def test_onlyTwistedsEpollReactor(self):
         """
@@ -95,8 +111,9 @@ class DispatchTests(SynchronousTestCase):
 
     def test_faultLoggedAndLoopGoesOn(self):
         """
-        An exception escaping a lean selectable's event is logged, and the other
-        events of the same poll are still dispatched.
+        An exception escaping the handling of a lean selectable's other events (here
+        a hang-up) is logged, and the other events of the same poll are still
+        dispatched.
         """
         events = []
 
@@ -106,18 +123,68 @@ class DispatchTests(SynchronousTestCase):
 
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
-        self.patch(self.reactor, "_doReadOrWrite", self.failing)
+        dispatched = []
+
+        def failing(selectable, fd, event):
+            dispatched.append(selectable)
+            raise RuntimeError("escaped")
+
+        self.patch(self.reactor, "_doReadOrWrite", failing)
         leanDispatch(self.reactor)
-        first = self.reader(LeanReader)
-        second = self.reader(LeanReader)
+        first = self.reader(LeanReader, data=b"")
+        second = self.reader(LeanReader, data=b"")
         self.reactor.doPoll(0)
-        self.assertEqual(self.dispatched, [first, second])
+        self.assertEqual(sorted(map(id, dispatched)), sorted([id(first), id(second)]))
         failures = [e for e in events if "log_failure" in e]
         self.assertEqual(len(failures), 2)
         self.flushLoggedErrors(RuntimeError)
 
-    dispatched: list
 
-    def failing(self, selectable, fd, event):
-        self.__dict__.setdefault("dispatched", []).append(selectable)
-        raise RuntimeError("escaped")
+class Ending(LeanReader):
+    """
+    A lean reader whose read ends it: it returns C{why}, or raises it.
+    """
+
+    def __init__(self, reactor, fd, why, raises=False):
+        super().__init__(reactor, fd)
+        self.why, self.raises = why, raises
+        self.lost = []
+
+    def doRead(self):
+        super().doRead()
+        if self.raises:
+            raise self.why
+        return self.why
+
+    def connectionLost(self, reason):
+        self.reactor.removeReader(self)
+        self.lost.append(reason)
+
+
+class ReadEndsTests(ReactorFixture, SynchronousTestCase):
+    """
+    Data to read goes straight to a lean selectable's C{doRead}; what ends it there
+    ends it as Twisted's reactor would.
+    """
+
+    def test_returnedReasonDisconnects(self):
+        """
+        A C{doRead} that returns a reason (the peer closed) has the selectable lost
+        with it, as a read: C{connectionLost} gets C{ConnectionDone}.
+        """
+        leanDispatch(self.reactor)
+        reader = self.reader(Ending, why=main.CONNECTION_DONE)
+        self.reactor.doPoll(0)
+        [reason] = reader.lost
+        self.assertTrue(reason.check(ConnectionDone))
+
+    def test_raisedIsLoggedAndDisconnects(self):
+        """
+        An exception raised by C{doRead} is logged and loses the selectable with it.
+        """
+        leanDispatch(self.reactor)
+        reader = self.reader(Ending, why=RuntimeError("fault"), raises=True)
+        self.reactor.doPoll(0)
+        [reason] = reader.lost
+        self.assertTrue(reason.check(RuntimeError))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
