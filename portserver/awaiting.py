@@ -11,18 +11,12 @@ is sent the admission's banner and closed, as one refused at once is.
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IHalfCloseableProtocol, ILoggingContext
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 
 #: The longest a connection waits for its admission (less when the service's idle
 #: timeout or deadline is shorter); then it is refused for the limit it waited on.
 WAIT_LIMIT = 10.0
-
-
-def _logPrefix(protocol) -> str:
-    if ILoggingContext.providedBy(protocol):
-        return protocol.logPrefix()
-    return protocol.__class__.__name__
 
 
 class AwaitingAdmission(Protocol):
@@ -146,20 +140,9 @@ class AwaitingAdmission(Protocol):
             return
         data, self.buffer = self.buffer, b""
         transport.protocol = protocol
-        transport.logstr = f"{_logPrefix(protocol)},{transport.sessionno},{transport.hostname}"
         transport.resumeProducing()  # (not yet tracked: Twisted's own)
         startTracking(factory, host, self.proxy)
-        try:
-            protocol.makeConnection(transport)
-        except Exception:
-            transport._pluginFailed("connectionMade")
-            return
-        if data and transport._isOpen():
-            transport.record.bytesIn += len(data)
-            try:
-                protocol.dataReceived(data)
-            except Exception:
-                transport._pluginFailed("dataReceived")
+        transport.servePlugin(protocol, data)
 
     def _pass(self, protocol) -> None:
         """

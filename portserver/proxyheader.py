@@ -28,7 +28,6 @@ import struct
 
 import attrs
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import ILoggingContext
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.haproxy._v1parser import V1Parser
@@ -288,7 +287,6 @@ class ProxyHeaders:
             transport.loseConnection()
             return
         transport.protocol = protocol
-        transport.logstr = f"{_logPrefix(protocol)},{transport.sessionno},{address.host}"
         if not tracked:  # a refusal sending its banner, or a client awaiting admission
             factory.live.add(protocol)
             protocol.makeConnection(transport)
@@ -296,19 +294,9 @@ class ProxyHeaders:
                 protocol.dataReceived(rest)  # (kept for the plugin by one awaiting admission)
             return
         transport.startTracking(factory, admitted, proxy)
-        try:
-            protocol.makeConnection(transport)
-        except Exception:
-            transport._pluginFailed("connectionMade")
-            return
-        if rest and transport._isOpen():
-            # Inside the read that completed the header: what the plugin writes is sent
-            # when the read ends (portserver.transport), as for any read.
-            transport.record.bytesIn += len(rest)
-            try:
-                protocol.dataReceived(rest)
-            except Exception:
-                transport._pluginFailed("dataReceived")
+        # Inside the read that completed the header: what the plugin writes is sent when
+        # the read ends (portserver.transport), as for any read.
+        transport.servePlugin(protocol, rest)
 
 
 def _addressOf(kind: str, host: str, port: int, *rest) -> IPv4Address | IPv6Address:
@@ -318,12 +306,6 @@ def _addressOf(kind: str, host: str, port: int, *rest) -> IPv4Address | IPv6Addr
     if ":" in host:
         return IPv6Address(kind, host, port, *rest)
     return IPv4Address(kind, host, port)
-
-
-def _logPrefix(protocol) -> str:
-    if ILoggingContext.providedBy(protocol):
-        return protocol.logPrefix()
-    return protocol.__class__.__name__
 
 
 class HeaderReader(Protocol):

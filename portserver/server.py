@@ -35,6 +35,21 @@ from portserver.tracking import DENIED
 log = Logger()
 
 
+def listenerStates(listeners, registry: Registry) -> list[dict]:
+    """
+    Each of C{listeners} (as bound) as a plain dict, with its live connection (or flow)
+    count in C{registry}.
+    """
+    counts = registry.liveCounts()
+    rows = []
+    for listener in listeners:
+        row = listener.asDict()
+        row["connections"] = counts.get((listener.service, listener.transport, listener.port),
+                                        0)
+        rows.append(row)
+    return rows
+
+
 class PortServer(MultiService):
     """
     Every listener of a L{Plan}, bound all at once or not at all (or served on the
@@ -108,14 +123,7 @@ class PortServer(MultiService):
         """
         Every listener as a plain dict with its live connection (or flow) count.
         """
-        counts = self.registry.liveCounts()
-        result = []
-        for listener in self.boundListeners():
-            row = listener.asDict()
-            row["connections"] = counts.get(
-                (listener.service, listener.transport, listener.port), 0)
-            result.append(row)
-        return result
+        return listenerStates(self.boundListeners(), self.registry)
 
     def bindAll(self) -> None:
         """

@@ -43,7 +43,7 @@ from portserver.reloading import (
 )
 from portserver.reuseport import ListenerSockets, bindListeners
 from portserver.sdnotify import Notifier, statusText
-from portserver.server import PortServer, ServerTree
+from portserver.server import PortServer, ServerTree, listenerStates
 from portserver.startup import StartupError, groupFailures
 from portserver.workerprocess import SERVING as WORKER_SERVING
 from portserver.workerprocess import (
@@ -243,14 +243,7 @@ class Supervisor(Service):
         """
         Every listener as a plain dict with its live connection (or flow) count.
         """
-        counts = self.registry.liveCounts()
-        rows = []
-        for listener in self.boundListeners():
-            row = listener.asDict()
-            row["connections"] = counts.get(
-                (listener.service, listener.transport, listener.port), 0)
-            rows.append(row)
-        return rows
+        return listenerStates(self.boundListeners(), self.registry)
 
     def addressOf(self, service: str, transport: str = "tcp"):
         """

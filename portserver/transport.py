@@ -394,6 +394,25 @@ class TrackedTransport(Lean, ConnectionTracking, WriteThroughTransport):
         if factory.timed:
             self._startTimer()
 
+    def servePlugin(self, protocol, data: bytes = b"") -> None:
+        """
+        Connect the plugin's C{protocol} to this connection (tracked: see
+        L{startTracking}) and give it C{data}, what arrived before it was built (after
+        a PROXY header, or while the connection awaited admission); a failure of
+        either call is the plugin's fault, isolated as any other.
+        """
+        try:
+            protocol.makeConnection(self)
+        except Exception:
+            self._pluginFailed("connectionMade")
+            return
+        if data and self._isOpen():
+            self.record.bytesIn += len(data)
+            try:
+                protocol.dataReceived(data)
+            except Exception:
+                self._pluginFailed("dataReceived")
+
     def _checkIn(self, delay: float, now: float) -> None:
         self.factory.timeouts.add(now + delay, self.record.serial)
 

@@ -18,7 +18,6 @@ from portserver.admission import Admission
 from portserver.datagrams import TrackingDatagram
 from portserver.limits import AccessRules, Limits
 from portserver.protocols.classic import ChargenDatagram, EchoDatagram
-from portserver.registry import Endpoint
 from portserver.server import PortServer
 from portserver.udpguard import CLASSIC_PORTS, LOOP, RATE, ReplyRate, isLoopSource, loopPorts
 from tests.support import makePlan, spec
