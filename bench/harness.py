@@ -772,6 +772,51 @@ def runRound(index: int, targets: list[Target], settings: Settings, workdir: str
     return results
 
 
+def _processTree(pid: int) -> list[int]:
+    """
+    C{pid} and its descendants (from C{/proc/PID/task/*/children}).
+    """
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    todo.extend(int(child) for child in f.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def serverCPU(running: Running) -> float:
+    """
+    The CPU seconds (user and system) the server's processes (its main process, their
+    children: the workers, and any companions) have used so far.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for process in [running.process] + running.companions:
+        for pid in _processTree(process.pid):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def machineTimes() -> tuple[int, int]:
+    """
+    The machine's busy and total CPU time so far (C{/proc/stat}, in ticks).
+    """
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def workersRound(index: int, settings: Settings, workdir: str, failures: list,
                  report=print) -> dict:
     """
@@ -793,6 +838,7 @@ def workersRound(index: int, settings: Settings, workdir: str, failures: list,
         try:
             for name in WORKERS_SCENARIOS:
                 scenario = byName[name]
+                cpu, machine = serverCPU(running), machineTimes()
                 try:
                     result = runLoadgen(scenario.mode, [running.ports["echo"]],
                                         scenario.concurrency, scenario.size,
@@ -800,10 +846,19 @@ def workersRound(index: int, settings: Settings, workdir: str, failures: list,
                 except LoadgenError as e:
                     failures.append(f"round {index + 1}: {target.name} {name}: {e}")
                     continue
+                cpu = serverCPU(running) - cpu
+                busy, total = (after - before for after, before in
+                               zip(machineTimes(), machine))
+                # The load runs its warm-up and its window at one rate: per operation.
+                ops = result["rate"] * (settings.duration + settings.warmup)
                 results.setdefault(target.name, {})[name] = {
-                    "value": result["rate"], "errors": result["errors"]}
+                    "value": result["rate"], "errors": result["errors"],
+                    "cpu_us": cpu / ops * 1e6 if ops else None,
+                    "busy": busy / total if total else None}
                 report(f"  {target.name:<26} {name:<11} {result['rate']:>12,.1f} /s "
-                       f"errors={result['errors']}")
+                       f"errors={result['errors']} server CPU "
+                       f"{cpu / ops * 1e6 if ops else 0:.1f} µs/op, machine "
+                       f"{100 * busy / total if total else 0:.0f}% busy")
         finally:
             running.stop()
     return results
@@ -887,19 +942,22 @@ def aggregateWorkers(rounds: list[dict]) -> dict:
     table: dict = {}
     for target in [t.name for t in WORKERS_TARGETS]:
         for scenario in WORKERS_SCENARIOS:
-            values, ratios, errors = [], [], 0
+            values, ratios, errors, cpu, busy = [], [], 0, [], []
             for figures in rounds:
                 figure = figures.get(target, {}).get(scenario)
                 if figure is None:
                     continue
                 values.append(figure["value"])
                 errors += figure["errors"]
+                cpu.append(figure.get("cpu_us"))
+                busy.append(figure.get("busy"))
                 baseline = figures.get(first, {}).get(scenario, {}).get("value")
                 if baseline:
                     ratios.append(figure["value"] / baseline)
             if values:
                 table.setdefault(target, {})[scenario] = {
-                    "value": median(values), "ratio": median(ratios), "errors": errors}
+                    "value": median(values), "ratio": median(ratios), "errors": errors,
+                    "cpu_us": median(cpu), "busy": median(busy)}
     return table
 
 
@@ -1075,8 +1133,9 @@ def markdownTable(table: dict, settings: Settings, info: dict, labels: dict | No
     if table.get("workers"):
         lines.append("| every core (nothing pinned; in brackets, the ratio to workers: 1) | "
                      + " | ".join(byName.title for byName in SCENARIOS
-                                  if byName.name in WORKERS_SCENARIOS) + " |")
-        lines.append("|---|" + "---:|" * len(WORKERS_SCENARIOS))
+                                  if byName.name in WORKERS_SCENARIOS)
+                     + " | server CPU per request (64 B) | machine busy (64 B) |")
+        lines.append("|---|" + "---:|" * (len(WORKERS_SCENARIOS) + 2))
         for target in WORKERS_TARGETS:
             row = table["workers"].get(target.name)
             if not row:
@@ -1087,6 +1146,11 @@ def markdownTable(table: dict, settings: Settings, info: dict, labels: dict | No
                 cells.append("—" if entry is None else
                              _number(entry["value"], "/s") + _ratio(entry["ratio"])
                              + (f" ⚠ {entry['errors']} errors" if entry["errors"] else ""))
+            request = row.get("request-64") or {}
+            cells.append("—" if request.get("cpu_us") is None
+                         else f"{request['cpu_us']:.1f} µs")
+            cells.append("—" if request.get("busy") is None
+                         else f"{100 * request['busy']:.0f}%")
             lines.append(f"| {target.label} | " + " | ".join(cells) + " |")
         lines.append("")
     lines.append("| target | met? | measured |")

@@ -160,9 +160,11 @@ class WorkersScenarioTests(SynchronousTestCase):
     def rounds(self):
         one, two = (t.name for t in harness.WORKERS_TARGETS[:2])
         return [{"workers": {one: {"request-64": {"value": 100.0, "errors": 0}},
-                             two: {"request-64": {"value": 150.0, "errors": 0}}}},
+                             two: {"request-64": {"value": 150.0, "errors": 0,
+                                                  "cpu_us": 9.0, "busy": 0.8}}}},
                 {"workers": {one: {"request-64": {"value": 200.0, "errors": 0}},
-                             two: {"request-64": {"value": 260.0, "errors": 1}}}}]
+                             two: {"request-64": {"value": 260.0, "errors": 1,
+                                                  "cpu_us": 11.0, "busy": 0.9}}}}]
 
     def test_ratiosToOneWorker(self):
         """
@@ -179,14 +181,42 @@ class WorkersScenarioTests(SynchronousTestCase):
 
     def test_table(self):
         """
-        The Markdown has a row per workers target measured, with its ratio.
+        The Markdown has a row per workers target measured, with its ratio, the
+        server's CPU per request and how busy the machine was (medians).
         """
         table = harness.aggregate([{"scenarios": {}, "hold": {}, "services": {}, **r}
                                    for r in self.rounds()])
         info = {"cores": 2, "cpu": "test CPU", "kernel": "6.0", "python": "3.11",
                 "twisted": "26", "uvloop": None, "pinning": "none"}
         lines = harness.markdownTable(table, harness.Settings(rounds=2), info).splitlines()
-        self.assertIn("| portserver, workers: 2 | — | 205/s (1.40×) ⚠ 1 errors |", lines)
+        self.assertIn("| portserver, workers: 2 | — | 205/s (1.40×) ⚠ 1 errors | 10.0 µs | "
+                      "85% |", lines)
+
+
+class ServerCPUTests(SynchronousTestCase):
+    """
+    The CPU time of a server's processes, children included.
+    """
+
+    def test_childrenCounted(self):
+        """
+        A server whose child burns CPU is charged for it: its tree's CPU time grows
+        past what the idle parent alone used.
+        """
+        import subprocess
+        import sys
+
+        parent = subprocess.Popen(
+            [sys.executable, "-c", "import subprocess, sys; subprocess.run([sys.executable, "
+             "'-c', 'import time\\nend = time.process_time() + 0.3\\n"
+             "while time.process_time() < end: pass\\nprint(1, flush=True)\\n"
+             "import sys; sys.stdin.read()'])"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.addCleanup(parent.wait)
+        self.addCleanup(parent.stdin.close)
+        self.assertEqual(parent.stdout.readline(), b"1\n")
+        running = harness.Running(parent, {}, "")
+        self.assertGreaterEqual(harness.serverCPU(running), 0.25)
 
 
 class TinyRunTests(SynchronousTestCase):
