@@ -19,6 +19,8 @@ calls for every server with workers, before the status service is built.
 
 from __future__ import annotations
 
+import errno
+import os
 from collections import Counter
 
 import attrs
@@ -527,7 +529,13 @@ class Supervisor(Service):
             for worker in self.liveWorkers():
                 self._dismissed.add(worker)
                 worker.kill()
-            raise StartupError(f"cannot start the workers: {e}") from e
+            message = f"cannot start the workers: {e}"
+            if getattr(e, "errno", None) in (errno.EACCES, errno.EPERM) and os.getuid():
+                message += (f"\n  workers run as this user (uid {os.getuid()}, after "
+                            "--uid): it needs to read and run the Python interpreter and "
+                            "portserver's installation (a virtualenv in a directory only "
+                            "root may enter is a usual cause)")
+            raise StartupError(message) from e
 
     # -- reloading --------------------------------------------------------------------------
 

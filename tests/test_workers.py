@@ -673,6 +673,24 @@ class SupervisorTests(SynchronousTestCase):
             self.addCleanup(lambda: [e.close() for e in supervisor.listeners])
         return supervisor
 
+    def test_workersCannotRunAsUser(self):
+        """
+        When the workers cannot be started for lack of permission after privileges
+        were dropped, start-up fails saying that the user the workers run as must be
+        able to run the interpreter and portserver's installation.
+        """
+        def refuse(*args):
+            raise PermissionError(13, "Permission denied", "/opt/venv/bin/python")
+
+        self.launch = refuse
+        self.patch(os, "getuid", lambda: 65534)
+        supervisor = self.supervisor(start=False)
+        supervisor.privilegedStartService()
+        self.addCleanup(lambda: [e.close() for e in supervisor.listeners])
+        error = self.assertRaises(StartupError, supervisor.startService)
+        self.assertIn("Permission denied: '/opt/venv/bin/python'", str(error))
+        self.assertIn("workers run as this user (uid 65534, after --uid)", str(error))
+
     def allReady(self, supervisor):
         for worker in list(supervisor.workers):
             if worker.state == "starting":

@@ -17,6 +17,7 @@ import re
 import select
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -94,6 +95,23 @@ def waitUntilGone(pid: int, deadline: float = DEADLINE) -> None:
         os.close(fd)
     if not ready:
         raise AssertionError(f"process {pid} still runs after {deadline}s")
+
+
+def reachableByOthers(path: str) -> bool:
+    """
+    Whether a user who owns nothing on its way (as uid 65534) may reach C{path}: every
+    directory up to it (and up to where its symbolic links lead) lets others through.
+    """
+    for target in {os.path.abspath(path), os.path.realpath(path)}:
+        directory = os.path.dirname(target)
+        while True:
+            if not os.stat(directory).st_mode & stat.S_IXOTH:
+                return False
+            parent = os.path.dirname(directory)
+            if parent == directory:
+                break
+            directory = parent
+    return True
 
 
 def running(pid: int) -> bool:
@@ -441,6 +459,10 @@ class WorkersLiveTests(SynchronousTestCase):
                 break
         if port is None:
             raise self.skipTest("no free privileged port in 900-999")
+        for path in (sys.executable, ROOT):
+            if not reachableByOthers(path):
+                raise self.skipTest(f"{path} is not reachable by uid 65534 (a directory on "
+                                    "its way is closed to others), which the workers run as")
         os.chmod(os.path.dirname(os.path.abspath(self.mktemp())), 0o755)
         output = self.start(config(freePort(), ("echo", "echo", port)),
                             "--uid", "65534", "--gid", "65534")
