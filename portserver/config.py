@@ -216,7 +216,8 @@ def _workers(data: MarkedMap, collector, cpus: Callable[[], int]) -> tuple[int, 
         return value, False
     collector.add(data.valueMark("workers"),
                   f"'workers' must be a whole number from 1 to {MAX_WORKERS}, or auto "
-                  f"(as many as the CPUs usable), not {_describe(value)}")
+                  f"(as many as the CPUs usable), not "
+                  f"{value if isinstance(value, int) and not isinstance(value, bool) else _describe(value)}")
     return 1, False
 
 

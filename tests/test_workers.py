@@ -126,6 +126,9 @@ class WorkersConfigTests(SynchronousTestCase):
             self.assertEqual(str(problem)[:len("w.yaml:2:10: ")], "w.yaml:2:10: ", value)
             self.assertIn(f"'workers' must be a whole number from 1 to {MAX_WORKERS}, or "
                           "auto", str(problem))
+        # A number out of range is named as it is (not "a whole number").
+        [problem] = parse("workers: -3\n")[1]
+        self.assertTrue(str(problem).endswith("not -3"), str(problem))
 
     def test_loadPlanAndCheck(self):
         """
