@@ -313,6 +313,12 @@ class TrackedTransport(Lean, ConnectionTracking, WriteThroughTransport):
 
     factory = None  # the TrackingFactory, once tracked
     record = None
+    closer = None
+    timer = None
+    admitted = None
+    paused = 0
+    lastActive = None
+    deadlineAt = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -369,12 +375,6 @@ class TrackedTransport(Lean, ConnectionTracking, WriteThroughTransport):
     @logstr.setter
     def logstr(self, value: str) -> None:
         pass  # tcp.Server.__init__ sets it; the property makes it when asked
-    closer = None
-    timer = None
-    admitted = None
-    paused = 0
-    lastActive = None
-    deadlineAt = None
 
     def startTracking(self, factory, admitted: str | None = None, proxy=None) -> None:
         """
