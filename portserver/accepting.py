@@ -14,6 +14,7 @@ import _socket
 import errno
 import os
 import socket
+import struct
 
 from twisted.internet import tcp
 from twisted.internet.posixbase import PosixReactorBase
@@ -68,6 +69,16 @@ def ownTransportClass(port) -> None:
             "__module__": transport.__module__, "__doc__": transport.__doc__})
     port.transport = own
 
+
+#: C{TCP_INFO} (Linux): for a listening socket, C{tcpi_unacked} (a 32-bit field at byte
+#: 24) is the number of connections waiting in its accept queue.
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_UNACKED = struct.Struct("=I")
+#: The most connections a listener accepts in one wake-up (the reactor's other work waits
+#: meanwhile; the rest are accepted at the next).
+MAX_ACCEPTS = 512
+#: Up to how many connections per wake-up a listener asks the kernel how many are queued.
+SMALL_BATCH = 2
 
 # Refusals for lack of file descriptors (EMFILE: this process; ENFILE: the whole system).
 NO_DESCRIPTORS = "no-descriptors"
@@ -133,13 +144,33 @@ class AcceptingPort(Lean, tcp.Port):
         super().startListening()
         _reserve.reserve()
 
+    def queued(self) -> int | None:
+        """
+        How many connections wait in this listener's accept queue, as the kernel says
+        (C{TCP_INFO}'s C{tcpi_unacked}, for a listening socket), or L{None} when it
+        cannot say (not Linux).
+        """
+        try:
+            return _UNACKED.unpack_from(
+                self.socket.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 28), 24)[0]
+        except (OSError, AttributeError, TypeError, struct.error):
+            return None
+
     def doRead(self):
         # As tcp.Port.doRead (accept up to numberAccepts, scaled to traffic), with
-        # descriptor exhaustion handled by _exhausted.
+        # descriptor exhaustion handled by _exhausted. When the last wake-ups found few
+        # connections (a listener among many, each with few clients), Twisted's count
+        # ends every other wake-up with an accept that fails (EAGAIN): a system call and
+        # an exception for nothing. Then the kernel is asked how many are queued
+        # (L{queued}), and that many are accepted.
         accepted = 0
         accept, family = self.socket._accept, self.addressFamily
+        queued = None
+        if _TCP_INFO is not None and self.numberAccepts <= SMALL_BATCH:
+            queued = self.queued()
+        limit = self.numberAccepts if queued is None else min(max(queued, 1), MAX_ACCEPTS)
         try:
-            for _ in range(self.numberAccepts):
+            for _ in range(limit):
                 try:
                     # The bare C socket (48 bytes, untracked by the GC), where
                     # socket.accept wraps it in a socket.socket (104 bytes with its GC
@@ -169,7 +200,9 @@ class AcceptingPort(Lean, tcp.Port):
                 self._accepted(skt, addr)
         except BaseException:
             log.failure("Accepting on {port} failed", port=self.description)
-        if accepted == self.numberAccepts:
+        if queued is not None:
+            self.numberAccepts = max(1, accepted)
+        elif accepted == self.numberAccepts:
             self.numberAccepts += 20
         else:
             self.numberAccepts = max(1, accepted)

@@ -135,9 +135,9 @@ class EMFILETests(SynchronousTestCase):
         return the connections opened, and one more, opened then (which cannot be
         served while the others are open).
 
-        The connection during which the log line came may have been served: having
-        accepted it, the listener tries once more, and with the queue empty and no
-        descriptor left, Linux answers that accept EMFILE, not EAGAIN.
+        The connection during which the log line came may have been served (an
+        accept after it, with the queue empty and no descriptor left, fails EMFILE on
+        Linux, not EAGAIN), or closed unserved before the line is read.
         """
         held = []
         for _ in range(50):
@@ -148,9 +148,18 @@ class EMFILETests(SynchronousTestCase):
                     held.append(client)  # served or closed unserved: either may be
                     return held, self.connect(server)
                 if select.select([client], [], [], 0.05)[0]:
-                    self.assertEqual(client.recv(100), b"ping")
-                    held.append(client)
-                    break
+                    try:
+                        answer = client.recv(100)
+                    except ConnectionResetError:
+                        answer = b""
+                    if answer == b"ping":
+                        held.append(client)
+                        break
+                    # Closed unserved (with the spare descriptor): out of descriptors,
+                    # which the server reports as it does so.
+                    self.assertEqual(answer, b"")
+                    server.waitFor(EXHAUSTED)
+                    return held, self.connect(server)
             else:
                 self.fail("neither an echo nor EMFILE")
         self.fail("50 connections and no EMFILE")
@@ -255,3 +264,71 @@ class RecoveryTests(SynchronousTestCase):
         port.doRead()
         self.assertEqual(port._pause, 0)
         self.assertIn("Descriptors available again", formatEvent(events[-1]))
+
+
+class QueuedListeningSocket:
+    """
+    A listening socket with C{queued} connections waiting, as C{TCP_INFO} tells, whose
+    C{_accept} gives them and then fails with EAGAIN; it counts the accepts.
+    """
+
+    def __init__(self, queued: int):
+        self.waiting = queued
+        self.accepts = 0
+
+    def getsockopt(self, level, option, size):
+        return bytes(24) + accepting._UNACKED.pack(self.waiting)
+
+    def _accept(self):
+        self.accepts += 1
+        if not self.waiting:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        self.waiting -= 1
+        first, second = socket.socketpair()
+        self.addCleanup(second.close)
+        return first.detach(), ("127.0.0.1", 40000 + self.accepts)
+
+
+class QueuedTests(SynchronousTestCase):
+    """
+    A listener whose wake-ups find few connections accepts as many as the kernel says
+    are queued, and no more (no accept that fails with EAGAIN).
+    """
+
+    def port(self, queued: int, numberAccepts: int):
+        served = []
+
+        class Served(Factory):
+            def buildProtocol(self, addr):
+                served.append(addr)
+                return None  # refused: the accepted socket is closed
+
+        port = accepting.AcceptingPort(0, Served(), reactor=MemoryReactorClock())
+        port.socket = QueuedListeningSocket(queued)
+        port.socket.addCleanup = self.addCleanup
+        port.connected = True
+        port.numberAccepts = numberAccepts
+        return port, served
+
+    def test_fewQueuedNoFailedAccept(self):
+        """
+        After small batches (Twisted's count at 1), a wake-up with two queued
+        connections accepts exactly two: no third accept to fail with EAGAIN.
+        """
+        port, served = self.port(queued=2, numberAccepts=1)
+        port.doRead()
+        self.assertEqual((port.socket.accepts, len(served)), (2, 2))
+        self.assertEqual(port.numberAccepts, 2)
+
+    def test_busyListenerAsTwisted(self):
+        """
+        After large batches, the count is Twisted's (no question to the kernel): up to
+        numberAccepts, until the queue is empty.
+        """
+        port, served = self.port(queued=3, numberAccepts=100)
+        asked = []
+        port.socket.getsockopt = lambda *args: asked.append(args) or bytes(28)
+        port.doRead()
+        self.assertEqual(asked, [])
+        self.assertEqual((port.socket.accepts, len(served)), (4, 3))
+        self.assertEqual(port.numberAccepts, 3)
