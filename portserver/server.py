@@ -50,6 +50,18 @@ def listenerStates(listeners, registry: Registry) -> list[dict]:
     return rows
 
 
+def addressOf(entries, service: str, transport: str = "tcp"):
+    """
+    The bound address of the entry of C{entries} (each with C{listener} and
+    C{address}: a listener service, or a worker server's sockets) that serves
+    C{service} on C{transport}, or L{None}.
+    """
+    for entry in entries:
+        if entry.listener.service == service and entry.listener.transport == transport:
+            return entry.address
+    return None
+
+
 class PortServer(MultiService):
     """
     Every listener of a L{Plan}, bound all at once or not at all (or served on the
@@ -415,10 +427,7 @@ class PortServer(MultiService):
         """
         The bound address of a service's listener on C{transport}, or L{None}.
         """
-        for child in self.listeners:
-            if child.listener.service == service and child.listener.transport == transport:
-                return child.address
-        return None
+        return addressOf(self.listeners, service, transport)
 
 
 class ServerTree(MultiService):

@@ -45,7 +45,7 @@ from portserver.reloading import (
 )
 from portserver.reuseport import ListenerSockets, bindListeners
 from portserver.sdnotify import Notifier, statusText
-from portserver.server import PortServer, ServerTree, listenerStates
+from portserver.server import PortServer, ServerTree, addressOf, listenerStates
 from portserver.startup import StartupError, groupFailures
 from portserver.workerprocess import SERVING as WORKER_SERVING
 from portserver.workerprocess import (
@@ -251,10 +251,7 @@ class Supervisor(Service):
         """
         The bound address of a service's listener on C{transport}, or L{None}.
         """
-        for entry in self.listeners:
-            if entry.listener.service == service and entry.listener.transport == transport:
-                return entry.address
-        return None
+        return addressOf(self.listeners, service, transport)
 
     def drainState(self) -> dict:
         """

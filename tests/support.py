@@ -167,3 +167,24 @@ def serveHTTP(testCase, handler) -> str:
 
     testCase.addCleanup(stop)
     return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def getOK(testCase, port: int, path: str, deadline: float = 15.0):
+    """
+    C{GET http://127.0.0.1:PORT/PATH} with Twisted's own client on the running
+    reactor: a L{Deferred} that fires with the body, once C{testCase} has checked that
+    the answer is 200.
+    """
+    from twisted.internet import reactor
+    from twisted.web.client import Agent, readBody
+
+    url = f"http://127.0.0.1:{port}{path}".encode("ascii")
+
+    def read(response):
+        def check(body):
+            testCase.assertEqual(response.code, 200, body)
+            return body
+        return readBody(response).addTimeout(deadline, reactor).addCallback(check)
+
+    return Agent(reactor).request(b"GET", url).addTimeout(deadline, reactor).addCallback(
+        read)

@@ -25,7 +25,6 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
-from twisted.web.client import Agent, readBody
 from twisted.web.test.requesthelper import DummyRequest
 
 from portserver import kernel
@@ -49,7 +48,7 @@ from portserver.sockdiag import (
 from portserver.status import cli, tcptext
 from portserver.status.metrics import collectorRegistry
 from portserver.status.web import Connections, Listeners, StatusService, Summary
-from tests.support import PortReactor, makePlan, spec
+from tests.support import PortReactor, getOK, makePlan, spec
 from tests.test_browser import BrowserTestCase
 from tests.test_sockdiag import tcpInfo
 
@@ -627,14 +626,8 @@ class KernelCheckTests(TestCase):
         yield self.waitFor(more, f"{count} bytes or the end from the server")
         return b"".join(received)
 
-    @inlineCallbacks
     def get(self, path: str):
-        url = f"http://127.0.0.1:{self.status.address.port}{path}"
-        response = yield Agent(reactor).request(b"GET", url.encode("ascii")).addTimeout(
-            DEADLINE, reactor)
-        body = yield readBody(response).addTimeout(DEADLINE, reactor)
-        self.assertEqual(response.code, 200, body)
-        return json.loads(body)
+        return getOK(self, self.status.address.port, path, DEADLINE).addCallback(json.loads)
 
     @inlineCallbacks
     def kernelOf(self, port: int):

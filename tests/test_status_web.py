@@ -27,7 +27,6 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.client import Agent, readBody
 
 import portserver
 from portserver import tap
@@ -37,7 +36,7 @@ from portserver.registry import CLIENT_CLOSED, SERVER_CLOSED, ConnectionRecord, 
 from portserver.server import PortServer
 from portserver.startup import StartupError
 from portserver.status.web import StatusService
-from tests.support import PortReactor, makePlan, spec
+from tests.support import PortReactor, getOK, makePlan, spec
 
 DEADLINE = 10  # seconds a real-network step may take on a loaded CI machine
 STATUS_LISTEN = "tcp:8790:interface=127.0.0.1"
@@ -748,14 +747,8 @@ class RealNetworkTests(TestCase):
         self.status.startService()
         self.addCleanup(self.status.stopService)
 
-    @inlineCallbacks
     def get(self, path: str):
-        url = f"http://127.0.0.1:{self.status.address.port}{path}"
-        response = yield Agent(reactor).request(b"GET", url.encode("ascii")).addTimeout(
-            DEADLINE, reactor)
-        body = yield readBody(response).addTimeout(DEADLINE, reactor)
-        self.assertEqual(response.code, 200, body)
-        return body
+        return getOK(self, self.status.address.port, path, DEADLINE)
 
     def abort(self, client: EchoClient):
         """

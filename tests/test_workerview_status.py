@@ -23,7 +23,6 @@ from twisted.internet.testing import StringTransport
 from twisted.internet.address import IPv4Address
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.client import Agent, readBody
 from twisted.web.test.requesthelper import DummyRequest
 
 from portserver.registry import CLIENT_CLOSED, CLOSED, WORKER_LOST
@@ -32,7 +31,7 @@ from portserver.status import cli
 from portserver.status.web import StatusService, Summary
 from portserver.workerproto import Channel
 from portserver.workerview import BATCH_INTERVAL, MirrorRegistry, RegistryFeed, WorkerView
-from tests.support import PortReactor, makePlan, spec
+from tests.support import PortReactor, getOK, makePlan, spec
 from tests.test_cli import SUMMARY, URL, Run, reply
 from tests.test_status_web import (
     DEADLINE,
@@ -410,14 +409,10 @@ class LiveTests(TestCase):
         self.status.startService()
         self.addCleanup(self.status.stopService)
 
-    @inlineCallbacks
     def get(self, path: str):
-        url = f"http://127.0.0.1:{self.status.address.port}{path}"
-        response = yield Agent(reactor).request(b"GET", url.encode("ascii")).addTimeout(
-            DEADLINE, reactor)
-        body = yield readBody(response).addTimeout(DEADLINE, reactor)
-        self.assertEqual(response.code, 200, body)
-        return json.loads(body) if path.startswith("/api/") else body.decode("utf-8")
+        return getOK(self, self.status.address.port, path, DEADLINE).addCallback(
+            lambda body: json.loads(body) if path.startswith("/api/")
+            else body.decode("utf-8"))
 
     @inlineCallbacks
     def test_connectionSeenThroughTheMirror(self):
