@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import errno
 
-from twisted.internet.error import ConnectionDone
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -63,6 +64,12 @@ class ClosedAfterRead(ConnectionDone):
     (see L{WriteThroughTransport.loseConnection}): a C{ConnectionDone}, but not one the
     reactor takes for the peer's end of input.
     """
+
+
+#: The reason of every close that L{WriteThroughTransport._asRead} ends: made once, as
+#: Twisted makes its own for the common ends of a connection (a L{Failure} costs a
+#: few microseconds to make: its class's ancestors by qualified name).
+_CLOSED_AFTER_READ = Failure(ClosedAfterRead())
 
 
 class FlowControlledTransport:
@@ -218,7 +225,7 @@ class WriteThroughTransport(FlowControlledTransport):
                 # The reactor already stopped reading; the close is over here, as
                 # Twisted's own loseConnection ends a write-closed connection.
                 self.stopWriting()
-                self.connectionLost(Failure(closed))
+                self.connectionLost(_CLOSED_AFTER_READ)
 
     def _afterRead(self):
         """
@@ -489,10 +496,13 @@ class TrackedTransport(Lean, ConnectionTracking, WriteThroughTransport):
                 self._pluginFailed("writeConnectionLost")
 
     def connectionLost(self, reason) -> None:
-        if hasattr(self, "socket"):
-            self.fileno = self.socket.fileno  # tcp.Connection.connectionLost deletes it
+        try:
+            socket = self.socket
+        except AttributeError:
+            return  # lost already (as tcp.Connection.connectionLost)
         factory = self.factory
-        if factory is None or not hasattr(self, "socket"):
+        if factory is None:
+            self.fileno = socket.fileno  # tcp.Connection.connectionLost deletes it
             return super().connectionLost(reason)
         self._stopTimer()
         transports = factory.transports
@@ -503,7 +513,14 @@ class TrackedTransport(Lean, ConnectionTracking, WriteThroughTransport):
             # cost every connection of a quiet listener two reactor calls.)
             factory.timeouts.stop()
         try:
-            super().connectionLost(reason)  # closes the socket, then tells the plugin
+            # tcp.Connection.connectionLost: close the socket, then tell the plugin
+            # (without its Failure.check, which formats qualified names on every call).
+            FileDescriptor.connectionLost(self, reason)
+            self._closeSocket(not issubclass(reason.type, ConnectionAborted))
+            protocol = self.protocol
+            del self.protocol
+            del self.socket
+            protocol.connectionLost(reason)
         except Exception:
             self._logFailure("connectionLost")
         finally:
