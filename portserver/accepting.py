@@ -21,7 +21,7 @@ from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
 
 from portserver.dispatch import Lean, leanDispatch
-from portserver.transport import TrackedTransport
+from portserver.transport import TrackedServer, TrackedTransport
 
 log = Logger()
 
@@ -65,7 +65,8 @@ def ownTransportClass(port) -> None:
     key = (transport, getattr(factory, "protocolName", None) or type(factory))
     own = _transportClasses.get(key)
     if own is None:
-        own = _transportClasses[key] = type(transport.__name__, (TrackedTransport, transport), {
+        mixin = TrackedServer if transport is tcp.Server else TrackedTransport
+        own = _transportClasses[key] = type(transport.__name__, (mixin, transport), {
             "__module__": transport.__module__, "__doc__": transport.__doc__})
     port.transport = own
 

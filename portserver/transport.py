@@ -38,6 +38,7 @@ from __future__ import annotations
 import errno
 
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.address import IPv6Address
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.python.failure import Failure
@@ -581,3 +582,32 @@ class TrackedTransport(Lean, ConnectionTracking, WriteThroughTransport):
         if self.paused & PAUSED_FLOW:
             self.drained(unsentBytes(self))
 
+
+
+class TrackedServer(TrackedTransport):
+    """
+    L{TrackedTransport} over Twisted's C{tcp.Server} itself (what every TCP listener's
+    port makes, unless it was given a transport class of its own): it is made without
+    the strings Twisted makes for every connection and the properties above make only
+    when asked (C{logstr}, C{repstr}, C{hostname}: two formats, a log prefix lookup and
+    three property calls per connection), and without the bound C{fileno}.
+    """
+
+    def __init__(self, skt, protocol, client, server, sessionno, reactor=None):
+        # tcp.Server.__init__ with tcp.Connection's and FileDescriptor's, setting the
+        # same attributes in the same order (tests/test_transport.py compares them).
+        if not reactor:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self._tempDataBuffer = []
+        self._tempDataLen = 0
+        self.socket = skt
+        skt.setblocking(False)
+        self.protocol = protocol
+        if len(client) != 2:
+            self._addressType = IPv6Address
+        self.server = server
+        self.client = client
+        self.sessionno = sessionno
+        self.startReading()
+        self.connected = 1

@@ -23,6 +23,7 @@ from portserver.accepting import ownTransportClass
 from portserver.interfaces import ITrackedTransport
 from portserver.transport import (
     FlowControlledTransport,
+    TrackedServer,
     TrackedTransport,
     WriteThroughTransport,
 )
@@ -597,6 +598,64 @@ class TrackedTransportTests(SynchronousTestCase):
                          ("Protocol,12,127.0.0.1", "127.0.0.1"))
         connection.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(connection.fileno(), -1)
+
+    def test_leanServerSameAsTwisteds(self):
+        """
+        L{TrackedServer}, made without Twisted's C{tcp.Server.__init__}, is what that
+        makes less the strings and the bound C{fileno} it leaves out: the same
+        attributes with the same values, in the same order (CPython shares one table of
+        attribute names between instances that set them alike), for IPv4 and IPv6
+        peers, registered for reading and non-blocking, and reads as Twisted's. (A new
+        Twisted that sets more is caught here.)
+        """
+        class Port:
+            _realPortNumber = 7007
+
+        stock = type("Stock", (TrackedTransport, tcp.Server), {})
+        lean = type("Lean", (TrackedServer, tcp.Server), {})
+        server = Port()
+        for client in (("127.0.0.1", 40000), ("::1", 40000, 0, 0)):
+            made = []
+            for cls in (stock, lean):
+                ours, theirs = socket.socketpair()
+                ours.setblocking(True)
+                self.addCleanup(theirs.close)
+                self.addCleanup(ours.close)
+                reactor = MemoryReactor()
+                connection = cls(ours, Protocol(), client, server, 12, reactor)
+                self.assertIn(connection, reactor.readers)
+                self.assertFalse(ours.getblocking())
+                made.append(connection)
+            first, second = made
+            self.assertEqual(
+                [(k, v) for k, v in vars(first).items() if k not in ("socket", "protocol",
+                                                                    "reactor")],
+                [(k, v) for k, v in vars(second).items() if k not in ("socket", "protocol",
+                                                                     "reactor")])
+            self.assertEqual(list(vars(first)), list(vars(second)))
+            self.assertEqual((repr(second), second.logPrefix(), second.hostname),
+                             ("<Protocol #12 on 7007>", f"Protocol,12,{client[0]}",
+                              client[0]))
+            self.assertEqual(type(second.getPeer()), type(first.getPeer()))
+
+    def test_ownClassIsLeanOverTwistedsServer(self):
+        """
+        A listener whose transport class is Twisted's C{tcp.Server} gets the lean
+        L{TrackedServer}; one with a transport class of its own keeps that class's
+        C{__init__} (L{TrackedTransport}).
+        """
+        class Custom(tcp.Server):
+            pass
+
+        class Listening:
+            factory = None
+
+        for transport, lean in ((tcp.Server, True), (Custom, False)):
+            port = Listening()
+            port.transport = transport
+            ownTransportClass(port)
+            self.assertEqual(issubclass(port.transport, TrackedServer), lean)
+            self.assertTrue(issubclass(port.transport, transport))
 
     def tracked(self, **socketOptions):
         """
