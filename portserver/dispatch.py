@@ -95,3 +95,21 @@ def leanDispatch(reactor) -> bool:
     if reactor.__dict__.get("doPoll") is None:
         reactor.doPoll = reactor.doIteration = doPoll.__get__(reactor)
     return True
+
+
+def stopWatching(reactor, selectable, fd: int) -> None:
+    """
+    Stop watching C{selectable}, on C{fd}, for both reading and writing: what
+    C{removeReader} and C{removeWriter} do between them, in one go (at most one
+    C{epoll_ctl}) on an epoll reactor given L{doPoll}; on any other reactor, those two.
+    """
+    if reactor.__dict__.get("doPoll") is None:
+        reactor.removeReader(selectable)
+        reactor.removeWriter(selectable)
+        return
+    reads, writes = reactor._reads, reactor._writes
+    if fd in reads or fd in writes:
+        reads.discard(fd)
+        writes.discard(fd)
+        del reactor._selectables[fd]
+        reactor._poller.unregister(fd)

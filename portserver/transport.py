@@ -37,14 +37,13 @@ from __future__ import annotations
 
 import errno
 
-from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv6Address
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from portserver.dispatch import Lean
+from portserver.dispatch import Lean, stopWatching
 from portserver.interfaces import ITrackedTransport
 from portserver.registry import ABORTED, CLIENT_CLOSED, SERVER_CLOSED, Endpoint
 from portserver.tracking import (
@@ -224,8 +223,8 @@ class WriteThroughTransport(FlowControlledTransport):
                 _read.leave(saved)
             if closed is not None:
                 # The reactor already stopped reading; the close is over here, as
-                # Twisted's own loseConnection ends a write-closed connection.
-                self.stopWriting()
+                # Twisted's own loseConnection ends a write-closed connection
+                # (connectionLost stops the writing).
                 self.connectionLost(_CLOSED_AFTER_READ)
 
     def _afterRead(self):
@@ -514,18 +513,19 @@ class TrackedTransport(Lean, ConnectionTracking, WriteThroughTransport):
             # cost every connection of a quiet listener two reactor calls.)
             factory.timeouts.stop()
         try:
-            # tcp.Connection.connectionLost: close the socket, then tell the plugin
-            # (without its Failure.check, which formats qualified names on every call).
-            FileDescriptor.connectionLost(self, reason)
-            self._closeSocket(not issubclass(reason.type, ConnectionAborted))
-            protocol = self.protocol
-            del self.protocol
-            del self.socket
-            protocol.connectionLost(reason)
+            self._loseSocket(socket, reason)  # closes the socket, then tells the plugin
         except Exception:
             self._logFailure("connectionLost")
         finally:
             self._release(reason)
+
+    def _loseSocket(self, socket, reason) -> None:
+        """
+        The connection underneath is lost: close C{socket}, then tell the plugin's
+        protocol (Twisted's own transport's C{connectionLost}).
+        """
+        self.fileno = socket.fileno  # tcp.Connection.connectionLost deletes it
+        super(TrackedTransport, self).connectionLost(reason)
 
     # -- what the plugin's protocol calls --------------------------------------------------
 
@@ -611,3 +611,20 @@ class TrackedServer(TrackedTransport):
         self.sessionno = sessionno
         self.startReading()
         self.connected = 1
+
+    def _loseSocket(self, socket, reason) -> None:
+        # tcp.Connection.connectionLost, with FileDescriptor's: without Failure.check
+        # (which formats qualified names on every call), and with the reactor told once
+        # to stop watching the socket for both reading and writing.
+        self.disconnected = 1
+        self.connected = 0
+        producer = self.producer
+        if producer is not None:
+            producer.stopProducing()
+            self.producer = None
+        stopWatching(self.reactor, self, socket.fileno())
+        self._closeSocket(not issubclass(reason.type, ConnectionAborted))
+        protocol = self.protocol
+        del self.protocol
+        del self.socket
+        protocol.connectionLost(reason)

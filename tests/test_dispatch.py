@@ -17,7 +17,7 @@ from twisted.python import context, log as legacyLog
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import provider
 
-from portserver.dispatch import Lean, leanDispatch
+from portserver.dispatch import Lean, leanDispatch, stopWatching
 
 
 class Reader(FileDescriptor):
@@ -188,3 +188,53 @@ class ReadEndsTests(ReactorFixture, SynchronousTestCase):
         [reason] = reader.lost
         self.assertTrue(reason.check(RuntimeError))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class StopWatchingTests(ReactorFixture, SynchronousTestCase):
+    """
+    L{stopWatching}: a selectable leaves the reactor's reading and writing at once.
+    """
+
+    def test_leanReactor(self):
+        """
+        On an epoll reactor given the lean poll, a selectable watched for reading and
+        writing is watched for neither afterwards, and its descriptor has left epoll (a
+        second registration succeeds); stopping one that is not watched does nothing;
+        other selectables are untouched.
+        """
+        leanDispatch(self.reactor)
+        lean = self.reader(LeanReader)
+        other = self.reader(Reader)
+        self.reactor.addWriter(lean)
+        stopWatching(self.reactor, lean, lean.fileno())
+        self.assertNotIn(lean, self.reactor.getReaders())
+        self.assertNotIn(lean, self.reactor.getWriters())
+        self.assertIn(other, self.reactor.getReaders())
+        self.assertNotIn(lean.fileno(), self.reactor._selectables)
+        stopWatching(self.reactor, lean, lean.fileno())
+        self.reactor.addReader(lean)  # epoll_ctl ADD would fail (EEXIST) had it stayed
+        self.assertIn(lean, self.reactor.getReaders())
+
+    def test_writerOnly(self):
+        """
+        A selectable watched only for writing is removed too.
+        """
+        leanDispatch(self.reactor)
+        lean = self.reader(LeanReader)
+        self.reactor.removeReader(lean)
+        self.reactor.addWriter(lean)
+        stopWatching(self.reactor, lean, lean.fileno())
+        self.assertNotIn(lean, self.reactor.getReaders())
+        self.assertEqual(self.reactor.getWriters(), [])
+        self.assertNotIn(lean.fileno(), self.reactor._selectables)
+
+    def test_otherReactors(self):
+        """
+        Any other reactor is asked through C{removeReader} and C{removeWriter}.
+        """
+        memory = MemoryReactor()
+        selectable = object()
+        memory.addReader(selectable)
+        memory.addWriter(selectable)
+        stopWatching(memory, selectable, 7)
+        self.assertEqual((memory.getReaders(), memory.getWriters()), ([], []))
