@@ -8,7 +8,8 @@ The http scenario: portserver's static file service against a plain `twistd web 
 
 Every server serves one 1 KiB file on 127.0.0.1, logs each request as it would by default
 (twistd's log file), and takes turns with the others in each round, so that a slower
-moment of the machine falls on all of them. The figures are requests per second,
+moment of the machine falls on all of them. As in bench/run.py, the server is pinned to
+core 0 and the client to core 1. The figures are requests per second,
 medians over the rounds, and their ratio to twistd web measured in the same run.
 """
 
@@ -103,7 +104,8 @@ def start(name: str, command: list[str], work: str, root: str) -> harness.Runnin
     log = open(f"{work}/{name.replace(' ', '-')}.out", "w")
     process = subprocess.Popen([part.replace("{port}", str(port)) for part in command],
                                cwd=work, stdout=log, stderr=subprocess.STDOUT,
-                               env=harness.checkoutEnvironment())
+                               env=harness.checkoutEnvironment(),
+                               preexec_fn=harness._pinned(harness.SERVER_CORE))
     harness.waitForPort(port, process, log.name)
     return harness.Running(process, {"http": port}, log.name)
 
@@ -112,11 +114,13 @@ def measure(port: int, client: str, duration: float) -> float:
     url = f"http://127.0.0.1:{port}/small.bin"
     if client == "wrk":
         out = subprocess.run(["wrk", "-t1", f"-c{CONCURRENCY}", f"-d{max(1, round(duration))}s",
-                              url], capture_output=True, text=True, check=True).stdout
+                              url], capture_output=True, text=True, check=True,
+                             preexec_fn=harness._pinned(harness.CLIENT_CORE)).stdout
         return parseWrk(out)
     requests = max(1000, int(3000 * duration))
     out = subprocess.run(["ab", "-k", "-q", "-n", str(requests), "-c", str(CONCURRENCY), url],
-                         capture_output=True, text=True, check=True).stdout
+                         capture_output=True, text=True, check=True,
+                         preexec_fn=harness._pinned(harness.CLIENT_CORE)).stdout
     return parseAb(out)
 
 
@@ -134,7 +138,8 @@ def table(figures: dict, rounds: int, duration: float) -> str:
     names = list(dict.fromkeys(name for name, _ in figures))
     lines = [f"# http: a 1 KiB static file, {CONCURRENCY} keep-alive connections",
              "", f"{rounds} rounds of {duration:g} s per client and server; medians; "
-             "ratio to `twistd web --path` in the same run.", "",
+             "ratio to `twistd web --path` in the same run; server pinned to core "
+             f"{harness.SERVER_CORE}, client to core {harness.CLIENT_CORE}.", "",
              "| server | " + " | ".join(clients) + " |",
              "| --- | " + " | ".join("---" for _ in clients) + " |"]
     for name in names:
