@@ -744,3 +744,43 @@ class TransportClassTests(SynchronousTestCase):
         self.assertIsNot(first, other)
         self.assertTrue(issubclass(first, TrackedTransport))
         self.assertTrue(issubclass(first, tcp.Server))
+
+
+class HalfCloseableTests(SynchronousTestCase):
+    """
+    L{portserver.transport._halfCloseable}: what C{IHalfCloseableProtocol(p, None)} gives.
+    """
+
+    def test_providedAdaptedNeither(self):
+        """
+        A protocol that provides the interface is itself; one adapted to it by a
+        registered adapter gets its adapter; any other gets L{None}.
+        """
+        from twisted.internet.interfaces import IHalfCloseableProtocol
+        from twisted.python.components import registerAdapter
+        from zope.interface import implementer
+
+        from portserver.transport import _halfCloseable
+
+        @implementer(IHalfCloseableProtocol)
+        class Half(Protocol):
+            def readConnectionLost(self):
+                pass
+
+            def writeConnectionLost(self):
+                pass
+
+        class Adaptable(Protocol):
+            pass
+
+        class Adapter:
+            def __init__(self, original):
+                self.original = original
+
+        registerAdapter(Adapter, Adaptable, IHalfCloseableProtocol)
+        half, adaptable = Half(), Adaptable()
+        self.assertIs(_halfCloseable(half), half)
+        adapted = _halfCloseable(adaptable)
+        self.assertIsInstance(adapted, Adapter)
+        self.assertIs(adapted.original, adaptable)
+        self.assertIsNone(_halfCloseable(Protocol()))
