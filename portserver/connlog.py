@@ -46,10 +46,12 @@ def formatLine(record: ConnectionRecord, stamp: str) -> str:
     """
     The log line for a closed C{record}, stamped C{stamp}.
     """
-    line = (f"{stamp} {record.id} {record.service} {record.transport} {record.remote} -> "
+    transport, host = record.transport, record.remoteHost
+    remote = f"[{host}]:{record.remotePort}" if ":" in host else f"{host}:{record.remotePort}"
+    line = (f"{stamp} {record.id} {record.service} {transport} {remote} -> "
             f"{record.local} {record.reason} {record.closed - record.opened:.3f}s "
             f"in={record.bytesIn} out={record.bytesOut}")
-    if record.transport == "udp":
+    if transport == "udp":
         line += f" datagrams={record.datagramsIn}/{record.datagramsOut}"
     if record.proxy is not None:
         line += f" proxy={record.proxy}"

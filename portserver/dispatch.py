@@ -28,16 +28,29 @@ import errno
 from select import EPOLLIN
 
 from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.error import ConnectionDone
+from twisted.internet.main import CONNECTION_DONE
 from twisted.logger import Logger
 from twisted.python import log as legacyLog
+from twisted.python.failure import Failure
 
 log = Logger()
+
+#: The reason given to C{readConnectionLost} at the end of input (what the reactor
+#: gives, made once too).
+_INPUT_ENDED = Failure(ConnectionDone())
 
 
 class Lean:
     """
     Mixed into a selectable whose events need no legacy log context.
+
+    @cvar halfCloseable: whether the selectable is an C{IHalfCloseableDescriptor} (a
+        TCP connection): at the end of input, L{doPoll} stops its reading and calls its
+        C{readConnectionLost} directly, as Twisted's reactor does for one.
     """
+
+    halfCloseable = False
 
 
 def doPoll(self, timeout):
@@ -71,7 +84,13 @@ def doPoll(self, timeout):
                     log.failure("Reading for {selectable!r}", selectable=selectable)
                 if why:
                     try:
-                        self._disconnectSelectable(selectable, why, True)
+                        if why is CONNECTION_DONE and selectable.halfCloseable:
+                            # posixbase._disconnectSelectable's way for the end of a
+                            # half-closeable descriptor's input, without its lookups.
+                            self.removeReader(selectable)
+                            selectable.readConnectionLost(_INPUT_ENDED)
+                        else:
+                            self._disconnectSelectable(selectable, why, True)
                     except BaseException:
                         log.failure("Closing {selectable!r}", selectable=selectable)
                 continue

@@ -329,6 +329,8 @@ class TrackedTransport(Lean, ConnectionTracking, WriteThroughTransport):
     Twisted's, and no second object but its record.
     """
 
+    halfCloseable = True  # a tcp.Server: see portserver.dispatch.Lean
+
     factory = None  # the TrackingFactory, once tracked
     record = None
     closer = None
@@ -624,6 +626,18 @@ class TrackedServer(TrackedTransport):
         self.sessionno = sessionno
         self.startReading()
         self.connected = 1
+
+    def stopReading(self) -> None:
+        # On a reactor given portserver's dispatch, nothing to do when the reactor is
+        # not reading it (a close asked for at the end of input: the reactor stopped
+        # first), without the two calls and the fileno() Twisted's removeReader makes
+        # to find that out.
+        reactor = self.reactor
+        if reactor.__dict__.get("doPoll") is not None:
+            socket = getattr(self, "socket", None)
+            if socket is not None and socket.fileno() not in reactor._reads:
+                return
+        reactor.removeReader(self)
 
     def _loseSocket(self, socket, reason) -> None:
         # tcp.Connection.connectionLost, with FileDescriptor's: without Failure.check

@@ -178,6 +178,27 @@ class ReadEndsTests(ReactorFixture, SynchronousTestCase):
         [reason] = reader.lost
         self.assertTrue(reason.check(ConnectionDone))
 
+    def test_endOfInputOfHalfCloseable(self):
+        """
+        The end of input (C{CONNECTION_DONE}) of a half-closeable lean selectable (a TCP
+        connection) stops its reading and calls its C{readConnectionLost} with a
+        C{ConnectionDone}, as Twisted's reactor does for an C{IHalfCloseableDescriptor};
+        C{connectionLost} is left to it.
+        """
+        class HalfEnding(Ending):
+            halfCloseable = True
+
+            def readConnectionLost(self, reason):
+                self.readLost = (reason, self in self.reactor.getReaders())
+
+        leanDispatch(self.reactor)
+        reader = self.reader(HalfEnding, why=main.CONNECTION_DONE)
+        self.reactor.doPoll(0)
+        reason, stillReading = reader.readLost
+        self.assertTrue(reason.check(ConnectionDone))
+        self.assertFalse(stillReading)
+        self.assertEqual(reader.lost, [])
+
     def test_raisedIsLoggedAndDisconnects(self):
         """
         An exception raised by C{doRead} is logged and loses the selectable with it.

@@ -638,6 +638,42 @@ class TrackedTransportTests(SynchronousTestCase):
                               client[0]))
             self.assertEqual(type(second.getPeer()), type(first.getPeer()))
 
+    def test_leanStopReading(self):
+        """
+        On a reactor given portserver's dispatch, L{TrackedServer.stopReading} removes
+        a connection that is being read, and leaves the reactor alone (no
+        C{removeReader}) when it is not; on any other reactor it asks C{removeReader}.
+        """
+        from twisted.internet.epollreactor import EPollReactor
+
+        from portserver.dispatch import leanDispatch
+
+        class Port:
+            _realPortNumber = 7007
+
+        lean = type("Lean", (TrackedServer, tcp.Server), {})
+        reactor = EPollReactor()
+        self.addCleanup(reactor._poller.close)
+        leanDispatch(reactor)
+        ours, theirs = socket.socketpair()
+        self.addCleanup(theirs.close)
+        self.addCleanup(ours.close)
+        connection = lean(ours, Protocol(), ("127.0.0.1", 1), Port(), 1, reactor)
+        self.assertIn(connection, reactor.getReaders())
+        connection.stopReading()
+        self.assertNotIn(connection, reactor.getReaders())
+        asked = []
+        reactor.removeReader = asked.append
+        connection.stopReading()
+        self.assertEqual(asked, [])
+        memory = MemoryReactor()
+        other, _ = socket.socketpair()
+        self.addCleanup(other.close)
+        self.addCleanup(_.close)
+        connection = lean(other, Protocol(), ("127.0.0.1", 1), Port(), 2, memory)
+        connection.stopReading()
+        self.assertEqual(memory.getReaders(), [])
+
     def test_ownClassIsLeanOverTwistedsServer(self):
         """
         A listener whose transport class is Twisted's C{tcp.Server} gets the lean
