@@ -598,7 +598,6 @@ class TrackedTransport(Lean, ConnectionTracking, WriteThroughTransport):
             self.drained(unsentBytes(self))
 
 
-
 class TrackedServer(TrackedTransport):
     """
     L{TrackedTransport} over Twisted's C{tcp.Server} itself (what every TCP listener's
@@ -634,8 +633,8 @@ class TrackedServer(TrackedTransport):
         # to find that out.
         reactor = self.reactor
         if reactor.__dict__.get("doPoll") is not None:
-            socket = getattr(self, "socket", None)
-            if socket is not None and socket.fileno() not in reactor._reads:
+            socket = getattr(self, "socket", None)  # None once closed: left the reactor
+            if socket is None or socket.fileno() not in reactor._reads:
                 return
         reactor.removeReader(self)
 
