@@ -6,6 +6,10 @@ a portserver listener accepts (L{portserver.accepting.ownTransportClass}).
    its buffered output has drained, so that reading paused for flow control resumes.
  - L{WriteThroughTransport}: writes that go straight to the socket, with fewer system
    calls than Twisted's buffered path.
+ - L{TrackedTransport}: the connection's tracker (record, limits, fault isolation);
+   L{TrackedServer}, the same over Twisted's own C{tcp.Server}, made and closed without
+   the strings, L{Failure}s and repeated reactor calls Twisted's spends on each
+   connection (see C{bench/README.md}, point 16).
 
 Twisted never sends inside C{write()}: it buffers the data, asks epoll for writability
 (C{epoll_ctl}), waits a loop iteration, sends, then asks epoll to stop watching
