@@ -39,6 +39,7 @@ from twisted.python.systemd import ListenFDs
 from portserver.accepting import adoptTCP
 from portserver.config import ConfigProblem
 from portserver.plan import Listener, Plan
+from portserver.registry import hostPort
 from portserver.udp import MAX_DATAGRAM, DatagramPort, PacketInfoPort, pktinfoSupported
 
 #: The transport a service serves on a socket of each type (C{SO_TYPE}).
@@ -146,7 +147,7 @@ class InheritedSocket:
         wanted = ipaddress.ip_address(listener.interface)
         family = FAMILIES[self.family]
         setting = (f"{DIRECTIVES[listener.transport]}="
-                   f"{_hostPort(listener.interface, listener.port)}")
+                   f"{hostPort(listener.interface, listener.port)}")
         if f"IPv{wanted.version}" != family:
             return "interface", (
                 f"inherited socket {what} is {family}, but the service's interface "
@@ -183,10 +184,6 @@ def _familyName(family: int | None) -> str:
         return socket.AddressFamily(family).name
     except (ValueError, TypeError):
         return f"family {family}"
-
-
-def _hostPort(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def processListenFDs() -> ListenFDs:

@@ -31,7 +31,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.logfile import LogFile
 
-from portserver.registry import CLOSED, ConnectionRecord, Registry
+from portserver.registry import CLOSED, ConnectionRecord, Registry, hostPort
 from portserver.startup import StartupError
 
 log = Logger()
@@ -46,8 +46,7 @@ def formatLine(record: ConnectionRecord, stamp: str) -> str:
     """
     The log line for a closed C{record}, stamped C{stamp}.
     """
-    transport, host = record.transport, record.remoteHost
-    remote = f"[{host}]:{record.remotePort}" if ":" in host else f"{host}:{record.remotePort}"
+    transport, remote = record.transport, hostPort(record.remoteHost, record.remotePort)
     line = (f"{stamp} {record.id} {record.service} {transport} {remote} -> "
             f"{record.local} {record.reason} {record.closed - record.opened:.3f}s "
             f"in={record.bytesIn} out={record.bytesOut}")

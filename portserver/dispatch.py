@@ -111,9 +111,16 @@ def leanDispatch(reactor) -> bool:
     """
     if type(reactor) is not EPollReactor:
         return False
-    if reactor.__dict__.get("doPoll") is None:
+    if not isLean(reactor):
         reactor.doPoll = reactor.doIteration = doPoll.__get__(reactor)
     return True
+
+
+def isLean(reactor) -> bool:
+    """
+    Whether C{reactor} was given L{doPoll} (by L{leanDispatch}).
+    """
+    return reactor.__dict__.get("doPoll") is not None
 
 
 def stopWatching(reactor, selectable, fd: int) -> None:
@@ -122,7 +129,7 @@ def stopWatching(reactor, selectable, fd: int) -> None:
     C{removeReader} and C{removeWriter} do between them, in one go (at most one
     C{epoll_ctl}) on an epoll reactor given L{doPoll}; on any other reactor, those two.
     """
-    if reactor.__dict__.get("doPoll") is None:
+    if not isLean(reactor):
         reactor.removeReader(selectable)
         reactor.removeWriter(selectable)
         return

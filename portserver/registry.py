@@ -40,6 +40,13 @@ ERROR = "error"
 WORKER_LOST = "worker-lost"
 
 
+def hostPort(host: str, port: int) -> str:
+    """
+    C{host:port}, with an IPv6 host in brackets (C{[::1]:7}).
+    """
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class Endpoint(tuple):
     """
     An (ip, port) pair: C{Endpoint("127.0.0.1", 7)}; C{.host}, C{.port}.
@@ -62,7 +69,7 @@ class Endpoint(tuple):
         return f"Endpoint({self[0]!r}, {self[1]})"
 
     def __str__(self) -> str:
-        return f"[{self[0]}]:{self[1]}" if ":" in self[0] else f"{self[0]}:{self[1]}"
+        return hostPort(self[0], self[1])
 
 
 class ConnectionRecord:

@@ -48,7 +48,7 @@ from twisted.internet.main import CONNECTION_DONE
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from portserver.dispatch import Lean, stopWatching
+from portserver.dispatch import Lean, isLean, stopWatching
 from portserver.interfaces import ITrackedTransport
 from portserver.registry import ABORTED, CLIENT_CLOSED, SERVER_CLOSED, Endpoint
 from portserver.tracking import (
@@ -521,8 +521,7 @@ class TrackedTransport(Lean, ConnectionTracking, WriteThroughTransport):
             return  # lost already (as tcp.Connection.connectionLost)
         factory = self.factory
         if factory is None:
-            self.fileno = socket.fileno  # tcp.Connection.connectionLost deletes it
-            return super().connectionLost(reason)
+            return self._loseSocket(socket, reason)
         self._stopTimer()
         transports = factory.transports
         transports.pop(self.record.serial, None)
@@ -636,7 +635,7 @@ class TrackedServer(TrackedTransport):
         # first), without the two calls and the fileno() Twisted's removeReader makes
         # to find that out.
         reactor = self.reactor
-        if reactor.__dict__.get("doPoll") is not None:
+        if isLean(reactor):
             socket = getattr(self, "socket", None)  # None once closed: left the reactor
             if socket is None or socket.fileno() not in reactor._reads:
                 return
