@@ -20,6 +20,7 @@ from twisted.internet import tcp
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
 
+from portserver import dispatch
 from portserver.dispatch import Lean, leanDispatch
 from portserver.transport import TrackedServer, TrackedTransport
 
@@ -139,9 +140,11 @@ class AcceptingPort(Lean, tcp.Port):
     _lastLog = None
     _failures = 0  # accepts failed since the last log line
     _shed = 0  # connections closed unserved since the last log line
+    _lean = False  # the reactor has portserver's dispatch (and counts its wake-ups)
+    _fullAt = -2  # the last wake-up that accepted as many as it could (dispatch.wakes)
 
     def startListening(self):
-        leanDispatch(self.reactor)
+        self._lean = leanDispatch(self.reactor)
         super().startListening()
         _reserve.reserve()
 
@@ -162,14 +165,18 @@ class AcceptingPort(Lean, tcp.Port):
         # descriptor exhaustion handled by _exhausted. When the last wake-ups found few
         # connections (a listener among many, each with few clients), Twisted's count
         # ends every other wake-up with an accept that fails (EAGAIN): a system call and
-        # an exception for nothing. Then the kernel is asked how many are queued
-        # (L{queued}), and that many are accepted.
+        # an exception for nothing. Under portserver's dispatch, the count then grows
+        # only when wake-ups in a row accepted all they could (the reactor is level-
+        # triggered: a listener with more queued is ready again at the next wake-up);
+        # on another reactor, the kernel is asked how many are queued (L{queued}), and
+        # that many are accepted.
         accepted = 0
         accept, family = self.socket._accept, self.addressFamily
         queued = None
-        if _TCP_INFO is not None and self.numberAccepts <= SMALL_BATCH:
-            queued = self.queued()
-        limit = self.numberAccepts if queued is None else min(max(queued, 1), MAX_ACCEPTS)
+        limit = self.numberAccepts
+        if (not self._lean and _TCP_INFO is not None and limit <= SMALL_BATCH
+                and (queued := self.queued()) is not None):
+            limit = min(max(queued, 1), MAX_ACCEPTS)
         try:
             for _ in range(limit):
                 try:
@@ -201,12 +208,15 @@ class AcceptingPort(Lean, tcp.Port):
                 self._accepted(skt, addr)
         except BaseException:
             log.failure("Accepting on {port} failed", port=self.description)
-        if queued is not None:
+        if accepted < limit or queued is not None:
             self.numberAccepts = max(1, accepted)
-        elif accepted == self.numberAccepts:
-            self.numberAccepts += 20
+        elif not self._lean:
+            self.numberAccepts = limit + 20
         else:
-            self.numberAccepts = max(1, accepted)
+            wake = dispatch.wakes
+            if self._fullAt == wake - 1:
+                self.numberAccepts = min(limit + 20, MAX_ACCEPTS)
+            self._fullAt = wake
 
     def _accepted(self, skt, addr) -> None:
         """

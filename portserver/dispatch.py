@@ -40,6 +40,11 @@ log = Logger()
 #: gives, made once too).
 _INPUT_ENDED = Failure(ConnectionDone())
 
+#: How many times a reactor given L{doPoll} has returned from polling: a listener tells
+#: from it whether it was ready at consecutive wake-ups (see
+#: L{portserver.accepting.AcceptingPort.doRead}).
+wakes = 0
+
 
 class Lean:
     """
@@ -57,6 +62,7 @@ def doPoll(self, timeout):
     """
     C{EPollReactor.doPoll}, calling a L{Lean} selectable's events directly.
     """
+    global wakes
     if timeout is None:
         timeout = -1
     try:
@@ -65,6 +71,7 @@ def doPoll(self, timeout):
         if e.errno == errno.EINTR:
             return
         raise
+    wakes += 1
     drdw = self._doReadOrWrite
     selectables = self._selectables
     callWithLogger = legacyLog.callWithLogger

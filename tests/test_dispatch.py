@@ -17,6 +17,7 @@ from twisted.python import context, log as legacyLog
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import provider
 
+from portserver import dispatch
 from portserver.dispatch import Lean, leanDispatch, stopWatching
 
 
@@ -108,6 +109,18 @@ class DispatchTests(ReactorFixture, SynchronousTestCase):
         other = self.reader(Reader, prefix="status")
         self.reactor.doPoll(0)
         self.assertEqual((lean.systems, other.systems), (["-"], ["status"]))
+
+    def test_wakesCounted(self):
+        """
+        Each poll that returns counts one wake-up (L{dispatch.wakes}), with events or
+        without: what a listener compares to tell wake-ups in a row.
+        """
+        leanDispatch(self.reactor)
+        self.reader(LeanReader)
+        before = dispatch.wakes
+        self.reactor.doPoll(0)
+        self.reactor.doPoll(0)
+        self.assertEqual(dispatch.wakes, before + 2)
 
     def test_faultLoggedAndLoopGoesOn(self):
         """

@@ -19,7 +19,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from portserver import accepting
+from portserver import accepting, dispatch
 from tests.test_twistd import DEADLINE, ROOT
 
 # The server: echo on 127.0.0.1:0, with RLIMIT_NOFILE lowered to what it has open plus
@@ -332,3 +332,61 @@ class QueuedTests(SynchronousTestCase):
         self.assertEqual(asked, [])
         self.assertEqual((port.socket.accepts, len(served)), (4, 3))
         self.assertEqual(port.numberAccepts, 3)
+
+
+class LeanWakeTests(SynchronousTestCase):
+    """
+    Under portserver's dispatch (which counts the reactor's wake-ups), a listener that
+    finds few connections per wake-up accepts them with neither a question to the
+    kernel nor an accept that fails, and one that stays busy wake-up after wake-up
+    accepts more at a time.
+    """
+
+    def port(self, queued: int, numberAccepts: int):
+        port, served = QueuedTests.port(self, queued, numberAccepts)
+        port._lean = True
+        port.socket.getsockopt = lambda *args: self.fail("asked the kernel")
+        self.patch(dispatch, "wakes", 10)
+        return port, served
+
+    def test_oneAtATime(self):
+        """
+        A listener with one connection at each of its (not consecutive) wake-ups, after
+        a wake-up that accepted one: each accepts it with one C{accept}, none failing.
+        """
+        port, served = self.port(queued=1, numberAccepts=1)
+        for wake in (12, 14, 17):
+            self.patch(dispatch, "wakes", wake)
+            port.doRead()
+            self.assertEqual((port.socket.accepts, port.numberAccepts), (1, 1))
+            port.socket.accepts, port.socket.waiting = 0, 1
+        self.assertEqual(len(served), 3)
+
+    def test_busyWakeUpsInARow(self):
+        """
+        Wake-ups in a row that each accepted all they could (more were queued) raise the
+        count by Twisted's step; a wake-up that empties the queue sets it to what it
+        accepted.
+        """
+        port, served = self.port(queued=5, numberAccepts=1)
+        port.doRead()
+        self.assertEqual((port.socket.accepts, port.numberAccepts), (1, 1))
+        self.patch(dispatch, "wakes", 11)
+        port.doRead()
+        self.assertEqual((port.socket.accepts, port.numberAccepts), (2, 21))
+        self.patch(dispatch, "wakes", 12)
+        port.doRead()
+        self.assertEqual((port.socket.accepts, len(served)), (6, 5))  # 3, then EAGAIN
+        self.assertEqual(port.numberAccepts, 3)
+
+    def test_countBounded(self):
+        """
+        However long a listener stays busy, it accepts at most L{MAX_ACCEPTS} at a
+        wake-up (the reactor's other work waits meanwhile).
+        """
+        limit = accepting.MAX_ACCEPTS - 5
+        port, served = self.port(queued=10 ** 6, numberAccepts=limit)
+        port._fullAt = 9  # the wake-up before this one accepted all it could too
+        port.doRead()
+        self.assertEqual((port.socket.accepts, len(served)), (limit, limit))
+        self.assertEqual(port.numberAccepts, accepting.MAX_ACCEPTS)
