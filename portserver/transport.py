@@ -44,7 +44,7 @@ import errno
 from twisted.internet.address import IPv6Address
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.main import CONNECTION_DONE
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -628,6 +628,110 @@ class TrackedServer(TrackedTransport):
         self.sessionno = sessionno
         self.startReading()
         self.connected = 1
+
+    # -- the common paths, in one call each ----------------------------------------------
+    #
+    # A tracked connection's read, its writes during the read, the end of its input and
+    # the close the protocol asks for then, as the layers above do them (Twisted's
+    # doRead, WriteThroughTransport's read context and held writes, TrackedTransport's
+    # counting and fault isolation), in one method each: every case they do not cover
+    # (not tracked, a read within a read, TLS, a producer, a close or abort under way)
+    # takes those layers. Python calls cost more than the work they do here: the
+    # connection rate of bench/run.py is set by them (bench/README.md, point 17).
+
+    def doRead(self):
+        factory = self.factory
+        if factory is None or _read.transport is not None:
+            return super().doRead()
+        try:
+            data = self.socket.recv(self.bufferSize)
+        except OSError as e:
+            if e.args[0] == errno.EWOULDBLOCK:
+                return None
+            return CONNECTION_LOST
+        if not data:
+            return CONNECTION_DONE  # the protocol hears of it from readConnectionLost
+        self.record.bytesIn += len(data)
+        if factory.idleTimeout is not None:
+            self.lastActive = factory.clock.seconds()
+        _read.transport = self  # holding and closeAfter are false between reads
+        try:
+            self.protocol.dataReceived(data)
+        except Exception:
+            self._pluginFailed("dataReceived")
+        finally:
+            closed = self._afterRead()  # ends the read (resets _read) first of all
+        return closed
+
+    def write(self, data) -> None:
+        if (_read.transport is not self or type(data) is not bytes or not data
+                or self.factory is None or self.TLS or self.producer is not None
+                or not self.connected or (self.disconnecting and not _read.closeAfter)
+                or self._aborting or self._writeDisconnecting
+                or self._writeDisconnected
+                or not (_read.holding or (not self._tempDataLen
+                                          and self.offset == len(self.dataBuffer)))):
+            return super().write(data)
+        # Held to the end of the read (WriteThroughTransport._hold), counted
+        # (TrackedTransport.write) and checked against the limits (_wrote; a read of
+        # data set lastActive just now, the end of input did not).
+        size = len(data)
+        self.record.bytesOut += size
+        _read.holding = True
+        self._tempDataBuffer.append(data)
+        self._tempDataLen = pending = self._tempDataLen + size
+        factory = self.factory
+        if self.paused & PAUSED_EOF and factory.idleTimeout is not None:
+            self.lastActive = factory.clock.seconds()
+        if pending + len(self.dataBuffer) - self.offset > factory.highWater:
+            self._wroteOver(factory)
+
+    def _wroteOver(self, factory) -> None:
+        # ConnectionTracking._wrote, for unsent output past the high-water mark.
+        unsent = unsentBytes(self)
+        cap = factory.maxOutput
+        if cap is not None and unsent > cap:
+            self._overCap()
+        elif not self.paused & PAUSED_FLOW:
+            self._pauseReading(PAUSED_FLOW)
+
+    def readConnectionLost(self, reason) -> None:
+        if self.factory is None or _read.transport is not None:
+            return super().readConnectionLost(reason)
+        protocol = self.protocol
+        if IHalfCloseableProtocol.providedBy(protocol):
+            half = protocol
+        else:
+            half = IHalfCloseableProtocol(protocol, None)
+            if half is None:
+                return self.connectionLost(reason)
+        self.paused |= PAUSED_EOF  # resuming would read the end of input again
+        if self.closer is None:
+            self.closer = CLIENT_CLOSED  # the client ended first, whoever closes now
+        _read.transport = self
+        try:
+            half.readConnectionLost()
+        except Exception:
+            self._pluginFailed("readConnectionLost")
+        finally:
+            closed = self._afterRead()
+            if closed is not None:
+                self.connectionLost(_CLOSED_AFTER_READ)  # as _asRead
+        return None
+
+    def loseConnection(self, *args, **kwargs) -> None:
+        if (_read.transport is not self or self.factory is None or not self.connected
+                or self.disconnecting or self.TLS or self._writeDisconnected
+                or self._aborting or self.producer is not None):
+            return super().loseConnection(*args, **kwargs)
+        # Closed at the end of the read (WriteThroughTransport.loseConnection, with
+        # TrackedTransport's closer).
+        if self.closer is None:
+            self.closer = SERVER_CLOSED
+        self.stopReading()
+        self.disconnecting = 1
+        _read.closeAfter = True
+        return None
 
     def stopReading(self) -> None:
         # On a reactor given portserver's dispatch, nothing to do when the reactor is

@@ -13,9 +13,11 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from portserver.tracking import PAUSED_FLOW
@@ -820,3 +822,187 @@ class HalfCloseableTests(SynchronousTestCase):
         self.assertIsInstance(adapted, Adapter)
         self.assertIs(adapted.original, adaptable)
         self.assertIsNone(_halfCloseable(Protocol()))
+
+
+class StreamSocket(FakeSocket):
+    """
+    A L{FakeSocket} a L{TrackedServer} can be made over and read from: C{incoming}
+    holds what C{recv} gives (C{b""} is the end of input), and it can be shut down and
+    closed.
+    """
+
+    def __init__(self, room=1 << 20, error=None):
+        super().__init__(room, error)
+        self.incoming = []
+        self.closed = False
+
+    def setblocking(self, flag):
+        pass
+
+    def fileno(self):
+        return -1 if self.closed else 99
+
+    def recv(self, size):
+        if not self.incoming:
+            raise BlockingIOError(errno.EAGAIN, "EAGAIN")
+        return self.incoming.pop(0)
+
+    def shutdown(self, how):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfReplier(Replier):
+    """
+    A half-closeable L{Replier} that runs C{atEnd(transport)} at the end of input.
+    """
+
+    def __init__(self, reply, atEnd):
+        super().__init__(reply)
+        self.atEnd = atEnd
+        self.lost = []
+
+    def readConnectionLost(self):
+        self.atEnd(self.transport)
+
+    def writeConnectionLost(self):
+        pass
+
+    def connectionLost(self, reason):
+        self.lost.append(reason)
+
+
+class LeanPathTests(SynchronousTestCase):
+    """
+    L{TrackedServer}'s read, write, end of input and close in one call each do what the
+    layers they stand for do: counting, held writes sent in one go, the limits, and
+    the close at the end of the read.
+    """
+
+    def served(self, protocol, room=1 << 20, **limits):
+        """
+        A tracked L{TrackedServer} over a L{StreamSocket}, serving C{protocol}, for a
+        stand-in factory with C{limits} whose clock is C{self.clock}; the registry's
+        closes are in C{self.closes}.
+        """
+        self.clock = Clock()
+        self.closes = []
+        closes = self.closes
+
+        class Registry:
+            shuttingDown = False
+
+            def close(self, record, reason):
+                closes.append(reason)
+
+        class Factory:
+            closeGrace = 5.0
+            idleTimeout = limits.get("idleTimeout")
+            highWater = limits.get("highWater", 1 << 20)
+            maxOutput = limits.get("maxOutput")
+            clock = self.clock
+            registry = Registry()
+            transports = {}
+            listening = True
+
+        class Record:
+            serial = 1
+            bytesIn = bytesOut = 0
+
+        class Port:
+            _realPortNumber = 7
+
+        self.reactor = MemoryReactorClock()
+        lean = type("Lean", (TrackedServer, tcp.Server), {})
+        self.socket = StreamSocket(room=room)
+        connection = lean(self.socket, protocol, ("127.0.0.1", 1), Port(), 1, self.reactor)
+        connection.factory = Factory()
+        connection.record = Record()
+        protocol.transport = connection
+        return connection
+
+    def test_readCountsAndSendsHeldWritesOnce(self):
+        """
+        A read the protocol answers with two writes: both leave in one send when it
+        returns; the bytes each way are counted, and the read is the last activity.
+        """
+        connection = self.served(Replier(lambda t, data: (t.write(data[:2]),
+                                                          t.write(data[2:]))),
+                                 idleTimeout=10.0)
+        self.clock.advance(3)
+        self.socket.incoming.append(b"ping")
+        self.assertIsNone(connection.doRead())
+        self.assertEqual((self.socket.sent, self.socket.calls), (b"ping", 1))
+        self.assertEqual((connection.record.bytesIn, connection.record.bytesOut), (4, 4))
+        self.assertEqual(connection.lastActive, 3)
+
+    def test_writeInReadPastCapAborts(self):
+        """
+        A write during a read that leaves more than C{maxOutput} unsent aborts the
+        connection, "output-cap"; one past the high-water mark only pauses reading.
+        """
+        connection = self.served(Replier(lambda t, data: t.write(data)), room=0,
+                                 highWater=4, maxOutput=8)
+        self.socket.incoming.append(b"12345")
+        connection.doRead()
+        self.assertEqual((connection.paused & PAUSED_FLOW, connection._aborting),
+                         (PAUSED_FLOW, False))
+        self.socket.incoming.append(b"6789")
+        connection.doRead()
+        self.assertEqual((connection.closer, connection._aborting), ("output-cap", True))
+
+    def test_endOfInputWriteIsActivity(self):
+        """
+        What the protocol writes at the end of input is sent, and is activity for the
+        idle timeout (the end of input itself is not).
+        """
+        connection = self.served(HalfReplier(None, lambda t: t.write(b"bye")),
+                                 idleTimeout=10.0)
+        self.clock.advance(4)
+        connection.readConnectionLost(Failure(ConnectionDone()))
+        self.assertEqual((self.socket.sent, connection.lastActive), (b"bye", 4))
+        self.assertTrue(connection.connected)
+
+    def test_endOfInputCloseIsOver(self):
+        """
+        A close the protocol asks for at the end of input, with its last write sent, is
+        over when it returns: the socket closed, the protocol told, the record closed
+        "client-closed".
+        """
+        protocol = HalfReplier(None, lambda t: (t.write(b"bye"), t.loseConnection()))
+        connection = self.served(protocol)
+        connection.readConnectionLost(Failure(ConnectionDone()))
+        self.assertEqual((self.socket.sent, self.socket.closed), (b"bye", True))
+        self.assertEqual((len(protocol.lost), self.closes), (1, ["client-closed"]))
+        self.assertFalse(connection.connected)
+
+    def test_closeInReadIsOver(self):
+        """
+        A close the protocol asks for in a read, with its reply sent, is over when the
+        read returns (the reactor is given the reason to end it with), "server-closed".
+        """
+        connection = self.served(Replier(lambda t, data: (t.write(data),
+                                                          t.loseConnection())))
+        self.socket.incoming.append(b"ping")
+        why = connection.doRead()
+        self.assertIsInstance(why, ConnectionDone)
+        self.assertEqual((self.socket.sent, connection.closer), (b"ping", "server-closed"))
+
+    def test_pluginFaultInReadIsolated(self):
+        """
+        A protocol that raises in C{dataReceived} has its connection aborted,
+        "plugin-error", and what it wrote before is dropped with it.
+        """
+        def failing(transport, data):
+            transport.write(b"half")
+            raise RuntimeError("plugin bug")
+
+        connection = self.served(Replier(failing))
+        connection._logFailure = lambda where: None
+        self.socket.incoming.append(b"ping")
+        connection.doRead()
+        self.assertEqual((connection.closer, connection._aborting), ("plugin-error", True))
+        self.assertEqual(self.socket.sent, b"")
