@@ -42,13 +42,24 @@ ROTATE_BYTES = 10 * 1024 * 1024
 ROTATED_FILES = 10
 
 
+#: The text of each local endpoint met (a few: one per listener and local address),
+#: made once: L{formatLine} writes one per connection.
+_localTexts: dict = {}
+
+
 def formatLine(record: ConnectionRecord, stamp: str) -> str:
     """
     The log line for a closed C{record}, stamped C{stamp}.
     """
-    transport, remote = record.transport, hostPort(record.remoteHost, record.remotePort)
-    line = (f"{stamp} {record.id} {record.service} {transport} {remote} -> "
-            f"{record.local} {record.reason} {record.closed - record.opened:.3f}s "
+    transport, local = record.transport, record.local
+    remote = hostPort(record.remoteHost, record.remotePort)
+    localText = _localTexts.get(local)
+    if localText is None:
+        if len(_localTexts) >= 1024:
+            _localTexts.clear()
+        localText = _localTexts[local] = str(local)
+    line = (f"{stamp} {transport}-{record.serial} {record.service} {transport} {remote} "
+            f"-> {localText} {record.reason} {record.closed - record.opened:.3f}s "
             f"in={record.bytesIn} out={record.bytesOut}")
     if transport == "udp":
         line += f" datagrams={record.datagramsIn}/{record.datagramsOut}"
@@ -177,7 +188,7 @@ class ConnectionLog(Service):
         self.open()
         super().startService()
         if self._unsubscribe is None:
-            self._unsubscribe = self.registry.subscribe(self.observe)
+            self._unsubscribe = self.registry.subscribe(self.observe, opens=False)
             self.reactor.addSystemEventTrigger("after", "shutdown", self.close)
         self._flusher.start(FLUSH_INTERVAL, now=False)
 
@@ -216,7 +227,12 @@ class ConnectionLog(Service):
     def observe(self, event: str, record: ConnectionRecord) -> None:
         if event != CLOSED:
             return
-        line = formatLine(record, self.stamp(record.closed))
+        closed = record.closed
+        if closed // 1 == self._second:  # the stamp of this second, made already
+            stamp = self._stamp
+        else:
+            stamp = self.stamp(closed)
+        line = formatLine(record, stamp)
         self._pending.append(line)
         self._size += len(line)
         if self._size >= FLUSH_BYTES:

@@ -83,7 +83,7 @@ class Drain:
                 grace = self.reactor.callLater(self.grace, finish)
 
         grace = None
-        unsubscribe = self.registry.subscribe(closed)
+        unsubscribe = self.registry.subscribe(closed, opens=False)
         deadline = self.reactor.callLater(drain, endDrain)
         self._endDrain = endDrain
         return done

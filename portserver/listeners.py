@@ -176,7 +176,8 @@ class ListenerService(BindingService):
         if old is not None:
             self.retired.append(old)
             if self._unsubscribe is None:
-                self._unsubscribe = self.registry.subscribe(self._connectionEvent)
+                self._unsubscribe = self.registry.subscribe(self._connectionEvent,
+                                                             opens=False)
             self._stopRetired()
 
     def _connectionEvent(self, event, record) -> None:

@@ -240,6 +240,7 @@ class Registry:
         self._serials = itertools.count(1)
         # A tuple, replaced on (un)subscribe: notifying needs no copy.
         self._observers: tuple[Callable[[str, ConnectionRecord], None], ...] = ()
+        self._openObservers: tuple[Callable[[str, ConnectionRecord], None], ...] = ()
         self.accepted: Counter = Counter()  # (service, transport) -> count
         self.closedTotal: Counter = Counter()  # (service, transport, reason) -> count
         self.bytesIn: Counter = Counter()  # (service, transport) -> bytes of closed ones
@@ -254,21 +255,27 @@ class Registry:
 
     # -- events ----------------------------------------------------------------------------
 
-    def subscribe(self, observer: Callable[[str, ConnectionRecord], None]) -> Callable[[], None]:
+    def subscribe(self, observer: Callable[[str, ConnectionRecord], None],
+                  opens: bool = True) -> Callable[[], None]:
         """
-        Call C{observer(event, record)} with C{"open"} or C{"closed"} for every connection
-        and flow; returns a callable that unsubscribes.
+        Call C{observer(event, record)} with C{"open"} (unless C{opens} is false: an
+        observer of closes only costs an open nothing) or C{"closed"} for every
+        connection and flow; returns a callable that unsubscribes.
         """
         self._observers += (observer,)
+        if opens:
+            self._openObservers += (observer,)
 
         def unsubscribe():
-            observers = list(self._observers)
-            observers.remove(observer)
-            self._observers = tuple(observers)
+            for name in ("_observers", "_openObservers"):
+                observers = list(getattr(self, name))
+                if observer in observers:
+                    observers.remove(observer)
+                    setattr(self, name, tuple(observers))
         return unsubscribe
 
     def _notify(self, event: str, record: ConnectionRecord) -> None:
-        for observer in self._observers:
+        for observer in (self._openObservers if event == OPEN else self._observers):
             try:
                 observer(event, record)
             except Exception:
@@ -277,10 +284,11 @@ class Registry:
     # -- TCP -------------------------------------------------------------------------------
 
     def open(self, service: str, protocol: str, transport: str, local: Endpoint,
-             remote: Endpoint, proxy: Endpoint | None = None) -> ConnectionRecord:
+             remote: tuple[str, int], proxy: Endpoint | None = None) -> ConnectionRecord:
         """
         Record a new TCP connection, live from now (UDP flows come from L{flow});
-        C{proxy}: the proxy that carried it with the PROXY protocol, if one did.
+        C{remote}: the peer's (host, port), an L{Endpoint} or a plain pair; C{proxy}:
+        the proxy that carried it with the PROXY protocol, if one did.
         """
         if transport != "tcp":
             raise ValueError(f"open() records TCP connections, not {transport!r}: use flow()")
@@ -312,7 +320,7 @@ class Registry:
         Count and announce a record just added (a connection or a flow).
         """
         self.accepted[(record.service, record.transport)] += 1
-        if self._observers:
+        if self._openObservers:
             self._notify(OPEN, record)
 
     def adopt(self, record: ConnectionRecord, flowKey: tuple | None = None) -> ConnectionRecord:

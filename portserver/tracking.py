@@ -644,7 +644,8 @@ class Timeouts:
             mask, connections = (1 << self.SERIAL_BITS) - 1, self.connections
             self.heap = heap = [entry for entry in heap if entry & mask in connections]
             heapq.heapify(heap)
-        heapq.heappush(heap, self.entry(due, serial))
+        # self.entry(due, serial), without the call:
+        heapq.heappush(heap, (math.ceil(due / self.RESOLUTION) << self.SERIAL_BITS) | serial)
         call = self.call
         if call is None:
             self.call = self.clock.callLater(max(0.0, due - self.clock.seconds()), self.fire)

@@ -40,6 +40,9 @@ The order of the bytes and every contract Twisted gives a protocol hold:
 from __future__ import annotations
 
 import errno
+import struct
+from select import EPOLLIN
+from socket import SO_LINGER, SOL_SOCKET
 
 from twisted.internet.address import IPv6Address
 from twisted.internet.error import ConnectionAborted, ConnectionDone
@@ -50,7 +53,7 @@ from zope.interface import implementer
 
 from portserver.dispatch import Lean, isLean, stopWatching
 from portserver.interfaces import ITrackedTransport
-from portserver.registry import ABORTED, CLIENT_CLOSED, SERVER_CLOSED, Endpoint
+from portserver.registry import ABORTED, CLIENT_CLOSED, SERVER_CLOSED
 from portserver.tracking import (
     PAUSED_EOF,
     PAUSED_FLOW,
@@ -61,6 +64,8 @@ from portserver.tracking import (
 )
 
 _RETRY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ENOBUFS)
+#: SO_LINGER on, for 0 seconds: close() resets the connection (an abort).
+_LINGER_NOW = struct.pack("ii", 1, 0)
 
 
 class ClosedAfterRead(ConnectionDone):
@@ -411,9 +416,12 @@ class TrackedTransport(Lean, ConnectionTracking, WriteThroughTransport):
         if admitted is not None:
             self.admitted = admitted
         client = self.client
+        host = client[0]
+        if len(client) != 2:  # IPv6: an IPv4-mapped address is shown as IPv4
+            host = hostOf(host)
         self.record = factory.registry.open(
             factory.service, factory.protocolName, "tcp", factory.localEndpoint(self),
-            Endpoint(hostOf(client[0]), client[1]), proxy)
+            (host, client[1]), proxy)
         factory.transports[self.record.serial] = self
         if factory.timed:
             self._startTimer()
@@ -522,7 +530,8 @@ class TrackedTransport(Lean, ConnectionTracking, WriteThroughTransport):
         factory = self.factory
         if factory is None:
             return self._loseSocket(socket, reason)
-        self._stopTimer()
+        if self.timer is not None:
+            self._stopTimer()
         transports = factory.transports
         transports.pop(self.record.serial, None)
         if not transports and not factory.listening:
@@ -626,7 +635,14 @@ class TrackedServer(TrackedTransport):
         self.server = server
         self.client = client
         self.sessionno = sessionno
-        self.startReading()
+        fd = skt.fileno()
+        if isLean(reactor) and fd not in reactor._reads and fd not in reactor._writes:
+            # startReading, as the reactor's addReader does it for a new descriptor.
+            reactor._poller.register(fd, EPOLLIN)
+            reactor._reads.add(fd)
+            reactor._selectables[fd] = self
+        else:
+            self.startReading()
         self.connected = 1
 
     # -- the common paths, in one call each ----------------------------------------------
@@ -756,7 +772,19 @@ class TrackedServer(TrackedTransport):
             producer.stopProducing()
             self.producer = None
         stopWatching(self.reactor, self, socket.fileno())
-        self._closeSocket(not issubclass(reason.type, ConnectionAborted))
+        # tcp._SocketCloser._closeSocket:
+        try:
+            if not issubclass(reason.type, ConnectionAborted):
+                if self._shouldShutdown:
+                    socket.shutdown(2)
+            else:
+                socket.setsockopt(SOL_SOCKET, SO_LINGER, _LINGER_NOW)  # reset, not FIN
+        except OSError:
+            pass
+        try:
+            socket.close()
+        except OSError:
+            pass
         protocol = self.protocol
         del self.protocol
         del self.socket
