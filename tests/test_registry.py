@@ -300,6 +300,21 @@ class ObserverTests(SynchronousTestCase):
         openEcho(registry)
         self.assertEqual(events, ["open"])
 
+    def test_closesOnly(self):
+        """
+        An observer subscribed with C{opens=False} hears every close and no open, the
+        others both; unsubscribed, it hears nothing more.
+        """
+        clock, registry = makeRegistry()
+        closes, every = [], []
+        unsubscribe = registry.subscribe(lambda event, record: closes.append(event),
+                                         opens=False)
+        registry.subscribe(lambda event, record: every.append(event))
+        registry.close(openEcho(registry), CLIENT_CLOSED)
+        unsubscribe()
+        registry.close(openEcho(registry), CLIENT_CLOSED)
+        self.assertEqual((closes, every), (["closed"], ["open", "closed"] * 2))
+
     def test_raisingObserver(self):
         """
         An observer that raises is logged; the observers after it still hear the event and

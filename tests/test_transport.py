@@ -676,6 +676,32 @@ class TrackedTransportTests(SynchronousTestCase):
         connection.stopReading()
         self.assertEqual(memory.getReaders(), [])
 
+    def test_leanCloseAbortResets(self):
+        """
+        L{TrackedServer} closes its socket as Twisted's does: an abort resets the
+        connection (the peer's read fails), any other close ends it with a FIN (the
+        peer reads the end of input).
+        """
+        class Port:
+            _realPortNumber = 7007
+
+        lean = type("Lean", (TrackedServer, tcp.Server), {})
+        listening = socket.socket()
+        self.addCleanup(listening.close)
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(2)
+        for reason in (ConnectionAborted(), ConnectionDone()):
+            client = socket.create_connection(listening.getsockname())
+            self.addCleanup(client.close)
+            ours, address = listening.accept()
+            connection = lean(ours, Protocol(), address, Port(), 1, MemoryReactor())
+            connection.connectionLost(Failure(reason))
+            client.settimeout(10)
+            if isinstance(reason, ConnectionAborted):
+                self.assertRaises(ConnectionResetError, client.recv, 1)
+            else:
+                self.assertEqual(client.recv(1), b"")
+
     def test_ownClassIsLeanOverTwistedsServer(self):
         """
         A listener whose transport class is Twisted's C{tcp.Server} gets the lean
