@@ -856,7 +856,7 @@ class TrackingFactory(_Wrapping, ServerFactory):
             the connection ends), or L{None}.
         """
         host = getattr(addr, "host", None)
-        if host is not None:
+        if host is not None and ":" in host:  # IPv6: an IPv4-mapped one is shown as IPv4
             host = hostOf(host)
         admission = self.admission
         admitted = None
