@@ -749,6 +749,12 @@ class TrackedServer(TrackedTransport):
         _read.closeAfter = True
         return None
 
+    _handedOut = False  # getHandle gave the socket away: it may be shared
+
+    def getHandle(self):
+        self._handedOut = True
+        return super().getHandle()
+
     def stopReading(self) -> None:
         # On a reactor given portserver's dispatch, nothing to do when the reactor is
         # not reading it (a close asked for at the end of input: the reactor stopped
@@ -772,10 +778,15 @@ class TrackedServer(TrackedTransport):
             producer.stopProducing()
             self.producer = None
         stopWatching(self.reactor, self, socket.fileno())
-        # tcp._SocketCloser._closeSocket:
+        # tcp._SocketCloser._closeSocket, but for the close that follows the end of
+        # input: nothing is left unread then, so close() alone sends the same FIN, and
+        # Twisted's shutdown(2) first ("not really necessary, because we set
+        # FD_CLOEXEC", its comment says: for a descriptor another process shares) is
+        # a system call for nothing, unless the socket was handed out (getHandle).
         try:
             if not issubclass(reason.type, ConnectionAborted):
-                if self._shouldShutdown:
+                if self._shouldShutdown and (reason is not _CLOSED_AFTER_READ
+                                             or self._handedOut):
                     socket.shutdown(2)
             else:
                 socket.setsockopt(SOL_SOCKET, SO_LINGER, _LINGER_NOW)  # reset, not FIN

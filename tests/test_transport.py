@@ -861,6 +861,7 @@ class StreamSocket(FakeSocket):
         super().__init__(room, error)
         self.incoming = []
         self.closed = False
+        self.shutdowns = []
 
     def setblocking(self, flag):
         pass
@@ -874,7 +875,7 @@ class StreamSocket(FakeSocket):
         return self.incoming.pop(0)
 
     def shutdown(self, how):
-        pass
+        self.shutdowns.append(how)
 
     def close(self):
         self.closed = True
@@ -1004,6 +1005,28 @@ class LeanPathTests(SynchronousTestCase):
         self.assertEqual((self.socket.sent, self.socket.closed), (b"bye", True))
         self.assertEqual((len(protocol.lost), self.closes), (1, ["client-closed"]))
         self.assertFalse(connection.connected)
+
+    def test_shutdownOnlyWhenInputLeftOrShared(self):
+        """
+        The close that follows the end of input (nothing left unread) is a bare
+        C{close()}: the same FIN, one system call less. Every other orderly close, and
+        one of a socket handed out with C{getHandle} (it may be shared), shuts the
+        socket down first, as Twisted's does.
+        """
+        closing = HalfReplier(None, lambda t: t.loseConnection())
+        connection = self.served(closing)
+        connection.readConnectionLost(Failure(ConnectionDone()))
+        self.assertEqual((self.socket.shutdowns, self.socket.closed), ([], True))
+
+        connection = self.served(HalfReplier(None, lambda t: t.loseConnection()))
+        self.assertIs(connection.getHandle(), self.socket)
+        connection.readConnectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.socket.shutdowns, [2])
+
+        connection = self.served(HalfReplier(lambda t, data: t.loseConnection(), None))
+        self.socket.incoming.append(b"bye")
+        connection.connectionLost(Failure(connection.doRead()))
+        self.assertEqual((self.socket.shutdowns, self.socket.closed), ([2], True))
 
     def test_closeInReadIsOver(self):
         """
