@@ -227,12 +227,7 @@ class ConnectionLog(Service):
     def observe(self, event: str, record: ConnectionRecord) -> None:
         if event != CLOSED:
             return
-        closed = record.closed
-        if closed // 1 == self._second:  # the stamp of this second, made already
-            stamp = self._stamp
-        else:
-            stamp = self.stamp(closed)
-        line = formatLine(record, stamp)
+        line = formatLine(record, self.stamp(record.closed))
         self._pending.append(line)
         self._size += len(line)
         if self._size >= FLUSH_BYTES:

@@ -130,6 +130,20 @@ def isLean(reactor) -> bool:
     return reactor.__dict__.get("doPoll") is not None
 
 
+def startWatching(reactor, selectable, fd: int) -> bool:
+    """
+    Watch C{selectable}, a new descriptor C{fd}, for reading, as C{addReader} does, in
+    one go (one C{epoll_ctl}, none of its three calls) on an epoll reactor given
+    L{doPoll}; whether it did (else: the caller's C{startReading}).
+    """
+    if not isLean(reactor) or fd in reactor._reads or fd in reactor._writes:
+        return False
+    reactor._poller.register(fd, EPOLLIN)
+    reactor._reads.add(fd)
+    reactor._selectables[fd] = selectable
+    return True
+
+
 def stopWatching(reactor, selectable, fd: int) -> None:
     """
     Stop watching C{selectable}, on C{fd}, for both reading and writing: what

@@ -329,11 +329,18 @@ class ConnectionTracking:
             self.lastActive = factory.clock.seconds()
         unsent = self._unsent()
         if unsent > factory.highWater:
-            cap = factory.maxOutput
-            if cap is not None and unsent > cap:
-                self._overCap()
-            elif not self.paused & PAUSED_FLOW:
-                self._pauseReading(PAUSED_FLOW)
+            self._outputOver(unsent)
+
+    def _outputOver(self, unsent: int) -> None:
+        """
+        C{unsent} bytes wait, past the high-water mark: abort past the cap, else pause
+        reading until they drain.
+        """
+        cap = self.factory.maxOutput
+        if cap is not None and unsent > cap:
+            self._overCap()
+        elif not self.paused & PAUSED_FLOW:
+            self._pauseReading(PAUSED_FLOW)
 
     def _pauseReading(self, why: int) -> None:
         if not self.paused:
@@ -644,8 +651,7 @@ class Timeouts:
             mask, connections = (1 << self.SERIAL_BITS) - 1, self.connections
             self.heap = heap = [entry for entry in heap if entry & mask in connections]
             heapq.heapify(heap)
-        # self.entry(due, serial), without the call:
-        heapq.heappush(heap, (math.ceil(due / self.RESOLUTION) << self.SERIAL_BITS) | serial)
+        heapq.heappush(heap, self.entry(due, serial))
         call = self.call
         if call is None:
             self.call = self.clock.callLater(max(0.0, due - self.clock.seconds()), self.fire)

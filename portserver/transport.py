@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import errno
 import struct
-from select import EPOLLIN
 from socket import SO_LINGER, SOL_SOCKET
 
 from twisted.internet.address import IPv6Address
@@ -51,7 +50,7 @@ from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from portserver.dispatch import Lean, isLean, stopWatching
+from portserver.dispatch import Lean, isLean, startWatching, stopWatching
 from portserver.interfaces import ITrackedTransport
 from portserver.registry import ABORTED, CLIENT_CLOSED, SERVER_CLOSED
 from portserver.tracking import (
@@ -275,10 +274,16 @@ class WriteThroughTransport(FlowControlledTransport):
         L{TrackedTransport}: the close grace starts then).
         """
 
-    def loseConnection(self, *args, **kwargs):
-        if (_read.transport is self and self.connected and not self.disconnecting
+    def _mayCloseAfterRead(self) -> bool:
+        """
+        Whether a close asked for now may wait for the end of the read under way.
+        """
+        return (_read.transport is self and self.connected and not self.disconnecting
                 and not self.TLS and not self._writeDisconnected
-                and not getattr(self, "_aborting", False) and self.producer is None):
+                and not getattr(self, "_aborting", False) and self.producer is None)
+
+    def loseConnection(self, *args, **kwargs):
+        if self._mayCloseAfterRead():
             # Closed at the end of the read (L{_afterRead}), with no writer
             # registered for it: as Twisted's loseConnection, but for startWriting.
             self.stopReading()
@@ -500,6 +505,13 @@ class TrackedTransport(Lean, ConnectionTracking, WriteThroughTransport):
         self.paused |= PAUSED_EOF  # resuming would read the end of input again
         if self.closer is None:
             self.closer = CLIENT_CLOSED  # the client ended first, whoever closes now
+        self._endOfInput(half)
+
+    def _endOfInput(self, half) -> None:
+        """
+        Tell C{half}, the protocol as an C{IHalfCloseableProtocol}, that the peer's
+        input ended, as a read.
+        """
         self._asRead(self._tellReadConnectionLost, half)
 
     def _tellReadConnectionLost(self, half) -> None:
@@ -635,13 +647,7 @@ class TrackedServer(TrackedTransport):
         self.server = server
         self.client = client
         self.sessionno = sessionno
-        fd = skt.fileno()
-        if isLean(reactor) and fd not in reactor._reads and fd not in reactor._writes:
-            # startReading, as the reactor's addReader does it for a new descriptor.
-            reactor._poller.register(fd, EPOLLIN)
-            reactor._reads.add(fd)
-            reactor._selectables[fd] = self
-        else:
+        if not startWatching(reactor, self, skt.fileno()):
             self.startReading()
         self.connected = 1
 
@@ -681,12 +687,8 @@ class TrackedServer(TrackedTransport):
 
     def write(self, data) -> None:
         if (_read.transport is not self or type(data) is not bytes or not data
-                or self.factory is None or self.TLS or self.producer is not None
-                or not self.connected or (self.disconnecting and not _read.closeAfter)
-                or self._aborting or self._writeDisconnecting
-                or self._writeDisconnected
-                or not (_read.holding or (not self._tempDataLen
-                                          and self.offset == len(self.dataBuffer)))):
+                or self.factory is None or self.producer is not None
+                or not self._canWriteThrough(_read.holding, _read.closeAfter)):
             return super().write(data)
         # Held to the end of the read (WriteThroughTransport._hold), counted
         # (TrackedTransport.write) and checked against the limits (_wrote; a read of
@@ -699,32 +701,14 @@ class TrackedServer(TrackedTransport):
         factory = self.factory
         if self.paused & PAUSED_EOF and factory.idleTimeout is not None:
             self.lastActive = factory.clock.seconds()
-        if pending + len(self.dataBuffer) - self.offset > factory.highWater:
-            self._wroteOver(factory)
+        unsent = pending + len(self.dataBuffer) - self.offset
+        if unsent > factory.highWater:
+            self._outputOver(unsent)
 
-    def _wroteOver(self, factory) -> None:
-        # ConnectionTracking._wrote, for unsent output past the high-water mark.
-        unsent = unsentBytes(self)
-        cap = factory.maxOutput
-        if cap is not None and unsent > cap:
-            self._overCap()
-        elif not self.paused & PAUSED_FLOW:
-            self._pauseReading(PAUSED_FLOW)
-
-    def readConnectionLost(self, reason) -> None:
-        if self.factory is None or _read.transport is not None:
-            return super().readConnectionLost(reason)
-        protocol = self.protocol
-        if IHalfCloseableProtocol.providedBy(protocol):
-            half = protocol
-        else:
-            half = IHalfCloseableProtocol(protocol, None)
-            if half is None:
-                return self.connectionLost(reason)
-        self.paused |= PAUSED_EOF  # resuming would read the end of input again
-        if self.closer is None:
-            self.closer = CLIENT_CLOSED  # the client ended first, whoever closes now
-        _read.transport = self
+    def _endOfInput(self, half) -> None:
+        if _read.transport is not None:
+            return super()._endOfInput(half)
+        _read.transport = self  # _asRead's read, without its calls
         try:
             half.readConnectionLost()
         except Exception:
@@ -736,18 +720,13 @@ class TrackedServer(TrackedTransport):
         return None
 
     def loseConnection(self, *args, **kwargs) -> None:
-        if (_read.transport is not self or self.factory is None or not self.connected
-                or self.disconnecting or self.TLS or self._writeDisconnected
-                or self._aborting or self.producer is not None):
+        if self.factory is None or not self._mayCloseAfterRead():
             return super().loseConnection(*args, **kwargs)
-        # Closed at the end of the read (WriteThroughTransport.loseConnection, with
-        # TrackedTransport's closer).
+        # Closed at the end of the read, with TrackedTransport's closer and without
+        # its grace (nothing is left to send now; _closePending starts it if some is).
         if self.closer is None:
             self.closer = SERVER_CLOSED
-        self.stopReading()
-        self.disconnecting = 1
-        _read.closeAfter = True
-        return None
+        return WriteThroughTransport.loseConnection(self, *args, **kwargs)
 
     _handedOut = False  # getHandle gave the socket away: it may be shared
 
