@@ -17,6 +17,7 @@ import socket
 import struct
 
 from twisted.internet import tcp
+from twisted.internet.address import IPv4Address
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
 
@@ -112,6 +113,9 @@ class _Reserve:
 
 
 _reserve = _Reserve()
+
+
+_newObject = object.__new__
 
 
 class AcceptingPort(Lean, tcp.Port):
@@ -217,6 +221,16 @@ class AcceptingPort(Lean, tcp.Port):
             if self._fullAt == wake - 1:
                 self.numberAccepts = min(limit + 20, MAX_ACCEPTS)
             self._fullAt = wake
+
+    def _buildAddr(self, address):
+        if self._addressType is not IPv4Address:
+            return super()._buildAddr(address)
+        # IPv4Address("TCP", host, port) without attrs' generated __init__ and its
+        # validator of the type (two calls a connection, for a constant).
+        built = _newObject(IPv4Address)
+        built.type = "TCP"
+        built.host, built.port = address
+        return built
 
     def _accepted(self, skt, addr) -> None:
         """

@@ -227,7 +227,10 @@ class ConnectionLog(Service):
     def observe(self, event: str, record: ConnectionRecord) -> None:
         if event != CLOSED:
             return
-        line = formatLine(record, self.stamp(record.closed))
+        closed = record.closed
+        # (The second's stamp, as stamp() makes it, without the call most of the time.)
+        stamp = self._stamp if int(closed) == self._second else self.stamp(closed)
+        line = formatLine(record, stamp)
         self._pending.append(line)
         self._size += len(line)
         if self._size >= FLUSH_BYTES:

@@ -25,7 +25,7 @@ Twisted recommends) nothing changes.
 from __future__ import annotations
 
 import errno
-from select import EPOLLIN
+from select import EPOLLIN, EPOLLOUT
 
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.error import ConnectionDone
@@ -93,8 +93,9 @@ def doPoll(self, timeout):
                     try:
                         if why is CONNECTION_DONE and selectable.halfCloseable:
                             # posixbase._disconnectSelectable's way for the end of a
-                            # half-closeable descriptor's input, without its lookups.
-                            self.removeReader(selectable)
+                            # half-closeable descriptor's input, without its lookups
+                            # (removeReader's: the descriptor is at hand).
+                            stopReadingAt(self, fd)
                             selectable.readConnectionLost(_INPUT_ENDED)
                         else:
                             self._disconnectSelectable(selectable, why, True)
@@ -127,7 +128,7 @@ def isLean(reactor) -> bool:
     """
     Whether C{reactor} was given L{doPoll} (by L{leanDispatch}).
     """
-    return reactor.__dict__.get("doPoll") is not None
+    return "doPoll" in reactor.__dict__  # (spelled out where a connection's calls count)
 
 
 def startWatching(reactor, selectable, fd: int) -> bool:
@@ -136,7 +137,7 @@ def startWatching(reactor, selectable, fd: int) -> bool:
     one go (one C{epoll_ctl}, none of its three calls) on an epoll reactor given
     L{doPoll}; whether it did (else: the caller's C{startReading}).
     """
-    if not isLean(reactor) or fd in reactor._reads or fd in reactor._writes:
+    if "doPoll" not in reactor.__dict__ or fd in reactor._reads or fd in reactor._writes:
         return False
     reactor._poller.register(fd, EPOLLIN)
     reactor._reads.add(fd)
@@ -150,7 +151,7 @@ def stopWatching(reactor, selectable, fd: int) -> None:
     C{removeReader} and C{removeWriter} do between them, in one go (at most one
     C{epoll_ctl}) on an epoll reactor given L{doPoll}; on any other reactor, those two.
     """
-    if not isLean(reactor):
+    if "doPoll" not in reactor.__dict__:
         reactor.removeReader(selectable)
         reactor.removeWriter(selectable)
         return
@@ -160,3 +161,18 @@ def stopWatching(reactor, selectable, fd: int) -> None:
         writes.discard(fd)
         del reactor._selectables[fd]
         reactor._poller.unregister(fd)
+
+
+def stopReadingAt(reactor, fd: int) -> None:
+    """
+    Stop reading the descriptor C{fd}: what C{removeReader} does, given the descriptor
+    (C{EPollReactor._remove}'s work, without its calls).
+    """
+    reads, writes = reactor._reads, reactor._writes
+    if fd in reads:
+        reads.discard(fd)
+        if fd in writes:
+            reactor._poller.modify(fd, EPOLLOUT)
+        else:
+            del reactor._selectables[fd]
+            reactor._poller.unregister(fd)

@@ -655,7 +655,7 @@ class Timeouts:
         call = self.call
         if call is None:
             self.call = self.clock.callLater(max(0.0, due - self.clock.seconds()), self.fire)
-        elif due < call.getTime():
+        elif due < call.time:  # (DelayedCall.getTime(), without the call)
             call.reset(max(0.0, due - self.clock.seconds()))
 
     def fire(self) -> None:

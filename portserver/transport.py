@@ -50,7 +50,7 @@ from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from portserver.dispatch import Lean, isLean, startWatching, stopWatching
+from portserver.dispatch import Lean, startWatching, stopReadingAt, stopWatching
 from portserver.interfaces import ITrackedTransport
 from portserver.registry import ABORTED, CLIENT_CLOSED, SERVER_CLOSED
 from portserver.tracking import (
@@ -78,7 +78,8 @@ class ClosedAfterRead(ConnectionDone):
 #: The reason of every close that L{WriteThroughTransport._asRead} ends: made once, as
 #: Twisted makes its own for the common ends of a connection (a L{Failure} costs a
 #: few microseconds to make: its class's ancestors by qualified name).
-_CLOSED_AFTER_READ = Failure(ClosedAfterRead())
+_CLOSE_NOW = ClosedAfterRead()
+_CLOSED_AFTER_READ = Failure(_CLOSE_NOW)
 
 
 def _halfCloseable(protocol):
@@ -263,7 +264,7 @@ class WriteThroughTransport(FlowControlledTransport):
         if not self.connected or getattr(self, "_aborting", False):
             return None
         if self.offset == len(self.dataBuffer) and not self._tempDataLen:
-            return ClosedAfterRead()
+            return _CLOSE_NOW  # (never raised: shared, as Twisted's CONNECTION_DONE)
         self.startWriting()  # Twisted's doWrite closes once the buffer has drained
         self._closePending()
         return None
@@ -284,13 +285,17 @@ class WriteThroughTransport(FlowControlledTransport):
 
     def loseConnection(self, *args, **kwargs):
         if self._mayCloseAfterRead():
-            # Closed at the end of the read (L{_afterRead}), with no writer
-            # registered for it: as Twisted's loseConnection, but for startWriting.
-            self.stopReading()
-            self.disconnecting = 1
-            _read.closeAfter = True
-            return None
+            return self._closeAfterRead()
         return super().loseConnection(*args, **kwargs)
+
+    def _closeAfterRead(self) -> None:
+        """
+        Close at the end of the read (L{_afterRead}), with no writer registered for it:
+        as Twisted's C{loseConnection}, but for C{startWriting}.
+        """
+        self.stopReading()
+        self.disconnecting = 1
+        _read.closeAfter = True
 
     def _flushHeld(self, closing: bool = False) -> None:
         """
@@ -726,7 +731,7 @@ class TrackedServer(TrackedTransport):
         # its grace (nothing is left to send now; _closePending starts it if some is).
         if self.closer is None:
             self.closer = SERVER_CLOSED
-        return WriteThroughTransport.loseConnection(self, *args, **kwargs)
+        return self._closeAfterRead()
 
     _handedOut = False  # getHandle gave the socket away: it may be shared
 
@@ -735,15 +740,15 @@ class TrackedServer(TrackedTransport):
         return super().getHandle()
 
     def stopReading(self) -> None:
-        # On a reactor given portserver's dispatch, nothing to do when the reactor is
-        # not reading it (a close asked for at the end of input: the reactor stopped
-        # first), without the two calls and the fileno() Twisted's removeReader makes
-        # to find that out.
+        # On a reactor given portserver's dispatch, without the calls Twisted's
+        # removeReader makes to find the descriptor (nothing to do at all when the
+        # reactor is not reading it: a close asked for at the end of input).
         reactor = self.reactor
-        if isLean(reactor):
+        if "doPoll" in reactor.__dict__:  # isLean(reactor)
             socket = getattr(self, "socket", None)  # None once closed: left the reactor
-            if socket is None or socket.fileno() not in reactor._reads:
-                return
+            if socket is not None:
+                stopReadingAt(reactor, socket.fileno())
+            return
         reactor.removeReader(self)
 
     def _loseSocket(self, socket, reason) -> None:

@@ -212,6 +212,35 @@ class ReadEndsTests(ReactorFixture, SynchronousTestCase):
         self.assertFalse(stillReading)
         self.assertEqual(reader.lost, [])
 
+    def test_endOfInputWhileWriting(self):
+        """
+        At the end of input of a half-closeable lean selectable that is also waiting to
+        write (output is buffered), only the reading stops: it stays the reactor's
+        writer (epoll now watches it for writing alone), and is not read again.
+        """
+        class HalfEnding(Ending):
+            halfCloseable = True
+            reads = 0
+
+            def doRead(self):
+                self.reads += 1
+                return super().doRead()
+
+            def readConnectionLost(self, reason):
+                self.readLost = reason
+
+        leanDispatch(self.reactor)
+        reader = self.reader(HalfEnding, data=b"x" * 300, why=main.CONNECTION_DONE)
+        self.reactor.addWriter(reader)
+        self.addCleanup(self.reactor.removeWriter, reader)
+        self.reactor.doPoll(0)
+        self.assertTrue(reader.readLost.check(ConnectionDone))
+        self.assertNotIn(reader, self.reactor.getReaders())
+        self.assertIn(reader, self.reactor.getWriters())
+        self.assertIs(self.reactor._selectables[reader.fileno()], reader)
+        self.reactor.doPoll(0)  # still readable: read again had epoll kept EPOLLIN
+        self.assertEqual(reader.reads, 1)
+
     def test_raisedIsLoggedAndDisconnects(self):
         """
         An exception raised by C{doRead} is logged and loses the selectable with it.
@@ -261,6 +290,27 @@ class StopWatchingTests(ReactorFixture, SynchronousTestCase):
         self.assertNotIn(lean, self.reactor.getReaders())
         self.assertEqual(self.reactor.getWriters(), [])
         self.assertNotIn(lean.fileno(), self.reactor._selectables)
+
+    def test_stopReadingAt(self):
+        """
+        L{dispatch.stopReadingAt} does what C{removeReader} does, given the descriptor:
+        a reader alone leaves epoll; one also writing stays a writer; a descriptor not
+        read is left as it is.
+        """
+        leanDispatch(self.reactor)
+        alone = self.reader(LeanReader)
+        writing = self.reader(LeanReader)
+        self.reactor.addWriter(writing)
+        self.addCleanup(self.reactor.removeWriter, writing)
+        dispatch.stopReadingAt(self.reactor, alone.fileno())
+        dispatch.stopReadingAt(self.reactor, writing.fileno())
+        dispatch.stopReadingAt(self.reactor, writing.fileno())
+        self.assertNotIn(alone, self.reactor.getReaders())
+        self.assertNotIn(writing, self.reactor.getReaders())
+        self.assertEqual(self.reactor.getWriters(), [writing])
+        self.assertNotIn(alone.fileno(), self.reactor._selectables)
+        self.reactor.addReader(alone)  # epoll_ctl ADD would fail (EEXIST) had it stayed
+        self.assertIn(alone, self.reactor.getReaders())
 
     def test_otherReactors(self):
         """

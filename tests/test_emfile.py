@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger, formatEvent
@@ -390,3 +391,26 @@ class LeanWakeTests(SynchronousTestCase):
         port.doRead()
         self.assertEqual((port.socket.accepts, len(served)), (limit, limit))
         self.assertEqual(port.numberAccepts, accepting.MAX_ACCEPTS)
+
+
+class AddressTests(SynchronousTestCase):
+    """
+    The peer's address a listener gives the factory's C{buildProtocol}.
+    """
+
+    def test_sameAsTwisteds(self):
+        """
+        An IPv4 peer's address, made without attrs' C{__init__}, is the
+        C{IPv4Address} Twisted's port makes: equal, with the same hash, attributes and
+        text; an IPv6 peer's is Twisted's own.
+        """
+        port = accepting.AcceptingPort(0, Factory(), reactor=MemoryReactorClock())
+        built = port._buildAddr(("127.0.0.1", 4321))
+        expected = IPv4Address("TCP", "127.0.0.1", 4321)
+        self.assertEqual((built, hash(built), vars(built), repr(built)),
+                         (expected, hash(expected), vars(expected), repr(expected)))
+        self.assertIs(type(built), IPv4Address)
+        six = accepting.AcceptingPort(0, Factory(), interface="::1",
+                                      reactor=MemoryReactorClock())
+        self.assertEqual(six._buildAddr(("::1", 4321, 0, 0)),
+                         IPv6Address("TCP", "::1", 4321, 0, 0))
