@@ -4,10 +4,11 @@ and a C epoll echo server, driven by one C load generator, in one invocation.
 
     python bench/run.py [--quick]          (see bench/README.md)
 
-Each round starts every target afresh, in turn (the order rotates each round), runs the
-scenarios it supports, and stops it. Figures are medians over rounds; every figure is also a
-ratio to bare Twisted's figure from the same round, which holds on a shared machine when
-absolute numbers drift.
+Each round starts every target afresh, then measures each scenario on every target that
+supports it, one after the other (the order rotates each round), and stops them. Figures are
+medians over rounds; every figure is also a ratio to bare Twisted's figure from the same
+round, measured seconds before or after it, which holds on a shared machine when absolute
+numbers drift.
 
 This module holds the pieces (targets, scenarios, the loadgen's JSON, the median and ratio
 arithmetic, the Markdown table, the chart); C{bench/run.py} is the command.
@@ -714,27 +715,34 @@ def services(workdir: str, count: int, settings: Settings) -> dict:
 def runRound(index: int, targets: list[Target], settings: Settings, workdir: str,
              report=print) -> dict:
     """
-    One round: every target in turn (rotated by C{index}), every scenario it supports.
+    One round: every scenario in turn, on every target that supports it (in an order
+    rotated by C{index}), all targets running meanwhile.
     Returns C{{"scenarios": {scenario: {target: figure}}, "hold": {target: outcome},
     "services": {count: figure}}}; a target that fails is reported and left out.
     """
     results: dict = {"scenarios": {}, "hold": {}, "services": {}, "failures": []}
     order = targets[index % len(targets):] + targets[:index % len(targets)]
     wanted = [s for s in SCENARIOS if s.name in settings.scenarios]
-    for target in order:
-        scenarios = [s for s in wanted if s.name in target.scenarios]
-        if not scenarios:
-            continue
-        try:
-            running = target.start(workdir)
-        except (TargetError, OSError) as e:
-            results["failures"].append(f"round {index + 1}: {target.name}: {e}")
-            report(f"  {target.name}: could not start: {e}")
-            continue
-        try:
-            for scenario in scenarios:
+    # Every target is started first and waits, idle, while the others are measured:
+    # each scenario is then measured on every target back to back, seconds apart (the
+    # pace of a shared machine drifts by a quarter within minutes: measured apart, a
+    # ratio takes that drift in).
+    running: dict = {}
+    try:
+        for target in order:
+            if not any(s.name in target.scenarios for s in wanted):
+                continue
+            try:
+                running[target.name] = target.start(workdir)
+            except (TargetError, OSError) as e:
+                results["failures"].append(f"round {index + 1}: {target.name}: {e}")
+                report(f"  {target.name}: could not start: {e}")
+        for scenario in wanted:
+            for target in order:
+                if target.name not in running or scenario.name not in target.scenarios:
+                    continue
                 try:
-                    figure = measure(running, scenario, settings)
+                    figure = measure(running[target.name], scenario, settings)
                 except LoadgenError as e:
                     results["failures"].append(f"round {index + 1}: {target.name} "
                                                f"{scenario.name}: {e}")
@@ -742,8 +750,9 @@ def runRound(index: int, targets: list[Target], settings: Settings, workdir: str
                 results["scenarios"].setdefault(scenario.name, {})[target.name] = figure
                 report(f"  {target.name:<11} {scenario.name:<13} {figure['value']:>12,.1f} "
                        f"{scenario.unit} errors={figure['errors']}")
-        finally:
-            running.stop()
+    finally:
+        for started in running.values():
+            started.stop()
     if HOLD in settings.scenarios:
         for target in order:
             if target.name not in ("portserver", "twisted"):

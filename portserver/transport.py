@@ -745,6 +745,8 @@ class TrackedServer(TrackedTransport):
         # reactor is not reading it: a close asked for at the end of input).
         reactor = self.reactor
         if "doPoll" in reactor.__dict__:  # isLean(reactor)
+            if self.paused & PAUSED_EOF:
+                return  # the reactor stopped reading at the end of input, for good
             socket = getattr(self, "socket", None)  # None once closed: left the reactor
             if socket is not None:
                 stopReadingAt(reactor, socket.fileno())

@@ -229,7 +229,9 @@ class TinyRunTests(SynchronousTestCase):
         """
         Two targets, three scenarios, 40 idle connections and 1-2 services, in a few
         seconds: every figure is there, with no errors, and the registry lists exactly
-        the held connections; the Markdown and JSON are written.
+        the held connections; the Markdown and JSON are written. Each scenario is
+        measured on both targets before the next one (back to back, so that their ratio
+        is not taken minutes apart).
         """
         if shutil.which(os.environ.get("CC", "cc")) is None:
             raise SkipTest("no C compiler to build the load generator")
@@ -242,6 +244,10 @@ class TinyRunTests(SynchronousTestCase):
         result = harness.run(settings, out, drawChart=False, report=reported.append)
         [round] = result["rounds"]
         self.assertEqual(round["failures"], [], reported)
+        measured = [line.split()[:2] for line in reported
+                    if line.split()[1:2] in (["connect"], ["udp"])]
+        self.assertEqual([scenario for _, scenario in measured],
+                         ["connect", "connect", "udp", "udp"], reported)
         for scenario in ("connect", "udp"):
             for target in ("portserver", "twisted"):
                 entry = result["table"]["scenarios"][scenario][target]
