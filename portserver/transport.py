@@ -41,13 +41,14 @@ from __future__ import annotations
 
 import errno
 import struct
-from socket import SO_LINGER, SOL_SOCKET
+from socket import MSG_DONTWAIT, SO_LINGER, SOL_SOCKET
 
 from twisted.internet.address import IPv6Address
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.python.failure import Failure
+from twisted.python.util import untilConcludes
 from zope.interface import implementer
 
 from portserver.dispatch import Lean, startWatching, stopReadingAt, stopWatching
@@ -65,6 +66,12 @@ from portserver.tracking import (
 _RETRY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ENOBUFS)
 #: SO_LINGER on, for 0 seconds: close() resets the connection (an abort).
 _LINGER_NOW = struct.pack("ii", 1, 0)
+#: The flag of every recv and send of portserver's transport: the call does not wait,
+#: whatever the socket's mode. A L{TrackedServer}'s socket is left in the blocking mode
+#: accept(2) gives it (an ioctl a connection less: CPython's accept4 does not ask for
+#: SOCK_NONBLOCK), and every read and write Twisted's transport would make of it is
+#: made here, with this flag; C{getHandle} makes it non-blocking before it hands it out.
+_DONTWAIT = MSG_DONTWAIT
 
 
 class ClosedAfterRead(ConnectionDone):
@@ -182,7 +189,7 @@ class WriteThroughTransport(FlowControlledTransport):
                 self._hold(data)
                 return None
             try:
-                sent = self.socket.send(data)
+                sent = self.socket.send(data, _DONTWAIT)
             except OSError as e:
                 if e.errno not in _RETRY:
                     # Not now: Twisted's path meets the error and closes properly.
@@ -312,7 +319,7 @@ class WriteThroughTransport(FlowControlledTransport):
         held = self._tempDataBuffer
         data = held[0] if len(held) == 1 else b"".join(held)
         try:
-            sent = self.socket.send(data)
+            sent = self.socket.send(data, _DONTWAIT)
         except OSError:
             sent = 0  # EAGAIN, or an error Twisted's path meets and closes on
         held.clear()
@@ -644,8 +651,7 @@ class TrackedServer(TrackedTransport):
         self.reactor = reactor
         self._tempDataBuffer = []
         self._tempDataLen = 0
-        self.socket = skt
-        skt.setblocking(False)
+        self.socket = skt  # left in blocking mode: see _DONTWAIT
         self.protocol = protocol
         if len(client) != 2:
             self._addressType = IPv6Address
@@ -667,15 +673,16 @@ class TrackedServer(TrackedTransport):
     # connection rate of bench/run.py is set by them (bench/README.md, point 17).
 
     def doRead(self):
-        factory = self.factory
-        if factory is None or _read.transport is not None:
-            return super().doRead()
+        # (tcp.Connection.doRead's, with _DONTWAIT.)
         try:
-            data = self.socket.recv(self.bufferSize)
+            data = self.socket.recv(self.bufferSize, _DONTWAIT)
         except OSError as e:
             if e.args[0] == errno.EWOULDBLOCK:
                 return None
             return CONNECTION_LOST
+        factory = self.factory
+        if factory is None or _read.transport is not None:
+            return self._dataReceived(data)
         if not data:
             return CONNECTION_DONE  # the protocol hears of it from readConnectionLost
         self.record.bytesIn += len(data)
@@ -733,10 +740,22 @@ class TrackedServer(TrackedTransport):
             self.closer = SERVER_CLOSED
         return self._closeAfterRead()
 
+    def writeSomeData(self, data):
+        # (tcp.Connection.writeSomeData's, with _DONTWAIT.)
+        try:
+            return untilConcludes(self.socket.send, memoryview(data)[:self.SEND_LIMIT],
+                                  _DONTWAIT)
+        except OSError as e:
+            if e.args[0] in (errno.EWOULDBLOCK, errno.ENOBUFS):
+                return 0
+            return CONNECTION_LOST
+
     _handedOut = False  # getHandle gave the socket away: it may be shared
 
     def getHandle(self):
+        # Non-blocking, as Twisted's transport hands it out (see _DONTWAIT).
         self._handedOut = True
+        self.socket.setblocking(False)
         return super().getHandle()
 
     def stopReading(self) -> None:

@@ -33,8 +33,12 @@ from portserver.transport import (
 
 class FakeSocket:
     """
-    Takes at most C{room} bytes per send (none: EAGAIN), or fails with C{error}.
+    Takes at most C{room} bytes per send (none: EAGAIN), or fails with C{error}. Made
+    non-blocking, as Twisted's transport makes its socket; a blocking one fails the
+    test at a call that would wait (one without C{MSG_DONTWAIT}).
     """
+
+    blocking = False
 
     def __init__(self, room=1 << 20, error=None):
         self.room = room
@@ -42,7 +46,15 @@ class FakeSocket:
         self.sent = b""
         self.calls = 0
 
-    def send(self, data):
+    def setblocking(self, flag):
+        self.blocking = bool(flag)
+
+    def _wouldWait(self, flags: int) -> None:
+        if self.blocking and not flags & socket.MSG_DONTWAIT:
+            raise AssertionError("a call that would wait on a blocking socket")
+
+    def send(self, data, flags=0):
+        self._wouldWait(flags)
         self.calls += 1
         if self.error is not None:
             raise OSError(self.error, errno.errorcode[self.error])
@@ -607,8 +619,10 @@ class TrackedTransportTests(SynchronousTestCase):
         makes less the strings and the bound C{fileno} it leaves out: the same
         attributes with the same values, in the same order (CPython shares one table of
         attribute names between instances that set them alike), for IPv4 and IPv6
-        peers, registered for reading and non-blocking, and reads as Twisted's. (A new
-        Twisted that sets more is caught here.)
+        peers, registered for reading, and reads as Twisted's; its socket is left in
+        the blocking mode accept gives it (one system call less: every call it makes
+        of it does not wait), where Twisted's is made non-blocking. (A new Twisted that
+        sets more is caught here.)
         """
         class Port:
             _realPortNumber = 7007
@@ -626,7 +640,7 @@ class TrackedTransportTests(SynchronousTestCase):
                 reactor = MemoryReactor()
                 connection = cls(ours, Protocol(), client, server, 12, reactor)
                 self.assertIn(connection, reactor.readers)
-                self.assertFalse(ours.getblocking())
+                self.assertEqual(ours.getblocking(), cls is lean)
                 made.append(connection)
             first, second = made
             self.assertEqual(
@@ -854,8 +868,10 @@ class StreamSocket(FakeSocket):
     """
     A L{FakeSocket} a L{TrackedServer} can be made over and read from: C{incoming}
     holds what C{recv} gives (C{b""} is the end of input), and it can be shut down and
-    closed.
+    closed. Blocking, as C{accept} makes it.
     """
+
+    blocking = True
 
     def __init__(self, room=1 << 20, error=None):
         super().__init__(room, error)
@@ -863,13 +879,11 @@ class StreamSocket(FakeSocket):
         self.closed = False
         self.shutdowns = []
 
-    def setblocking(self, flag):
-        pass
-
     def fileno(self):
         return -1 if self.closed else 99
 
-    def recv(self, size):
+    def recv(self, size, flags=0):
+        self._wouldWait(flags)
         if not self.incoming:
             raise BlockingIOError(errno.EAGAIN, "EAGAIN")
         return self.incoming.pop(0)
@@ -950,6 +964,30 @@ class LeanPathTests(SynchronousTestCase):
         connection.record = Record()
         protocol.transport = connection
         return connection
+
+    def test_neverWaits(self):
+        """
+        Over a socket left blocking, no call of the transport waits: a read with nothing
+        to read, a write the kernel does not take, the buffered write's retry, in a
+        read and out of one, tracked or not, all pass C{MSG_DONTWAIT} (the socket
+        double fails the test at any call that would wait); C{getHandle} hands it out
+        non-blocking, as Twisted's transport would.
+        """
+        for tracked in (True, False):
+            connection = self.served(Replier(lambda t, data: t.write(data)), room=0)
+            if not tracked:
+                connection.factory = None
+            self.assertIsNone(connection.doRead())  # nothing to read
+            self.socket.incoming.append(b"ping")
+            self.assertIsNone(connection.doRead())  # the reply waits in the buffer
+            connection.write(b"more")
+            self.assertEqual(connection.doWrite(), None)
+            self.assertEqual(self.socket.sent, b"")
+            self.socket.room = 1 << 20
+            connection.doWrite()
+            self.assertEqual(self.socket.sent, b"pingmore")
+            self.assertIs(connection.getHandle(), self.socket)
+            self.assertFalse(self.socket.blocking)
 
     def test_readCountsAndSendsHeldWritesOnce(self):
         """
