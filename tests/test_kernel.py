@@ -81,6 +81,23 @@ ECHO = FakeListener("echo", "127.0.0.1", 7)
 WEB = FakeListener("web", "::", 8080)
 
 
+def timeWaitOverflows() -> int | None:
+    """
+    How many times the kernel has closed a socket without its TIME-WAIT, its table of
+    them being full (C{TcpExt: TCPTimeWaitOverflow} in C{/proc/net/netstat}).
+    """
+    try:
+        with open("/proc/net/netstat", encoding="ascii") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for names, numbers in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            value = dict(zip(names.split(), numbers.split())).get("TCPTimeWaitOverflow")
+            return None if value is None else int(value)
+    return None
+
+
 def sock(state, local, remote=("0.0.0.0", 0), rq=0, wq=0, inode=0, rtt=None, drops=None):
     """
     A canned socket, with a tcp_info whose RTT is C{rtt} microseconds when given.
@@ -684,23 +701,31 @@ class KernelCheckTests(TestCase):
     def test_timeWait(self):
         """
         After the server closes connections first (daytime), the sockets it leaves in
-        TIME-WAIT are counted as C{ss -tan state time-wait} counts them for that port.
+        TIME-WAIT are counted as C{ss -tan state time-wait} counts them for that port:
+        three, unless the kernel's table of them was full meanwhile (a machine-wide
+        limit, C{tcp_max_tw_buckets}, which load tests such as C{tests/test_bench.py}
+        approach: the kernel then closes a socket without its TIME-WAIT, and counts
+        C{TCPTimeWaitOverflow}); the two views agree either way.
         """
         if SS is None:
             raise SkipTest("ss is missing: apt-get install iproute2")
         self.start(spec("daytime", port=0))
         port = self.server.addressOf("daytime").port
+        overflows = timeWaitOverflows()
         for _ in range(3):
             client = self.client(port)
             yield self.receive(client)  # the time, then the server's FIN
             client.close()
 
         def counted():
-            return self.kernelOf(port).addCallback(lambda info: info["time_wait"] >= 3
-                                                   and info)
+            overflowed = timeWaitOverflows() != overflows
+            return self.kernelOf(port).addCallback(
+                lambda info: (info["time_wait"] >= 3 or overflowed) and info)
         info = yield self.waitFor(counted, "three sockets in TIME-WAIT")
         lines = ss("-tan", "state", "time-wait", "sport", "=", f":{port}")
         self.assertEqual(info["time_wait"], len(lines))
+        if timeWaitOverflows() == overflows:
+            self.assertEqual(info["time_wait"], 3)
 
     @inlineCallbacks
     def test_rtt(self):
