@@ -227,10 +227,7 @@ class ConnectionLog(Service):
     def observe(self, event: str, record: ConnectionRecord) -> None:
         if event != CLOSED:
             return
-        closed = record.closed
-        # (The second's stamp, as stamp() makes it, without the call most of the time.)
-        stamp = self._stamp if int(closed) == self._second else self.stamp(closed)
-        line = formatLine(record, stamp)
+        line = formatLine(record, self.stamp(record.closed))
         self._pending.append(line)
         self._size += len(line)
         if self._size >= FLUSH_BYTES:

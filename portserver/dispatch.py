@@ -128,7 +128,7 @@ def isLean(reactor) -> bool:
     """
     Whether C{reactor} was given L{doPoll} (by L{leanDispatch}).
     """
-    return "doPoll" in reactor.__dict__  # (spelled out where a connection's calls count)
+    return reactor.__dict__.get("doPoll") is not None
 
 
 def startWatching(reactor, selectable, fd: int) -> bool:
@@ -137,7 +137,7 @@ def startWatching(reactor, selectable, fd: int) -> bool:
     one go (one C{epoll_ctl}, none of its three calls) on an epoll reactor given
     L{doPoll}; whether it did (else: the caller's C{startReading}).
     """
-    if "doPoll" not in reactor.__dict__ or fd in reactor._reads or fd in reactor._writes:
+    if not isLean(reactor) or fd in reactor._reads or fd in reactor._writes:
         return False
     reactor._poller.register(fd, EPOLLIN)
     reactor._reads.add(fd)
@@ -151,7 +151,7 @@ def stopWatching(reactor, selectable, fd: int) -> None:
     C{removeReader} and C{removeWriter} do between them, in one go (at most one
     C{epoll_ctl}) on an epoll reactor given L{doPoll}; on any other reactor, those two.
     """
-    if "doPoll" not in reactor.__dict__:
+    if not isLean(reactor):
         reactor.removeReader(selectable)
         reactor.removeWriter(selectable)
         return

@@ -76,10 +76,10 @@ SOCKET_STATES = ("syn_recv", "established", "fin_wait1", "fin_wait2", "time_wait
 GROWTH_WINDOW = 60.0
 
 
-def readListenCounters(path: str = NETSTAT) -> dict[str, int] | None:
+def readTcpExt(path: str = NETSTAT) -> dict[str, int] | None:
     """
-    The L{LISTEN_COUNTERS} of C{/proc/net/netstat} (each absent one at 0), or L{None}
-    when the file cannot be read or has no C{TcpExt} lines.
+    The C{TcpExt} counters of C{/proc/net/netstat}, by name, or L{None} when the file
+    cannot be read or has no C{TcpExt} lines.
     """
     try:
         with open(path, encoding="ascii", errors="replace") as f:
@@ -93,7 +93,16 @@ def readListenCounters(path: str = NETSTAT) -> dict[str, int] | None:
         for name, number in zip(names.split()[1:], numbers.split()[1:]):
             if number.isdigit():
                 values[name] = int(number)
-    if not values:
+    return values or None
+
+
+def readListenCounters(path: str = NETSTAT) -> dict[str, int] | None:
+    """
+    The L{LISTEN_COUNTERS} of C{/proc/net/netstat} (each absent one at 0), or L{None}
+    when the file cannot be read or has no C{TcpExt} lines.
+    """
+    values = readTcpExt(path)
+    if values is None:
         return None
     return {name: values.get(name, 0) for name in LISTEN_COUNTERS}
 

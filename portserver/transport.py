@@ -51,7 +51,7 @@ from twisted.python.failure import Failure
 from twisted.python.util import untilConcludes
 from zope.interface import implementer
 
-from portserver.dispatch import Lean, startWatching, stopReadingAt, stopWatching
+from portserver.dispatch import Lean, isLean, startWatching, stopReadingAt, stopWatching
 from portserver.interfaces import ITrackedTransport
 from portserver.registry import ABORTED, CLIENT_CLOSED, SERVER_CLOSED
 from portserver.tracking import (
@@ -759,13 +759,14 @@ class TrackedServer(TrackedTransport):
         return super().getHandle()
 
     def stopReading(self) -> None:
-        # On a reactor given portserver's dispatch, without the calls Twisted's
-        # removeReader makes to find the descriptor (nothing to do at all when the
-        # reactor is not reading it: a close asked for at the end of input).
+        # Nothing to do after the end of input (a close asked for then): every reactor
+        # stops reading a connection before it tells it so, for good. On a reactor given
+        # portserver's dispatch, without the calls Twisted's removeReader makes to find
+        # the descriptor.
+        if self.paused & PAUSED_EOF:
+            return
         reactor = self.reactor
-        if "doPoll" in reactor.__dict__:  # isLean(reactor)
-            if self.paused & PAUSED_EOF:
-                return  # the reactor stopped reading at the end of input, for good
+        if isLean(reactor):
             socket = getattr(self, "socket", None)  # None once closed: left the reactor
             if socket is not None:
                 stopReadingAt(reactor, socket.fileno())

@@ -86,16 +86,7 @@ def timeWaitOverflows() -> int | None:
     How many times the kernel has closed a socket without its TIME-WAIT, its table of
     them being full (C{TcpExt: TCPTimeWaitOverflow} in C{/proc/net/netstat}).
     """
-    try:
-        with open("/proc/net/netstat", encoding="ascii") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for names, numbers in zip(lines[::2], lines[1::2]):
-        if names.startswith("TcpExt:"):
-            value = dict(zip(names.split(), numbers.split())).get("TCPTimeWaitOverflow")
-            return None if value is None else int(value)
-    return None
+    return (kernel.readTcpExt() or {}).get("TCPTimeWaitOverflow")
 
 
 def sock(state, local, remote=("0.0.0.0", 0), rq=0, wq=0, inode=0, rtt=None, drops=None):
